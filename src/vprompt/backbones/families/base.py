@@ -1,0 +1,73 @@
+"""The family adapter interface and the generic fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from ..sites import Layout, SitePoint
+
+
+class Family:
+    """Maps one model family's structure onto sites. Subclasses override the three methods."""
+
+    name: str = "generic"
+    #: methods that insert tokens (VPT, VAPT) need a plain ViT token sequence
+    has_tokens: bool = False
+
+    def matches(self, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def points(self, model: nn.Module) -> dict[str, SitePoint]:
+        """Sites between ``input`` and ``pre_logits``, in forward order."""
+        return {}
+
+    def token_info(self, model: nn.Module) -> tuple[int, tuple[int, int]] | None:
+        """``(prefix_tokens, (grid_h, grid_w))`` for token families, else ``None``."""
+        return None
+
+
+class GenericFamily(Family):
+    """Any classifier: only ``input`` and ``pre_logits`` (enough for linear, full, VP, BitFit, norm, LoRA)."""
+
+    name = "generic"
+
+    def matches(self, model: nn.Module) -> bool:
+        return True
+
+
+def staged_points(
+    embed: nn.Module | None, stages: Iterable[Iterable[nn.Module]], layout: Layout
+) -> dict[str, SitePoint]:
+    """``embed``, then ``block.N`` numbered flat across stages, then ``stage.N`` (= its last block).
+
+    Stage sites are listed after the block sites; a stage's output is its last block's output.
+    """
+    points: dict[str, SitePoint] = {}
+    if embed is not None:
+        points["embed"] = SitePoint(embed, layout)
+    stage_points = {}
+    n = 0
+    for s, stage in enumerate(stages):
+        blocks = list(stage)
+        for block in blocks:
+            points[f"block.{n}"] = SitePoint(block, layout)
+            n += 1
+        stage_points[f"stage.{s}"] = SitePoint(blocks[-1], layout)
+    points.update(stage_points)
+    return points
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Dotted name of the final classifier module (timm's ``get_classifier()``, else the last Linear)."""
+    target = model.get_classifier() if hasattr(model, "get_classifier") else None
+    last_linear = None
+    for name, module in model.named_modules():
+        if target is not None and module is target:
+            return name
+        if isinstance(module, nn.Linear):
+            last_linear = name
+    if last_linear is None:
+        raise ValueError(f"{type(model).__name__} has no classifier (no nn.Linear found)")
+    return last_linear

@@ -1,0 +1,19 @@
+"""ConvNeXt (timm ``ConvNeXt``). Sites (``C×H×W``): ``embed`` (stem), ``block.N``, ``stage.N``."""
+
+from __future__ import annotations
+
+from timm.models.convnext import ConvNeXt
+from torch import nn
+
+from ..sites import SitePoint
+from .base import Family, staged_points
+
+
+class ConvNeXtFamily(Family):
+    name = "convnext"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, ConvNeXt)
+
+    def points(self, model: nn.Module) -> dict[str, SitePoint]:
+        return staged_points(model.stem, (stage.blocks for stage in model.stages), "nchw")

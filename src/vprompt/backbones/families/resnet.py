@@ -1,0 +1,25 @@
+"""ResNet-like CNNs: timm ``ResNet`` (ResNet, ResNeXt, SE-ResNet, Wide ResNet, ...) and torchvision ``ResNet``.
+
+Sites (``C×H×W``): ``embed`` (after the stem's max-pool), ``block.N`` (residual blocks numbered across
+stages), ``stage.N`` (``layer1`` .. ``layer4`` are stages 0..3).
+"""
+
+from __future__ import annotations
+
+import timm.models.resnet
+import torchvision.models.resnet
+from torch import nn
+
+from ..sites import SitePoint
+from .base import Family, staged_points
+
+
+class ResNetFamily(Family):
+    name = "resnet"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, timm.models.resnet.ResNet | torchvision.models.resnet.ResNet)
+
+    def points(self, model: nn.Module) -> dict[str, SitePoint]:
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        return staged_points(model.maxpool, stages, "nchw")

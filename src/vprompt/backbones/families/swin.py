@@ -1,0 +1,24 @@
+"""Swin Transformer (timm ``SwinTransformer`` and ``SwinTransformerV2``).
+
+timm's Swin keeps activations channels-last, so every site is ``(H, W, C)``. Sites: ``embed`` (patch
+embedding), ``block.N`` (numbered across stages), ``stage.N``.
+"""
+
+from __future__ import annotations
+
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from torch import nn
+
+from ..sites import SitePoint
+from .base import Family, staged_points
+
+
+class SwinFamily(Family):
+    name = "swin"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, SwinTransformer | SwinTransformerV2)
+
+    def points(self, model: nn.Module) -> dict[str, SitePoint]:
+        return staged_points(model.patch_embed, (stage.blocks for stage in model.layers), "nhwc")

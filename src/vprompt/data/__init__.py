@@ -1,0 +1,5 @@
+"""Datasets, splits and transforms."""
+
+from .packaged import foolbox_imagenet
+
+__all__ = ["foolbox_imagenet"]
