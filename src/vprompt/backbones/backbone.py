@@ -26,11 +26,16 @@ class Backbone(nn.Module):
         name: str,
         source: str = "random init",
         head_name: str | None = None,
+        new_head: bool = False,
     ):
         super().__init__()
         self.model = model
         #: dotted name of the classifier module inside ``model``
         self.head_name = head_name or classifier_name(model)
+        #: True when the classifier is a fresh head for the task, False when it is the source's own
+        self.new_head = new_head
+        #: the arguments of ``vprompt.backbone`` that rebuild this backbone (set by it)
+        self.build_args: dict[str, Any] = {"name": name}
         self.data_config = dict(data_config)
         self.name = name
         self.source = source

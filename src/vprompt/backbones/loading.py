@@ -87,6 +87,34 @@ def create_backbone(
         weights: a local ``.safetensors`` / ``.pth`` / ``.npz`` file for a timm or torchvision architecture.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
+    backbone = _create(
+        name,
+        num_classes=num_classes,
+        img_size=img_size,
+        pretrained=pretrained,
+        weights=weights,
+        **model_kwargs,
+    )
+    backbone.build_args = dict(
+        name=name,
+        num_classes=num_classes,
+        img_size=img_size,
+        pretrained=pretrained,
+        weights=None if weights is None else str(weights),
+        **model_kwargs,
+    )
+    return backbone
+
+
+def _create(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    **model_kwargs: Any,
+) -> Backbone:
     library, _, arch = name.partition(":") if ":" in name else ("timm", ":", name)
     if library == "offline":
         if arch not in OFFLINE:
@@ -153,7 +181,8 @@ def _timm_hub(arch, num_classes, img_size, name, model_kwargs) -> Backbone:
             f"vprompt.backbone({name!r}, weights='path/to/weights.safetensors') or --weights PATH; "
             f"or pretrained=False for random weights."
         ) from e
-    return Backbone(model, _timm_data_config(model, img_size), name, source="hub")
+    new_head = num_classes is not None and num_classes != model.pretrained_cfg.get("num_classes")
+    return Backbone(model, _timm_data_config(model, img_size), name, source="hub", new_head=new_head)
 
 
 def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs) -> Backbone:
@@ -180,9 +209,10 @@ def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs) -
             raise WeightsUnavailableError(
                 f"weights from {source} do not fit timm architecture {arch!r}: {_short(e)}"
             ) from e
-    if num_classes is not None and num_classes != _num_outputs(model):
+    new_head = num_classes is not None and num_classes != _num_outputs(model)
+    if new_head:
         replace_classifier(model, num_classes)
-    return Backbone(model, _timm_data_config(model, img_size), name, source=source)
+    return Backbone(model, _timm_data_config(model, img_size), name, source=source, new_head=new_head)
 
 
 def _timm_npz(arch, num_classes, img_size, path: Path, name, model_kwargs) -> Backbone:
@@ -196,9 +226,10 @@ def _timm_npz(arch, num_classes, img_size, path: Path, name, model_kwargs) -> Ba
         model.load_pretrained(str(path))
     except Exception as e:  # the npz reader raises KeyError/ValueError/OSError for foreign files
         raise WeightsUnavailableError(f"could not load {path} into timm {arch!r}: {_short(e)}") from e
-    if num_classes is not None and num_classes != _num_outputs(model):
+    new_head = num_classes is not None and num_classes != _num_outputs(model)
+    if new_head:
         replace_classifier(model, num_classes)
-    return Backbone(model, _timm_data_config(model, img_size), name, source=str(path))
+    return Backbone(model, _timm_data_config(model, img_size), name, source=str(path), new_head=new_head)
 
 
 def _timm_data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
@@ -232,9 +263,11 @@ def _torchvision(arch, num_classes, img_size, state_dict, source, name) -> Backb
             raise WeightsUnavailableError(
                 f"weights from {source} do not fit torchvision architecture {arch!r}: {_short(e)}"
             ) from e
-    if num_classes is not None and num_classes != _num_outputs(model):
+    new_head = num_classes is not None and num_classes != _num_outputs(model)
+    if new_head:
         head_name = replace_classifier(model, num_classes)
-    return Backbone(model, _torchvision_data_config(arch, img_size), name, source=source, head_name=head_name)
+    data_config = _torchvision_data_config(arch, img_size)
+    return Backbone(model, data_config, name, source=source, head_name=head_name, new_head=new_head)
 
 
 def _torchvision_data_config(arch: str, img_size: int | None) -> dict[str, Any]:

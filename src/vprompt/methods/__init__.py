@@ -1,0 +1,76 @@
+"""Methods: what is trained and where. One file per method; this module is the front door.
+
+model = vprompt.attach(backbone, "ap", site="block.6", shape="channel")
+model.print_trainable_parameters()
+model.save_pretrained("run/adapter")
+model = vprompt.load_adapter("run/adapter", backbone)
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..backbones import Backbone, create_backbone
+from .ap import ActivationPrompt
+from .base import Method, MethodConfig, MethodNotApplicable
+from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
+from .tuned import TunedModel, check_backbone_matches, read_config, read_weights
+
+_METHODS: list[type[Method]] = [LinearProbe, FullFineTuning, ActivationPrompt, NormTuning, BitFit]
+
+#: name -> method class, in the order ``vprompt methods`` lists them
+METHODS: dict[str, type[Method]] = {m.name: m for m in _METHODS}
+
+
+def method_config(name: str, **options: Any) -> MethodConfig:
+    """The config of method ``name`` with ``options``; unknown names or options list the valid ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    config_class = METHODS[name].config_class
+    valid = [f.name for f in fields(config_class)]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(valid) or '(none)'}"
+        )
+    return config_class(**options)
+
+
+def attach(backbone: Backbone, method: str | Method, **options: Any) -> TunedModel:
+    """Attach a method to ``backbone`` (frozen otherwise) and return the trainable model."""
+    if isinstance(method, str):
+        config = method_config(method, **options)  # unknown names and options are clear errors
+        method = METHODS[method](config)
+    elif options:
+        raise ValueError("pass options either in the Method's config or as keywords, not both")
+    return TunedModel(backbone, method)
+
+
+def load_adapter(directory: str | Path, backbone: Backbone | None = None) -> TunedModel:
+    """Rebuild a saved model: the backbone (built from the saved config unless given), the method, its state.
+
+    Loading onto a backbone other than the one it was trained on, or a state whose keys or shapes do
+    not match, is an error, never a partial load.
+    """
+    config = read_config(directory)
+    if backbone is None:
+        backbone = create_backbone(**config["backbone"]["build_args"])
+    check_backbone_matches(config, backbone)
+    model = attach(backbone, config["method"], **config["options"])
+    model.load_trainable_state_dict(read_weights(directory))
+    return model
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "MethodNotApplicable",
+    "TunedModel",
+    "attach",
+    "load_adapter",
+    "method_config",
+]

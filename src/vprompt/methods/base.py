@@ -1,0 +1,97 @@
+"""The method interface: what every adaptation method (AP, VPT, LoRA, ...) provides.
+
+A method is an ``nn.Module`` holding its own trainable modules. ``attach`` builds them for a given
+backbone (shapes come from the backbone's sites) and connects them through ``Site.hook`` or, for
+LoRA-style methods, by wrapping modules; ``detach`` undoes exactly that. Which backbone parameters it
+unfreezes is said by ``backbone_parameters``. Everything else (freezing, the head, counting, saving)
+is done once, by :class:`vprompt.methods.TunedModel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..backbones import Backbone
+
+
+class MethodNotApplicable(ValueError):
+    """The method cannot be attached to this backbone (wrong family, site or option)."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's options. Subclasses add fields with ``metadata={"help": ...}``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set the class attributes and override what they need."""
+
+    #: CLI / registry name, e.g. ``"ap"``
+    name: ClassVar[str]
+    #: one line for ``vprompt methods``
+    summary: ClassVar[str]
+    #: which families it supports, in words, for ``vprompt methods``
+    families: ClassVar[str] = "all"
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.config_class()
+        self._handles: list[RemovableHandle] = []
+
+    # ------------------------------------------------------------------ what subclasses override
+
+    def attach(self, backbone: Backbone) -> None:
+        """Build the method's modules for ``backbone`` and connect them (hooks or module wrapping).
+
+        Raise :class:`MethodNotApplicable` with the reason when the backbone does not fit.
+        """
+
+    def detach(self, backbone: Backbone) -> None:
+        """Undo :meth:`attach` so the backbone is exactly as before. Hooks are removed here."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
+        """Parameters *inside the backbone* this method trains (norm affine, biases, LoRA, ...)."""
+        return ()
+
+    #: whether the backbone's classifier is trained (False when logits go through a label mapping)
+    trains_head: bool = True
+    #: task classes when a label mapping picks them from the source classifier, else None
+    num_target_classes: int | None = None
+
+    def map_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Map the backbone's logits to the task's classes (identity, or a label mapping)."""
+        return logits
+
+    def on_epoch_start(self, model: nn.Module, loader: Iterable, epoch: int) -> None:
+        """Called by the engine before each training epoch (label mappings are fitted here)."""
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def hook(self, backbone: Backbone, site: str, fn) -> None:
+        """Hook ``fn`` at ``site``; the handle is removed by :meth:`detach`."""
+        self._handles.append(backbone.site(site).hook(fn))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+
+def require_tokens(method: Method, backbone: Backbone) -> None:
+    """Token-prompt methods need a plain ViT token sequence (CLS/register prefix + patch grid)."""
+    if not backbone.family.has_tokens:
+        raise MethodNotApplicable(
+            f"{method.name} inserts prompt tokens into a plain ViT token sequence; backbone "
+            f"{backbone.name!r} is of family {backbone.family.name!r}, which has none"
+        )

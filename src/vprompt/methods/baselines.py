@@ -1,0 +1,51 @@
+"""The parameter-selection baselines: linear probe, full fine-tuning, norm tuning, BitFit.
+
+They add no modules: each only says which backbone parameters are trained (the head always is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from ..backbones import Backbone
+from .base import Method
+
+#: normalisation layers whose affine parameters norm tuning trains (timm's LayerNorm2d,
+#: BatchNormAct2d, ... subclass these)
+NORM_LAYERS = (nn.LayerNorm, _NormBase, nn.GroupNorm, nn.RMSNorm)
+
+
+class LinearProbe(Method):
+    name = "linear"
+    summary = "train only a new linear head on the frozen features"
+
+
+class FullFineTuning(Method):
+    name = "full"
+    summary = "train every parameter (the backbone stays in eval mode: no dropout/drop-path, BN stats frozen)"
+
+    def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
+        return backbone.parameters()
+
+
+class NormTuning(Method):
+    name = "norm"
+    summary = (
+        "train the affine parameters of every LayerNorm (ViT) / BatchNorm (CNN); running stats stay frozen"
+    )
+
+    def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
+        for module in backbone.modules():
+            if isinstance(module, NORM_LAYERS):
+                yield from module.parameters(recurse=False)
+
+
+class BitFit(Method):
+    name = "bitfit"
+    summary = "train every bias of the backbone"
+
+    def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
+        return (p for n, p in backbone.named_parameters() if n.rsplit(".", 1)[-1] == "bias")

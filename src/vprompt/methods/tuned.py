@@ -1,0 +1,175 @@
+"""A backbone with one method attached: freezing, the head, counting, train/eval, save and load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..backbones import Backbone
+from .base import Method
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 1
+
+
+class TunedModel(nn.Module):
+    """``backbone`` frozen except what ``method`` trains (plus the head, unless label-mapped).
+
+    The backbone always stays in eval mode (no dropout or drop-path, BatchNorm statistics frozen);
+    only the method's own modules follow :meth:`train` / :meth:`eval`.
+    """
+
+    def __init__(self, backbone: Backbone, method: Method):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self._requires_grad = {n: p.requires_grad for n, p in backbone.named_parameters()}
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        try:
+            method.attach(backbone)
+        except Exception:
+            method.detach(backbone)
+            self._restore_flags()
+            raise
+        for p in method.backbone_parameters(backbone):
+            p.requires_grad_(True)
+        for p in backbone.head.parameters():
+            p.requires_grad_(method.trains_head)
+        self.train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.map_logits(self.backbone(x))
+
+    def train(self, mode: bool = True) -> TunedModel:
+        self.training = mode
+        self.backbone.eval()
+        self.method.train(mode)
+        return self
+
+    # --------------------------------------------------------------------------------- counting
+
+    def trainable_parameters(self, head: bool = True) -> int:
+        """Number of trained parameters, with or without the classifier head."""
+        total = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if not head:
+            total -= sum(p.numel() for p in self.backbone.head.parameters() if p.requires_grad)
+        return total
+
+    def total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.trainable_parameters(), self.total_parameters()
+        print(
+            f"trainable: {trainable:,} ({self.trainable_parameters(head=False):,} without the head) "
+            f"of {total:,} ({100 * trainable / total:.4f}%)"
+        )
+
+    # -------------------------------------------------------------------------------- detaching
+
+    def detach(self) -> Backbone:
+        """Remove the method and return the backbone exactly as it was (structure and grad flags)."""
+        self.method.detach(self.backbone)
+        self._restore_flags()
+        return self.backbone
+
+    def _restore_flags(self) -> None:
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(self._requires_grad.get(name, True))
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: trained parameters plus the method's own buffers."""
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state.update({f"method.{n}": b for n, b in self.method.named_buffers()})
+        return {k: v.contiguous().clone() for k, v in state.items()}
+
+    def config_dict(self) -> dict[str, Any]:
+        bb = self.backbone
+        return {
+            "format": FORMAT_VERSION,
+            "method": self.method.name,
+            "options": self.method.config.to_dict(),
+            "backbone": {
+                "name": bb.name,
+                "img_size": bb.input_size[-1],
+                "num_classes": bb.num_classes,
+                "new_head": bb.new_head,
+                "family": bb.family.name,
+                "weights": bb.source,
+                "build_args": bb.build_args,
+            },
+            "trainable_parameters": self.trainable_parameters(),
+            "trainable_parameters_without_head": self.trainable_parameters(head=False),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``adapter.safetensors`` (trainable state only) and ``adapter_config.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        return directory
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a trainable state exactly: same keys, same shapes, or a clear error (never partial)."""
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"saved {self.method.name} state does not fit this model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise ValueError(
+                    f"saved {self.method.name} state does not fit this model: {key} has shape "
+                    f"{tuple(value.shape)} in the file and {tuple(expected[key].shape)} here"
+                )
+        own = dict(self.named_parameters()) | {f"method.{n}": b for n, b in self.method.named_buffers()}
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    @property
+    def num_classes(self) -> int:
+        return self.method.num_target_classes or self.backbone.num_classes
+
+    def extra_repr(self) -> str:
+        return f"trainable={self.trainable_parameters():,}"
+
+
+def check_backbone_matches(config: dict[str, Any], backbone: Backbone) -> None:
+    """Refuse to load an adapter onto a backbone other than the one it was trained on."""
+    saved = config["backbone"]
+    here = {"name": backbone.name, "img_size": backbone.input_size[-1], "num_classes": backbone.num_classes}
+    wrong = {k: (saved[k], v) for k, v in here.items() if saved.get(k) != v}
+    if wrong:
+        details = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in wrong.items())
+        raise ValueError(f"adapter was trained on another backbone ({details})")
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported adapter format {config.get('format')!r}")
+    return config
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
+    return load_file(str(path))
