@@ -2,7 +2,19 @@
 
 from .backbones import Backbone, Site, WeightsUnavailableError
 from .backbones import create_backbone as backbone
+from .methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter
 
 __version__ = "0.1.0"
 
-__all__ = ["Backbone", "Site", "WeightsUnavailableError", "__version__", "backbone"]
+__all__ = [
+    "METHODS",
+    "Backbone",
+    "MethodNotApplicable",
+    "Site",
+    "TunedModel",
+    "WeightsUnavailableError",
+    "__version__",
+    "attach",
+    "backbone",
+    "load_adapter",
+]

@@ -7,9 +7,10 @@ import sys
 
 from . import backbones as _backbones
 from . import demo as _demo
+from . import methods as _methods
 
 #: Modules that contribute sub-commands; each has ``register(subparsers)``.
-COMMAND_MODULES = (_backbones, _demo)
+COMMAND_MODULES = (_backbones, _methods, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:  # MethodNotApplicable too
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vprompt {args.command}: error: {message}", file=sys.stderr)
         return 2
