@@ -87,14 +87,7 @@ def create_backbone(
         weights: a local ``.safetensors`` / ``.pth`` / ``.npz`` file for a timm or torchvision architecture.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
-    backbone = _create(
-        name,
-        num_classes=num_classes,
-        img_size=img_size,
-        pretrained=pretrained,
-        weights=weights,
-        **model_kwargs,
-    )
+    backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
     backbone.build_args = dict(
         name=name,
         num_classes=num_classes,
@@ -106,15 +99,7 @@ def create_backbone(
     return backbone
 
 
-def _create(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    pretrained: bool = True,
-    weights: str | Path | None = None,
-    **model_kwargs: Any,
-) -> Backbone:
+def _create(name, num_classes, img_size, pretrained, weights, model_kwargs) -> Backbone:
     library, _, arch = name.partition(":") if ":" in name else ("timm", ":", name)
     if library == "offline":
         if arch not in OFFLINE:

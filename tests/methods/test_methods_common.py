@@ -1,0 +1,153 @@
+"""What every method promises: it trains exactly its own parameters (and the head), leaves every frozen
+tensor bit-for-bit unchanged, round-trips through save/load, and detaches cleanly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vprompt
+from vprompt.methods import METHODS
+
+VIT = dict(img_size=32, patch_size=8, depth=3, embed_dim=24, num_heads=2)
+SWIN = dict(img_size=56, depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1))
+
+
+def tiny(name: str, kwargs: dict, num_classes: int | None = 4) -> vprompt.Backbone:
+    kwargs = dict(kwargs)
+    return vprompt.backbone(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def vit(num_classes=4):
+    return tiny("vit_tiny_patch16_224", VIT, num_classes)
+
+
+def resnet(num_classes=4):
+    return tiny("resnet18", dict(img_size=32), num_classes)
+
+
+def swin(num_classes=4):
+    return tiny("swin_tiny_patch4_window7_224", SWIN, num_classes)
+
+
+# (method, options, backbone factory, source head kept?)
+CASES = [
+    ("linear", {}, resnet, False),
+    ("full", {}, vit, False),
+    ("ap", {"site": "block.1"}, vit, False),
+    ("ap", {"site": "stage.2", "shape": "channel"}, resnet, False),
+    ("ap", {"site": "block.1", "shape": "spatial"}, swin, False),
+    ("ap", {"site": "embed", "shape": "channel"}, vit, False),
+    ("norm", {}, resnet, False),
+    ("norm", {}, vit, False),
+    ("bitfit", {}, vit, False),
+]
+IDS = [f"{m}-{f.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o, f, _ in CASES]
+
+
+def build(method, options, factory, source_head):
+    bb = factory(num_classes=None) if source_head else factory()
+    return bb, vprompt.attach(bb, method, **options)
+
+
+def batches(bb, n=3, batch=4, classes=4):
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(batch, *bb.input_size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def train_steps(model, data):
+    model.method.on_epoch_start(model, data, 0)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    got_grad = {id(p): False for p in params}
+    for x, y in data:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        for p in params:
+            got_grad[id(p)] |= p.grad is not None and bool(p.grad.abs().sum() > 0)
+        opt.step()
+    model.eval()
+    return got_grad
+
+
+def test_every_method_is_covered():
+    assert {m for m, *_ in CASES} == set(METHODS)
+
+
+@pytest.mark.parametrize("method,options,factory,source_head", CASES, ids=IDS)
+def test_trains_exactly_its_parameters(method, options, factory, source_head):
+    bb, model = build(method, options, factory, source_head)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and model.trainable_parameters() == sum(
+        p.numel() for n, p in model.named_parameters() if n in trainable
+    )
+    head = {f"backbone.model.{bb.head_name}.{n}" for n, _ in bb.head.named_parameters()}
+    assert (head <= trainable) == (not source_head) and not (source_head and head & trainable)
+    assert model.trainable_parameters(head=False) == model.trainable_parameters() - (
+        0 if source_head else sum(p.numel() for p in bb.head.parameters())
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got_grad = train_steps(model, batches(bb))
+
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if key in trainable:
+            continue
+        assert torch.equal(value, after[key]), f"frozen tensor {key} changed"
+    own = [n for n, p in model.named_parameters() if n in trainable and n.startswith("method.")]
+    for name, p in model.named_parameters():
+        if name in own:  # gradients reach every prompt / adapter parameter
+            assert got_grad[id(p)], f"{name} never got a gradient"
+    changed = [k for k in trainable if not torch.equal(before[k], after[k])]
+    assert changed, "training changed nothing"
+    if not source_head:
+        assert any(k in head for k in changed), "the head did not train"
+
+
+@pytest.mark.parametrize("method,options,factory,source_head", CASES, ids=IDS)
+def test_save_load_gives_identical_logits(method, options, factory, source_head, tmp_path):
+    bb = factory(num_classes=None) if source_head else factory()
+    pretrained = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    model = vprompt.attach(bb, method, **options)
+    data = batches(bb, n=2)
+    train_steps(model, data)
+    model.save_pretrained(tmp_path)
+    # only the trainable state is written (plus a little safetensors header)
+    size = (tmp_path / "adapter.safetensors").stat().st_size
+    state_bytes = sum(v.numel() * v.element_size() for v in model.trainable_state_dict().values())
+    assert state_bytes <= size < state_bytes + 8 * 2**10
+
+    # the same pretrained weights in a new backbone object, as when it is rebuilt from its checkpoint
+    copy = factory(num_classes=None) if source_head else factory()
+    copy.model.load_state_dict(pretrained)
+    loaded = vprompt.load_adapter(tmp_path, copy)
+    x = data[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        if method != "linear":  # the saved state matters: without it the copy predicts differently
+            assert not torch.equal(vprompt.attach(factory(), "linear")(x), model(x))
+
+
+@pytest.mark.parametrize("method,options,factory,source_head", CASES, ids=IDS)
+def test_detach_restores_the_backbone(method, options, factory, source_head):
+    torch.manual_seed(0)
+    bb = factory(num_classes=None) if source_head else factory()
+    keys = list(bb.state_dict())
+    flags = {n: p.requires_grad for n, p in bb.named_parameters()}
+    x = torch.randn(2, *bb.input_size)
+    with torch.no_grad():
+        reference = bb.eval()(x)
+    model = vprompt.attach(bb, method, **options)
+    model.method.on_epoch_start(model, batches(bb, n=1), 0)
+    with torch.no_grad():
+        model(x)
+    back = model.detach()
+    assert back is bb and list(bb.state_dict()) == keys
+    assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags
+    with torch.no_grad():
+        torch.testing.assert_close(bb.eval()(x), reference, rtol=0, atol=0)
