@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from . import backbones as _backbones
+from . import data as _data
 from . import demo as _demo
 from . import methods as _methods
 
 #: Modules that contribute sub-commands; each has ``register(subparsers)``.
-COMMAND_MODULES = (_backbones, _methods, _demo)
+COMMAND_MODULES = (_backbones, _methods, _data, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

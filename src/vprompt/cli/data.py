@@ -1,0 +1,35 @@
+"""``vprompt data check``: verify a prepared dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect and verify datasets")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    c = data_sub.add_parser(
+        "check",
+        help="verify a prepared dataset: files present, images decodable, labels in range, split sizes",
+    )
+    c.add_argument(
+        "spec", help="vtab1k:<task>, fgvc:<name>, vp:<name>, torchvision:<Class>, folder:<path>, ..."
+    )
+    c.add_argument("--root", default=None, help="data root (see the README for each family's layout)")
+    c.add_argument("--split", action="append", default=None, help="check only this split (repeatable)")
+    c.add_argument(
+        "--quick",
+        action="store_true",
+        help="decode only a sample of images per split (what training runs do)",
+    )
+    c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
+    c.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..data import check_dataset
+
+    report = check_dataset(args.spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
+    print(report.summary())
+    return 0 if report.ok else 1
