@@ -38,9 +38,19 @@ CASES = [
     ("ap", {"site": "stage.2", "shape": "channel"}, resnet, False),
     ("ap", {"site": "block.1", "shape": "spatial"}, swin, False),
     ("ap", {"site": "embed", "shape": "channel"}, vit, False),
+    ("vp-pad", {"width": 4}, vit, False),
+    ("vp-pad", {"mapping": "rlm", "num_classes": 4, "width": 4}, vit, True),
+    ("vp-expansive", {"inner_size": 16, "mapping": "ilm", "num_classes": 4}, resnet, True),
+    ("vp-expansive", {"inner_size": 24}, swin, False),
+    ("vpt-shallow", {"num_prompts": 3}, vit, False),
+    ("vpt-deep", {"num_prompts": 3}, vit, False),
+    ("vapt", {"num_prompts": 3}, vit, False),
     ("norm", {}, resnet, False),
     ("norm", {}, vit, False),
     ("bitfit", {}, vit, False),
+    ("lora", {"r": 2}, vit, False),
+    ("lora", {"r": 2}, resnet, False),
+    ("adapter", {"r": 2}, swin, False),
 ]
 IDS = [f"{m}-{f.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o, f, _ in CASES]
 
@@ -95,8 +105,11 @@ def test_trains_exactly_its_parameters(method, options, factory, source_head):
 
     after = model.state_dict()
     assert before.keys() == after.keys()
+    persistent = model.method.state_dict()
+    fitted = {f"method.{n}" for n, _ in model.method.named_buffers() if n in persistent}  # label mappings
+    assert fitted <= set(model.trainable_state_dict())
     for key, value in before.items():
-        if key in trainable:
+        if key in trainable or key in fitted:
             continue
         assert torch.equal(value, after[key]), f"frozen tensor {key} changed"
     own = [n for n, p in model.named_parameters() if n in trainable and n.startswith("method.")]
@@ -151,3 +164,59 @@ def test_detach_restores_the_backbone(method, options, factory, source_head):
     assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags
     with torch.no_grad():
         torch.testing.assert_close(bb.eval()(x), reference, rtol=0, atol=0)
+
+
+# every method on real pretrained weights: the DINOv2 ViT-S/14 and EfficientNet-Lite0 shipped offline
+REAL_CASES = [
+    ("dinov2", "ap", {"site": "block.8", "shape": "channel"}),
+    ("dinov2", "vpt-deep", {}),
+    ("dinov2", "vapt", {}),
+    ("dinov2", "lora", {}),
+    ("dinov2", "adapter", {}),
+    ("dinov2", "vp-pad", {}),
+    ("efficientnet", "ap", {"site": "stage.4"}),
+    ("efficientnet", "norm", {}),
+    ("efficientnet", "bitfit", {}),
+    ("efficientnet", "lora", {}),
+    ("efficientnet", "vp-expansive", {"inner_size": 40, "mapping": "flm", "num_classes": 4}),
+    ("efficientnet", "full", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def real_backbones():
+    def make(kind, source_head):
+        name = {"dinov2": "offline:dinov2_vits14_imgfocus", "efficientnet": "offline:efficientnet_lite0"}
+        return vprompt.backbone(name[kind], num_classes=None if source_head else 4, img_size=56)
+
+    cache = {}
+    return lambda kind, source_head: cache.setdefault((kind, source_head), make(kind, source_head))
+
+
+@pytest.mark.offline_weights
+@pytest.mark.parametrize("kind,method,options", REAL_CASES, ids=[f"{k}-{m}" for k, m, _ in REAL_CASES])
+def test_real_backbone_trains_exactly_its_parameters(real_backbones, kind, method, options, tmp_path):
+    source_head = "mapping" in options
+    bb = real_backbones(kind, source_head)
+    frozen = {k: v.clone() for k, v in bb.state_dict().items()}
+    model = vprompt.attach(bb, method, **options)
+    trainable = {n.removeprefix("backbone.") for n, p in model.named_parameters() if p.requires_grad}
+    data = batches(bb, n=2)
+    x = data[0][0]
+    if method in ("ap", "vapt", "adapter", "lora"):  # zero-initialised: starts as the bare backbone
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x), bb(x), rtol=0, atol=0)
+    got_grad = train_steps(model, data)
+    assert all(got_grad[id(p)] for p in model.method.parameters())
+    state = {k.replace(".base_layer.", "."): (k, v) for k, v in bb.state_dict().items()}  # peft wraps
+    added = {k for k, _ in state.values() if k.replace(".base_layer.", ".") not in frozen}
+    changed = {k for k, (_, v) in state.items() if k in frozen and not torch.equal(v, frozen[k])}
+    assert changed <= trainable and added <= trainable  # BatchNorm running statistics never change
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        model.detach()
+        loaded = vprompt.load_adapter(tmp_path, bb)
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+        loaded.detach()
+        bb.load_state_dict(frozen)  # the next case starts from the pretrained weights again

@@ -13,12 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import Backbone, create_backbone
+from .adapter import Adapter
 from .ap import ActivationPrompt
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
+from .lora import LoRA
 from .tuned import TunedModel, check_backbone_matches, read_config, read_weights
+from .vapt import VAPT
+from .vp import ExpansivePrompt, PadPrompt
+from .vpt import VPTDeep, VPTShallow
 
-_METHODS: list[type[Method]] = [LinearProbe, FullFineTuning, ActivationPrompt, NormTuning, BitFit]
+_METHODS: list[type[Method]] = [
+    LinearProbe,
+    FullFineTuning,
+    ActivationPrompt,
+    PadPrompt,
+    ExpansivePrompt,
+    VPTShallow,
+    VPTDeep,
+    VAPT,
+    NormTuning,
+    BitFit,
+    LoRA,
+    Adapter,
+]
 
 #: name -> method class, in the order ``vprompt methods`` lists them
 METHODS: dict[str, type[Method]] = {m.name: m for m in _METHODS}

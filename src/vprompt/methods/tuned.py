@@ -89,7 +89,7 @@ class TunedModel(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: trained parameters plus the method's own buffers."""
         state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-        state.update({f"method.{n}": b for n, b in self.method.named_buffers()})
+        state.update(self._method_buffers())
         return {k: v.contiguous().clone() for k, v in state.items()}
 
     def config_dict(self) -> dict[str, Any]:
@@ -135,10 +135,15 @@ class TunedModel(nn.Module):
                     f"saved {self.method.name} state does not fit this model: {key} has shape "
                     f"{tuple(value.shape)} in the file and {tuple(expected[key].shape)} here"
                 )
-        own = dict(self.named_parameters()) | {f"method.{n}": b for n, b in self.method.named_buffers()}
+        own = dict(self.named_parameters()) | self._method_buffers()
         with torch.no_grad():
             for key, value in state.items():
                 own[key].copy_(value)
+
+    def _method_buffers(self) -> dict[str, torch.Tensor]:
+        """The method's persistent buffers (e.g. a fitted label mapping), keyed as in this model."""
+        persistent = self.method.state_dict(keep_vars=True)
+        return {f"method.{n}": b for n, b in self.method.named_buffers() if n in persistent}
 
     @property
     def num_classes(self) -> int:

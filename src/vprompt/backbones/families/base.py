@@ -27,6 +27,10 @@ class Family:
         """``(prefix_tokens, (grid_h, grid_w))`` for token families, else ``None``."""
         return None
 
+    def mlps(self, model: nn.Module) -> list[nn.Module]:
+        """The MLP sub-module of every transformer block, for adapter-style methods."""
+        return []
+
 
 class GenericFamily(Family):
     """Any classifier: only ``input`` and ``pre_logits`` (enough for linear, full, VP, BitFit, norm, LoRA)."""

@@ -22,3 +22,6 @@ class SwinFamily(Family):
 
     def points(self, model: nn.Module) -> dict[str, SitePoint]:
         return staged_points(model.patch_embed, (stage.blocks for stage in model.layers), "nhwc")
+
+    def mlps(self, model: nn.Module) -> list[nn.Module]:
+        return [block.mlp for stage in model.layers for block in stage.blocks]

@@ -29,3 +29,6 @@ class ViTFamily(Family):
     def token_info(self, model: nn.Module) -> tuple[int, tuple[int, int]]:
         h, w = model.patch_embed.grid_size
         return model.num_prefix_tokens, (int(h), int(w))
+
+    def mlps(self, model: nn.Module) -> list[nn.Module]:
+        return [block.mlp for block in model.blocks]

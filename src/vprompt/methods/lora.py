@@ -1,0 +1,173 @@
+"""LoRA: low-rank updates of chosen Linear / Conv2d layers, injected with the peft library.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (ICLR 2022). Each target layer ``W``
+becomes ``W x + (alpha / r) · B A dropout(x)`` with ``A`` (r × in) randomly initialised and ``B``
+(out × r) zero-initialised by peft, so the model starts exactly as the backbone.
+
+Targets (``targets="auto"``): the attention ``qkv`` projections of transformers (timm's fused qkv
+Linear in ViT and Swin; one low-rank update of the whole 3·D output) and, where there are none, every
+non-grouped ``Conv2d`` of a CNN (peft gives a conv LoRA ``A`` with the layer's kernel and stride and a
+1×1 ``B``). The classifier head is never a target. Targets can also be given as comma-separated
+module-name suffixes (``"fc1,fc2"``, ``"attn.proj"``), resolved here into exact module names.
+
+The adapted layers live inside the backbone (peft wraps each one, keeping the original as
+``base_layer``); :meth:`LoRA.detach` puts the original modules back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..backbones import Backbone
+from .base import Method, MethodConfig, MethodNotApplicable
+
+ADAPTER_NAME = "default"
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    r: int = field(default=8, metadata={"help": "rank of the low-rank update"})
+    alpha: float = field(
+        default=8.0, metadata={"help": "scaling numerator: the update is scaled by alpha / r"}
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout on the LoRA branch's input (training only)"}
+    )
+    targets: str = field(
+        default="auto",
+        metadata={
+            "help": "auto = attention qkv projections in transformers, non-grouped convolutions in CNNs; "
+            "or a comma-separated list of module-name suffixes"
+        },
+    )
+
+
+def _in_head(name: str, head_name: str) -> bool:
+    return name == head_name or name.startswith(head_name + ".")
+
+
+def resolve_targets(model: nn.Module, head_name: str, targets: str, r: int) -> list[str]:
+    """Exact dotted names (inside ``model``) of the layers LoRA adapts; ``MethodNotApplicable`` otherwise."""
+    modules = [(n, m) for n, m in model.named_modules() if n and not _in_head(n, head_name)]
+    spec = targets.strip()
+    if spec == "auto":
+        names = [n for n, m in modules if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] == "qkv"]
+        if not names:
+            names = [n for n, m in modules if isinstance(m, nn.Conv2d) and m.groups == 1]
+        if not names:
+            raise MethodNotApplicable(
+                "lora targets=auto found no attention qkv Linear and no non-grouped Conv2d outside the head; "
+                "give targets as module-name suffixes"
+            )
+    else:
+        suffixes = [s.strip() for s in spec.split(",") if s.strip()]
+        if not suffixes:
+            raise MethodNotApplicable(
+                "lora targets is empty; use 'auto' or comma-separated module-name suffixes"
+            )
+
+        def matches(name: str, suffix: str) -> bool:
+            return name == suffix or name.endswith("." + suffix)
+
+        names = [n for n, _ in modules if any(matches(n, s) for s in suffixes)]  # in module order
+        unmatched = [s for s in suffixes if not any(matches(n, s) for n in names)]
+        if unmatched:
+            raise MethodNotApplicable(
+                f"lora targets {', '.join(map(repr, unmatched))} match no module outside the classifier head"
+            )
+        by_name = dict(modules)
+        wrong = [
+            f"{n} ({type(by_name[n]).__name__})"
+            for n in names
+            if not isinstance(by_name[n], nn.Linear | nn.Conv2d)
+        ]
+        if wrong:
+            raise MethodNotApplicable(
+                f"lora adapts Linear and Conv2d layers only; targets {targets!r} also match: {', '.join(wrong[:5])}"
+            )
+    by_name = dict(modules)
+    for n in names:
+        m = by_name[n]
+        if isinstance(m, nn.Conv2d):
+            # peft builds the conv LoRA branch from kernel size, stride and padding only
+            if tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+                raise MethodNotApplicable(
+                    f"lora (peft) cannot adapt {n}: dilation {tuple(m.dilation)}, padding mode {m.padding_mode!r}"
+                )
+            if r % m.groups:
+                raise MethodNotApplicable(f"lora rank {r} is not divisible by the groups ({m.groups}) of {n}")
+    return names
+
+
+class LoRA(Method):
+    name = "lora"
+    summary = "low-rank updates (peft) of attention qkv (transformers) or non-grouped convolutions (CNNs)"
+    config_class = LoRAConfig
+
+    def __init__(self, config: LoRAConfig | None = None):
+        super().__init__(config)
+        #: exact names (inside ``backbone.model``) of the adapted layers, set by ``attach``
+        self.target_names: list[str] = []
+        # the peft layers, kept in a plain list so they are not registered as this module's children
+        self._layers: list[nn.Module] = []
+        self._injected = False
+
+    def attach(self, backbone: Backbone) -> None:
+        import peft
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        cfg = self.config
+        if cfg.r < 1:
+            raise MethodNotApplicable(f"lora rank must be at least 1, got {cfg.r}")
+        model = backbone.model
+        if hasattr(model, "peft_config"):
+            raise MethodNotApplicable(f"backbone {backbone.name!r} already carries peft adapters")
+        names = resolve_targets(model, backbone.head_name, cfg.targets, cfg.r)
+        peft_config = peft.LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            # a full-match regex of the exact names: peft would also match list entries as suffixes
+            target_modules="|".join(re.escape(n) for n in names),
+            bias="none",
+        )
+        self.target_names, self._injected = names, True
+        peft.inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER_NAME)
+        self._layers = [model.get_submodule(n) for n in names]
+        wrapped = {n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+        if wrapped != set(names) or not all(isinstance(m, BaseTunerLayer) for m in self._layers):
+            raise RuntimeError(f"peft adapted {sorted(wrapped)[:5]}..., expected {names[:5]}...")
+        self.train(self.training)
+
+    def detach(self, backbone: Backbone) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        model = backbone.model
+        for name in self.target_names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            layer = getattr(parent, child)
+            while isinstance(layer, BaseTunerLayer):
+                layer = layer.base_layer
+            setattr(parent, child, layer)
+        if self._injected and "peft_config" in vars(model):
+            del model.peft_config  # peft's record of the injected config
+        self.target_names, self._layers, self._injected = [], [], False
+        super().detach(backbone)
+
+    def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
+        for layer in self._layers:
+            yield from layer.lora_A.parameters()
+            yield from layer.lora_B.parameters()
+
+    def train(self, mode: bool = True) -> LoRA:
+        # the LoRA branches sit inside the backbone, which TunedModel keeps in eval mode; their dropout
+        # follows the method instead (TunedModel.train sets the backbone to eval first, then the method)
+        super().train(mode)
+        for layer in self._layers:
+            layer.lora_dropout.train(mode)
+        return self

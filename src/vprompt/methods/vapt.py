@@ -1,0 +1,144 @@
+"""Visual adaptive prompt tuning (VAPT): prompt tokens computed from the current token features.
+
+Le et al., "Adaptive Prompt: Unlocking the Power of Visual Prompt Tuning" (ICLR 2026 as "Revisit Visual
+Prompt Tuning: The Expressiveness of Prompt Experts"). For a ViT with L blocks, embedding size D, patch
+grid h×w and ``N_p`` prompts (SPEC §2.1):
+
+1. block 0 gets a static VPT prompt ``P0`` (``N_p×D``, VPT init) inserted after the prefix tokens;
+2. before every block l = 1..L−1 (at the output of block l−1) the old prompt tokens are dropped and
+   new ones are computed from the patch tokens X:
+
+   - a per-layer ``LayerNorm(D)`` (per token, so normalising ``[CLS, X]`` and dropping CLS equals
+     normalising X alone);
+   - X reshaped to ``(B, D, h, w)``, a depthwise convolution with ONE learnable ``K×K`` kernel per layer
+     shared by all D channels (no padding, no bias) → ``(B, D, h−K+1, w−K+1)``, then ``Dropout2d``;
+   - a per-layer token-wise projector ``Linear((h−K+1)(w−K+1) → N_p)`` over the spatial axis, weight and
+     bias zero-initialised → ``(B, N_p, D)``;
+   - ONE feature projector shared by all layers: ``z + W2·ReLU(dropout(W1·z))`` (no biases).
+
+   The result ``P_l(X)`` fills the prompt slots: ``[prefix, P_l(X), X]`` enters block l. Because the
+   token projectors start at zero, every adaptive prompt starts at exactly zero;
+3. at the output of the last block the prompt tokens are removed, so the final norm and pooling see the
+   backbone's own token positions.
+
+Parameters for ViT-B/16 at 224, ``N_p``=10, head excluded: 7,680 (P0) + 12,288 (feature projector) +
+16,896 (11 LayerNorms) + 18,700 (11 token projectors) + 44 (11 kernels) = 55,608.
+
+The convolution, ``Dropout2d`` and token projector are evaluated in an equivalent, cheaper order (see
+:meth:`VAPT.adaptive_prompts`); the tests check values and gradients against the literal order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from .base import Method, MethodConfig, MethodNotApplicable
+from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
+
+
+@dataclass
+class VAPTConfig(MethodConfig):
+    num_prompts: int = field(default=10, metadata={"help": "number of prompt tokens N_p"})
+    hidden: int = field(default=8, metadata={"help": "hidden size of the shared feature projector"})
+    kernel: int = field(
+        default=2, metadata={"help": "side K of each layer's channel-wise (depthwise, shared) kernel"}
+    )
+    dropout: float = field(
+        default=0.1,
+        metadata={"help": "Dropout2d after the convolution and dropout in the feature projector"},
+    )
+
+
+class FeatureProjector(nn.Module):
+    """``z + W2·ReLU(dropout(W1·z))`` with ``W1: D→hidden`` and ``W2: hidden→D``, no biases."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.fc2(F.relu(self.dropout(self.fc1(z))))
+
+
+class VAPT(Method):
+    name = "vapt"
+    summary = "adaptive prompts: each block's prompt tokens computed from its input tokens by a tiny network"
+    families = TOKEN_FAMILIES
+    config_class = VAPTConfig
+
+    def attach(self, backbone: Backbone) -> None:
+        c = self.config
+        geo = TokenGeometry.of(self, backbone)
+        if c.num_prompts < 1 or c.hidden < 1 or c.kernel < 1:
+            raise MethodNotApplicable(
+                f"vapt needs num_prompts, hidden and kernel >= 1, got {c.num_prompts}, {c.hidden}, {c.kernel}"
+            )
+        if not 0.0 <= c.dropout < 1.0:
+            raise MethodNotApplicable(f"vapt dropout must be in [0, 1), got {c.dropout}")
+        h, w = geo.grid
+        if min(h, w) < c.kernel:
+            raise MethodNotApplicable(
+                f"vapt's {c.kernel}×{c.kernel} kernel does not fit the {h}×{w} patch grid of {backbone.name!r}"
+            )
+        self.geometry = geo
+        dim, layers = geo.dim, geo.depth - 1  # adaptive prompts before blocks 1..L-1
+        conv_tokens = (h - c.kernel + 1) * (w - c.kernel + 1)
+        #: static prompt of block 0, ``(N_p, D)``
+        self.prompt = nn.Parameter(geo.vpt_init_(torch.empty(c.num_prompts, dim)))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        #: one K×K kernel per layer, shared by all D channels; Conv2d's default init (bound 1/K)
+        self.kernels = nn.Parameter(torch.empty(layers, 1, 1, c.kernel, c.kernel).uniform_(-1, 1) / c.kernel)
+        self.projectors = nn.ModuleList(nn.Linear(conv_tokens, c.num_prompts) for _ in range(layers))
+        for projector in self.projectors:
+            nn.init.zeros_(projector.weight)
+            nn.init.zeros_(projector.bias)
+        self.feature_projector = FeatureProjector(dim, c.hidden, c.dropout) if layers else None
+        self.hook(backbone, "embed", self._insert)
+        for layer in range(1, geo.depth):
+            self.hook(backbone, f"block.{layer - 1}", partial(self._adapt, layer))
+        self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+
+    def _insert(self, x: torch.Tensor) -> torch.Tensor:
+        prompts = self.prompt.to(x.dtype).expand(x.shape[0], -1, -1)
+        return insert_tokens(x, prompts, self.geometry.prefix)
+
+    def adaptive_prompts(self, layer: int, patches: torch.Tensor) -> torch.Tensor:
+        """The prompts of block ``layer`` (1..L-1) from its input patch tokens ``(B, h·w, D)``: ``(B, N_p, D)``.
+
+        Computed in an equivalent, cheaper order than written in the module docstring: the convolution
+        (one kernel shared by all channels) and the token-wise projector are both linear maps over the
+        spatial axis, and ``Dropout2d`` only scales whole channels, which commutes with them. So the
+        projector weight ``W`` (``N_p × h'w'``) is first pushed through the convolution's adjoint
+        (a transposed convolution of ``W`` by the kernel), giving one ``N_p × hw`` map applied to the
+        normalised tokens by a single batched matmul. Same values and gradients, no ``(B, D, h, w)``
+        transposes and no depthwise convolution over the activations.
+        """
+        geo, c, i = self.geometry, self.config, layer - 1
+        (h, w), batch = geo.grid, patches.shape[0]
+        if patches.shape[1] != h * w:
+            raise RuntimeError(
+                f"vapt was attached for a {h}×{w} patch grid ({h * w} tokens) but block {layer} gets "
+                f"{patches.shape[1]} patch tokens; attach it again at the new input size"
+            )
+        projector = self.projectors[i]
+        weight = projector.weight.view(c.num_prompts, 1, h - c.kernel + 1, w - c.kernel + 1)
+        spatial = F.conv_transpose2d(weight, self.kernels[i]).view(1, c.num_prompts, h * w)
+        z = torch.bmm(spatial.expand(batch, -1, -1), self.norms[i](patches))  # (B, N_p, D)
+        if self.training and c.dropout > 0:  # Dropout2d: whole channels, per sample
+            z = z * F.dropout(z.new_ones(batch, 1, geo.dim), c.dropout, training=True)
+        return self.feature_projector(z + projector.bias[:, None])
+
+    def _adapt(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        head, _, patches = split_tokens(x, self.geometry.prefix, self.prompt.shape[0])
+        return torch.cat([head, self.adaptive_prompts(layer, patches), patches], dim=1)
+
+    def _strip(self, x: torch.Tensor) -> torch.Tensor:
+        return strip_tokens(x, self.prompt.shape[0], self.geometry.prefix)

@@ -1,0 +1,162 @@
+"""Visual prompt tuning (VPT): learned prompt tokens inserted into a plain ViT's token sequence.
+
+Jia et al., "Visual Prompt Tuning" (ECCV 2022). ``N_p`` prompt tokens are inserted after the prefix
+tokens (CLS, registers, distillation token) of the ``embed`` site, so block 0 sees ``[prefix, P, X]``.
+
+- ``vpt-shallow``: only those prompts; they travel through every block like ordinary tokens.
+- ``vpt-deep``: before every later block ``l`` (at the output of block ``l-1``) the prompt slots are
+  overwritten by that layer's own prompts ``P_l``.
+
+At the output of the last block the prompt tokens are removed again, so the final norm and the pooling
+(CLS token, average of the patch tokens, attention pooling) see exactly the backbone's own token
+positions. Prompts are initialised xavier-uniform with bound ``sqrt(6 / (3·p² + D))`` (``p`` the patch
+size, ``D`` the embedding size) and pass through a dropout as they are inserted.
+
+The helpers here (:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from .base import Method, MethodConfig, MethodNotApplicable, require_tokens
+
+#: families every token-prompt method supports, for ``vprompt methods``
+TOKEN_FAMILIES = "plain ViT (timm VisionTransformer: ViT, DeiT, DINOv2, registers)"
+
+
+@dataclass(frozen=True)
+class TokenGeometry:
+    """The token layout of a plain ViT, as token-prompt methods need it."""
+
+    #: number of prefix tokens (CLS + registers + distillation token)
+    prefix: int
+    #: patch grid (h, w)
+    grid: tuple[int, int]
+    #: embedding size D
+    dim: int
+    #: number of blocks L
+    depth: int
+    #: pixels per patch (p² for square patches), from the input size and the grid
+    patch_area: int
+
+    @classmethod
+    def of(cls, method: Method, backbone: Backbone) -> TokenGeometry:
+        require_tokens(method, backbone)
+        embed = backbone.site("embed")
+        depth = sum(1 for name in backbone.sites if name.startswith("block."))
+        if embed.layout != "tokens" or embed.grid is None or depth == 0:
+            raise MethodNotApplicable(
+                f"{method.name} needs a token sequence with a patch grid and at least one block; "
+                f"backbone {backbone.name!r} (family {backbone.family.name!r}) does not provide one"
+            )
+        h, w = embed.grid
+        height, width = backbone.input_size[-2:]
+        patch_area = max(1, height // h) * max(1, width // w)
+        return cls(embed.prefix_tokens, (h, w), embed.shape[-1], depth, patch_area)
+
+    def vpt_init_(self, prompts: torch.Tensor) -> torch.Tensor:
+        """VPT's xavier-uniform init: ``U(-b, b)`` with ``b = sqrt(6 / (3·p² + D))``."""
+        bound = math.sqrt(6.0 / (3 * self.patch_area + self.dim))
+        with torch.no_grad():
+            return prompts.uniform_(-bound, bound)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the token axis, skipping empty parts (a lone part is returned as a view)."""
+    parts = [p for p in parts if p.shape[1]]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def split_tokens(x: torch.Tensor, prefix: int, num_prompts: int) -> tuple[torch.Tensor, ...]:
+    """``[prefix, prompts, X]`` → ``(prefix, prompts, X)`` views.
+
+    ``split`` rather than slicing: its backward is one concatenation, where every slice's backward
+    would allocate and zero-fill a gradient the size of the whole sequence.
+    """
+    return x.split([prefix, num_prompts, x.shape[1] - prefix - num_prompts], dim=1)
+
+
+def insert_tokens(x: torch.Tensor, prompts: torch.Tensor, prefix: int) -> torch.Tensor:
+    """``[prefix, X]`` → ``[prefix, prompts, X]``; ``prompts`` is ``(B, N_p, D)``."""
+    head, _, patches = split_tokens(x, prefix, 0)
+    return _cat([head, prompts, patches])
+
+
+def replace_tokens(x: torch.Tensor, prompts: torch.Tensor, prefix: int) -> torch.Tensor:
+    """``[prefix, old prompts, X]`` → ``[prefix, prompts, X]``."""
+    head, _, patches = split_tokens(x, prefix, prompts.shape[1])
+    return _cat([head, prompts, patches])
+
+
+def strip_tokens(x: torch.Tensor, num_prompts: int, prefix: int) -> torch.Tensor:
+    """``[prefix, prompts, X]`` → ``[prefix, X]``."""
+    head, _, patches = split_tokens(x, prefix, num_prompts)
+    return _cat([head, patches])
+
+
+@dataclass
+class VPTConfig(MethodConfig):
+    num_prompts: int = field(
+        default=10, metadata={"help": "number of prompt tokens N_p (per layer for deep)"}
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "dropout on the prompts as they are inserted (default: 0 shallow, 0.1 deep)"},
+    )
+
+
+class VPTShallow(Method):
+    name = "vpt-shallow"
+    summary = "VPT: N_p learned prompt tokens inserted after the CLS/register tokens before block 0"
+    families = TOKEN_FAMILIES
+    config_class = VPTConfig
+    #: whether every block gets its own prompts
+    deep = False
+    default_dropout = 0.0
+
+    def attach(self, backbone: Backbone) -> None:
+        geo = TokenGeometry.of(self, backbone)
+        num_prompts = self.config.num_prompts
+        if num_prompts < 1:
+            raise MethodNotApplicable(f"{self.name} needs num_prompts >= 1, got {num_prompts}")
+        dropout = self.default_dropout if self.config.dropout is None else self.config.dropout
+        if not 0.0 <= dropout < 1.0:
+            raise MethodNotApplicable(f"{self.name} dropout must be in [0, 1), got {dropout}")
+        self.geometry = geo
+        layers = geo.depth if self.deep else 1
+        #: prompts of block l at ``prompts[l]``: ``(layers, N_p, D)``
+        self.prompts = nn.Parameter(geo.vpt_init_(torch.empty(layers, num_prompts, geo.dim)))
+        self.prompt_dropout = nn.Dropout(dropout)
+        self.hook(backbone, "embed", self._insert)
+        for layer in range(1, layers):
+            self.hook(backbone, f"block.{layer - 1}", partial(self._replace, layer))
+        self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+
+    def _layer_prompts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        prompts = self.prompts[layer].to(x.dtype).expand(x.shape[0], -1, -1)
+        if self.training and self.prompt_dropout.p > 0:
+            prompts = self.prompt_dropout(prompts)
+        return prompts
+
+    def _insert(self, x: torch.Tensor) -> torch.Tensor:
+        return insert_tokens(x, self._layer_prompts(0, x), self.geometry.prefix)
+
+    def _replace(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return replace_tokens(x, self._layer_prompts(layer, x), self.geometry.prefix)
+
+    def _strip(self, x: torch.Tensor) -> torch.Tensor:
+        return strip_tokens(x, self.prompts.shape[1], self.geometry.prefix)
+
+
+class VPTDeep(VPTShallow):
+    name = "vpt-deep"
+    summary = "VPT-deep: every block gets its own N_p learned prompt tokens (replacing the previous ones)"
+    deep = True
+    default_dropout = 0.1

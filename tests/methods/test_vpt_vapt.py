@@ -1,0 +1,314 @@
+"""VPT (shallow, deep) and VAPT: parameter counts, where prompt tokens go, VAPT's exact computation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import vprompt
+from vprompt import MethodNotApplicable
+from vprompt.methods import TunedModel
+from vprompt.methods.vapt import VAPT, VAPTConfig
+from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
+
+TINY = dict(img_size=32, patch_size=4, depth=3, embed_dim=24, num_heads=2)
+NP = 3  # prompts per layer in the tiny tests
+
+
+def vit(**extra) -> vprompt.Backbone:
+    """8×8 grid of 4-px patches, CLS token, 3 blocks."""
+    return vprompt.backbone("vit_tiny_patch16_224", pretrained=False, num_classes=5, **TINY, **extra)
+
+
+def vit_avg() -> vprompt.Backbone:
+    """Average pooling over the patch tokens and no prefix token at all."""
+    return vit(class_token=False, global_pool="avg")
+
+
+def dinov2_reg() -> vprompt.Backbone:
+    """Patch 14, CLS + 4 registers, 3×3 grid, 2 blocks."""
+    kwargs = dict(img_size=42, depth=2, embed_dim=24, num_heads=2)
+    return vprompt.backbone("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=5, **kwargs)
+
+
+def vit_nonsquare() -> vprompt.Backbone:
+    """32×24 input: an 8×6 grid (built directly: the loader takes square sizes only)."""
+    kwargs = {**TINY, "img_size": (32, 24)}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, **kwargs)
+    return vprompt.Backbone(model, {"input_size": (3, 32, 24)}, "vit_tiny_nonsquare")
+
+
+BACKBONES = [vit, vit_avg, dinov2_reg, vit_nonsquare]
+METHODS = {
+    "vpt-shallow": lambda: VPTShallow(VPTConfig(num_prompts=NP)),
+    "vpt-deep": lambda: VPTDeep(VPTConfig(num_prompts=NP)),
+    "vapt": lambda: VAPT(VAPTConfig(num_prompts=NP)),
+}
+
+
+def blocks(bb):
+    return list(bb.model.blocks)
+
+
+def prefix_of(bb) -> int:
+    return bb.site("embed").prefix_tokens
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return vprompt.backbone("vit_base_patch16_224", pretrained=False, num_classes=0)
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: VAPT(VAPTConfig()), 7_680 + 12_288 + 16_896 + 18_700 + 44),
+        (lambda: VPTDeep(VPTConfig()), 92_160),
+        (lambda: VPTShallow(VPTConfig()), 7_680),
+    ],
+    ids=["vapt", "vpt-deep", "vpt-shallow"],
+)
+def test_parameter_counts_vit_b16(vit_b16, make, expected):
+    model = TunedModel(vit_b16, make())
+    try:
+        assert model.trainable_parameters(head=False) == expected
+    finally:
+        model.detach()
+
+
+def test_vapt_parameter_breakdown(vit_b16):
+    model = TunedModel(vit_b16, VAPT(VAPTConfig()))
+    try:
+        m = model.method
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        assert (m.prompt.numel(), count(m.feature_projector), count(m.norms)) == (7_680, 12_288, 16_896)
+        assert (count(m.projectors), m.kernels.numel()) == (18_700, 44)
+        assert len(m.norms) == len(m.projectors) == 11 and m.kernels.shape == (11, 1, 1, 2, 2)
+    finally:
+        model.detach()
+
+
+def capture(bb):
+    """Hooks registered *before* a method: raw embed / block outputs, tokens entering blocks and norm."""
+    seen = {"raw": {}, "enter": {}, "norm": None}
+    handles = [
+        bb.model.norm_pre.register_forward_hook(lambda m, a, out: seen["raw"].__setitem__("embed", out))
+    ]
+    for i, block in enumerate(blocks(bb)):
+        handles.append(
+            block.register_forward_hook(lambda m, a, out, i=i: seen["raw"].__setitem__(f"block.{i}", out))
+        )
+        handles.append(
+            block.register_forward_pre_hook(lambda m, args, i=i: seen["enter"].__setitem__(i, args[0]))
+        )
+    handles.append(bb.model.norm.register_forward_pre_hook(lambda m, args: seen.__setitem__("norm", args[0])))
+    return seen, handles
+
+
+def drop(tokens, prefix, n):
+    """Remove ``n`` tokens after the prefix."""
+    return torch.cat([tokens[:, :prefix], tokens[:, prefix + n :]], dim=1)
+
+
+@pytest.mark.parametrize("factory", BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_prompts_are_inserted_replaced_and_stripped(method, factory):
+    bb = factory().eval()
+    x = torch.randn(2, *bb.input_size)
+    with torch.no_grad():
+        bare_features = bb.model.forward_features(x)
+    seen, handles = capture(bb)
+    model = TunedModel(bb, METHODS[method]())
+    prefix, m = prefix_of(bb), model.method
+    T = bb.site("embed").shape[0]
+    with torch.no_grad():
+        out = model(x)
+        features = bb.model.forward_features(x)
+    assert out.shape == (2, 5)
+    assert features.shape == bare_features.shape  # the final norm and pooling see the original tokens
+    raw, enter = seen["raw"], seen["enter"]
+    assert raw["embed"].shape[1] == T
+    for i in range(len(blocks(bb))):
+        assert enter[i].shape[1] == T + NP, i  # every block sees the prompts
+    # block 0: [prefix, P0, X] with P0 exactly the parameter (eval mode: no dropout)
+    p0 = m.prompts[0] if method != "vapt" else m.prompt
+    torch.testing.assert_close(drop(enter[0], prefix, NP), raw["embed"], rtol=0, atol=0)
+    torch.testing.assert_close(enter[0][:, prefix : prefix + NP], p0.expand(2, -1, -1), rtol=0, atol=0)
+    for i in range(1, len(blocks(bb))):
+        previous = raw[f"block.{i - 1}"]
+        torch.testing.assert_close(drop(enter[i], prefix, NP), drop(previous, prefix, NP), rtol=0, atol=0)
+        slots = enter[i][:, prefix : prefix + NP]
+        if method == "vpt-shallow":  # prompts travel through the blocks like other tokens
+            torch.testing.assert_close(slots, previous[:, prefix : prefix + NP], rtol=0, atol=0)
+        elif method == "vpt-deep":  # replaced by the layer's own prompts
+            torch.testing.assert_close(slots, m.prompts[i].expand(2, -1, -1), rtol=0, atol=0)
+        else:  # adaptive prompts start at exactly zero
+            assert torch.count_nonzero(slots) == 0
+    # stripped at the output of the last block: the prefix and patch tokens, in their places
+    last = raw[f"block.{len(blocks(bb)) - 1}"]
+    torch.testing.assert_close(seen["norm"], drop(last, prefix, NP), rtol=0, atol=0)
+    for h in handles:
+        h.remove()
+
+
+def test_vapt_prompts_are_zero_at_init_in_train_mode_too():
+    bb = dinov2_reg()
+    seen, handles = capture(bb)
+    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, dropout=0.5))).train()
+    model(torch.randn(2, *bb.input_size))
+    prefix = prefix_of(bb)
+    assert torch.count_nonzero(seen["enter"][1][:, prefix : prefix + NP]) == 0
+    for h in handles:
+        h.remove()
+
+
+def literal_vapt_prompts(method: VAPT, layer: int, previous: torch.Tensor, prefix: int) -> torch.Tensor:
+    """SPEC §2.1 step 2 exactly as written, from the previous block's output ``[prefix, P, X]``."""
+    n, (h, w), dim = method.config.num_prompts, method.geometry.grid, method.geometry.dim
+    norm = method.norms[layer - 1]
+    tokens = F.layer_norm(drop(previous, prefix, n), (dim,), norm.weight, norm.bias)  # LN([CLS, X])
+    patches = tokens[:, prefix:]  # drop CLS and registers
+    maps = patches.transpose(1, 2).reshape(previous.shape[0], dim, h, w)
+    k = method.config.kernel
+    maps = F.conv2d(maps, method.kernels[layer - 1].view(1, 1, k, k).expand(dim, 1, k, k), groups=dim)
+    assert maps.shape[-2:] == (h - k + 1, w - k + 1)
+    projector = method.projectors[layer - 1]
+    z = F.linear(maps.flatten(2), projector.weight, projector.bias).transpose(1, 2)  # (B, N_p, D)
+    mlp = method.feature_projector
+    return z + F.linear(F.relu(F.linear(z, mlp.fc1.weight)), mlp.fc2.weight)
+
+
+def randomise(method: VAPT) -> None:
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_(0, 0.5)
+
+
+@pytest.mark.parametrize(
+    "factory, kernel",
+    [(vit_nonsquare, 2), (vit_nonsquare, 3), (dinov2_reg, 2), (vit_avg, 2)],
+    ids=["8x6-grid", "8x6-grid-kernel3", "registers", "no-cls"],
+)
+def test_vapt_prompt_matches_the_literal_computation(factory, kernel):
+    """Values and gradients of every adaptive prompt equal SPEC §2.1's literal computation."""
+    bb = factory()
+    seen, handles = capture(bb)
+    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, kernel=kernel))).eval()
+    randomise(model.method)
+    params = list(model.method.parameters())
+    model(torch.randn(2, *bb.input_size))
+    prefix = prefix_of(bb)
+    for layer in range(1, len(blocks(bb))):
+        expected = literal_vapt_prompts(model.method, layer, seen["raw"][f"block.{layer - 1}"], prefix)
+        got = seen["enter"][layer][:, prefix : prefix + NP]
+        assert torch.count_nonzero(got) > 0
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(got)
+        want = torch.autograd.grad((expected * weights).sum(), params, retain_graph=True, allow_unused=True)
+        have = torch.autograd.grad((got * weights).sum(), params, retain_graph=True, allow_unused=True)
+        for a, b in zip(have, want, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for h in handles:
+        h.remove()
+
+
+def test_vapt_dropout2d_drops_whole_channels():
+    bb = vit()
+    seen, handles = capture(bb)
+    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, dropout=0.5)))
+    m = model.method
+    randomise(m)
+    with torch.no_grad():
+        m.feature_projector.fc2.weight.zero_()  # feature projector = identity: see the dropped z
+        x = torch.randn(4, *bb.input_size)
+        model.eval()
+        model(x)
+        clean = seen["enter"][1][:, 1 : 1 + NP] - m.projectors[0].bias[:, None]
+        model.train()
+        model(x)
+        dropped = seen["enter"][1][:, 1 : 1 + NP] - m.projectors[0].bias[:, None]
+    # per (sample, channel) the N_p values are either all dropped or all scaled by 1 / (1 - p)
+    zero = dropped.abs().amax(dim=1) < 1e-6
+    kept = torch.isclose(dropped, 2 * clean, rtol=1e-4, atol=1e-5).all(dim=1)
+    assert bool((zero | kept).all()) and zero.any() and kept.any()
+    for h in handles:
+        h.remove()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_parameter_trains(method):
+    bb = vit()
+    model = TunedModel(bb, METHODS[method]()).train()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(params) >= {f"method.{n}" for n, _ in model.method.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.SGD(params.values(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(4, *bb.input_size, generator=g), torch.randint(0, 5, (4,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    unchanged = [n for n, p in params.items() if torch.equal(p, before[n])]
+    assert not unchanged
+    assert not any(p.grad is not None for p in bb.parameters() if not p.requires_grad)
+
+
+def test_prompt_dropout_defaults_and_modes():
+    bb = vit()
+    x = torch.randn(2, *bb.input_size)
+    for make, p in [(lambda: VPTShallow(), 0.0), (lambda: VPTDeep(), 0.1)]:
+        model = TunedModel(bb, make())
+        assert model.method.prompt_dropout.p == p
+        with torch.no_grad():
+            eval_a, eval_b = model.eval()(x), model(x)
+            train_a, train_b = model.train()(x), model(x)
+        torch.testing.assert_close(eval_a, eval_b, rtol=0, atol=0)
+        if p:
+            assert not torch.equal(train_a, train_b) and not torch.equal(train_a, eval_a)
+        else:
+            torch.testing.assert_close(train_a, eval_a, rtol=0, atol=0)
+        model.detach()
+    model = TunedModel(bb, VPTDeep(VPTConfig(dropout=0.0)))
+    assert model.method.prompt_dropout.p == 0.0
+    model.detach()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cnn_backbone_is_refused(method):
+    bb = vprompt.backbone("resnet18", pretrained=False, num_classes=5, img_size=32)
+    with pytest.raises(MethodNotApplicable, match=f"{method} .* family 'resnet'"):
+        TunedModel(bb, METHODS[method]())
+    assert all(p.requires_grad for p in bb.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in bb.modules())
+
+
+def test_vapt_kernel_larger_than_the_grid_is_refused():
+    with pytest.raises(MethodNotApplicable, match="4×4 kernel does not fit the 3×3 patch grid"):
+        TunedModel(dinov2_reg(), VAPT(VAPTConfig(kernel=4)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_detach_restores_the_backbone_bit_for_bit(method):
+    bb = dinov2_reg().eval()
+    x = torch.randn(2, *bb.input_size)
+    with torch.no_grad():
+        reference = bb(x)
+        model = TunedModel(bb, METHODS[method]())
+        assert not torch.equal(model(x), reference)
+        backbone = model.detach()
+        torch.testing.assert_close(backbone(x), reference, rtol=0, atol=0)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in bb.modules())
+
+
+def test_prompt_init_bound():
+    bb = dinov2_reg()  # patch 14, D 24
+    model = TunedModel(bb, VPTDeep(VPTConfig(num_prompts=50)))
+    bound = (6 / (3 * 14 * 14 + 24)) ** 0.5
+    prompts = model.method.prompts
+    assert prompts.shape == (2, 50, 24)
+    assert prompts.abs().max() <= bound and prompts.abs().max() > 0.8 * bound
