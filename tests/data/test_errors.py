@@ -131,8 +131,8 @@ def test_bad_specs_splits_and_configs(vtab_root):
         describe("vtab1k:eurosatt", vtab_root)
     with pytest.raises(ValueError, match="synthetic:<classes>x<size>"):
         describe("synthetic:4")
-    with pytest.raises(ValueError, match="has no split 'val'"):
-        load("fashion-mnist", None, "val", CONFIG)
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        load("fashion-mnist", None, "validation", CONFIG)
     with pytest.raises(ValueError, match="data config lacks mean, std"):
         load("synthetic:2x8", None, "train", {"input_size": (3, 8, 8)})
     with pytest.raises(ValueError, match="unknown protocol"):

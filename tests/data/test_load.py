@@ -5,7 +5,7 @@ import pytest
 import torch
 from data_fakes import CONFIG, VTAB_TINY, write_image
 
-from vprompt.data import check_dataset, describe, get_protocol, load, preflight
+from vprompt.data import check_dataset, describe, get_protocol, load, preflight, subset
 
 
 def test_vtab_splits_labels_and_transform(vtab_root):
@@ -88,10 +88,18 @@ def test_coop_split_layout(coop_root):
 def test_fashion_mnist_from_debian_package():
     info = describe("fashion-mnist")
     assert info.num_classes == 10 and info.class_names[9] == "Ankle boot"
+    assert info.splits == ("train", "val", "trainval", "test")
+    trainval = load("fashion-mnist", None, "trainval", CONFIG)
     train = load("fashion-mnist", None, "train", CONFIG)
+    val = load("fashion-mnist", None, "val", CONFIG)
     test = load("fashion-mnist", None, "test", CONFIG)
-    assert (len(train), len(test)) == (60000, 10000)
-    x, y = train[0]
+    assert (len(trainval), len(train), len(val), len(test)) == (60000, 54000, 6000, 10000)
+    # val is a fixed 10% held out of the training set: disjoint from train, together all of it
+    pixels = lambda ds: {ds.images[i].tobytes() for i in range(0, len(ds), 97)}  # noqa: E731
+    assert not pixels(train) & pixels(val)
+    assert sorted(train.labels.tolist() + val.labels.tolist()) == sorted(trainval.labels.tolist())
+    assert torch.equal(load("fashion-mnist", None, "val", CONFIG)[5][0], val[5][0])  # same every time
+    x, y = trainval[0]
     assert x.shape == (3, 32, 32) and y == 9  # greyscale 28 px → RGB, resized
     assert torch.equal(x[0], x[1])
     assert set(np.unique(test.labels)) == set(range(10))
@@ -120,8 +128,11 @@ def test_folder_single_and_split_lists(tmp_path):
     assert len(ds) == 6 and ds[5][1] == 1 and ds[0][0].shape == (3, 32, 32)
     (tmp_path / "pets" / "train.txt").write_text("cat/0.png\ndog/0.png\ndog/1.png\n")
     (tmp_path / "pets" / "test.txt").write_text("cat/2.png\n")
-    assert describe("folder:pets", tmp_path).splits == ("train", "test")
-    assert load("folder:pets", tmp_path, "train", CONFIG).targets == [0, 1, 1]
+    assert describe("folder:pets", tmp_path).splits == ("train", "val", "trainval", "test")
+    assert load("folder:pets", tmp_path, "trainval", CONFIG).targets == [0, 1, 1]
+    train, val = (load("folder:pets", tmp_path, s, CONFIG) for s in ("train", "val"))
+    assert (len(train), len(val)) == (2, 1)  # 10% of 3 rounds to 0: at least one held out
+    assert sorted(train.targets + val.targets) == [0, 1, 1]
 
 
 def test_folder_split_directories(tmp_path):
@@ -153,8 +164,25 @@ def test_torchvision_class_reads_local_files(tmp_path):
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     info = describe("torchvision:MNIST", tmp_path)
-    assert info.num_classes == 10 and info.splits == ("train", "test")
+    assert info.num_classes == 10 and info.splits == ("train", "val", "trainval", "test")
+    assert [len(load("torchvision:MNIST", tmp_path, s, CONFIG)) for s in info.splits] == [5, 1, 6, 3]
     ds = load("torchvision:MNIST", tmp_path, "test", CONFIG)
     x, y = ds[2]
     assert len(ds) == 3 and x.shape == (3, 32, 32) and y == 2
     assert check_dataset("torchvision:MNIST", tmp_path).ok
+
+
+def test_subset_is_class_balanced_and_reproducible():
+    full = load("synthetic:4x8", None, "train", CONFIG)  # 16 per class
+    a, b = subset(full, 10, seed=1), subset(full, 10, seed=1)
+    assert len(a) == 10 and a.targets == b.targets
+    counts = np.bincount(a.targets, minlength=4)
+    assert counts.max() - counts.min() <= 1  # 3, 3, 2, 2
+    assert subset(full, 10, seed=2).indices != a.indices  # another seed, other items
+    assert torch.equal(a[0][0], full[a.indices[0]][0])
+    assert subset(full, 1000) is full
+    fm = load("fashion-mnist", None, "test", CONFIG)
+    small = subset(fm, 50)
+    assert len(small) == 50 and np.bincount(small.labels, minlength=10).tolist() == [5] * 10
+    with pytest.raises(ValueError, match="at least 1 item"):
+        subset(full, 0)

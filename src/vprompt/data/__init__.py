@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from .checks import CheckReport, check_dataset, check_num_classes, preflight
-from .datasets import DataError
+from .datasets import DataError, subset
 from .packaged import foolbox_imagenet
 from .sources import DatasetInfo, resolve
 from .transforms import (
@@ -81,4 +81,5 @@ __all__ = [
     "is_train_deterministic",
     "load",
     "preflight",
+    "subset",
 ]

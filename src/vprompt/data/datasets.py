@@ -125,6 +125,68 @@ class ArrayDataset(torch.utils.data.Dataset):
         return image, int(self.labels[index])
 
 
+class IndexedDataset(torch.utils.data.Dataset):
+    """The items ``indices`` of ``base``, in that order (keeps ``targets`` and ``num_classes``)."""
+
+    def __init__(self, base, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+        self.num_classes = getattr(base, "num_classes", None)
+        self.source = getattr(base, "source", "")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def targets(self) -> list[int] | None:
+        targets = getattr(self.base, "targets", None)
+        return None if targets is None else [targets[i] for i in self.indices]
+
+    def __getitem__(self, index: int):
+        return self.base[self.indices[index]]
+
+
+def take(dataset, indices: Sequence[int]):
+    """A dataset of ``dataset``'s items at ``indices``, of the same kind where that is cheap.
+
+    Image lists keep their samples (so checks still see the files), arrays are indexed directly,
+    anything else is wrapped in an :class:`IndexedDataset`.
+    """
+    indices = [int(i) for i in indices]
+    if isinstance(dataset, ImageListDataset):
+        samples = [dataset.samples[i] for i in indices]
+        return ImageListDataset(samples, dataset.num_classes, dataset.source, dataset.transform)
+    if isinstance(dataset, ArrayDataset):
+        index = np.asarray(indices, dtype=np.int64)
+        return ArrayDataset(
+            dataset.images[index], dataset.labels[index], dataset.num_classes, dataset.source, dataset.transform
+        )
+    return IndexedDataset(dataset, indices)
+
+
+def subset(dataset, n: int, seed: int = 0):
+    """``n`` items of ``dataset``, as equally many per class as the data allows, chosen reproducibly.
+
+    Each class's items are shuffled with ``seed``; classes then take turns (lowest label first) until
+    ``n`` items are chosen. The result keeps the dataset's order. ``n >= len(dataset)`` returns it whole.
+    """
+    if n < 1:
+        raise ValueError(f"a subset needs at least 1 item, got {n}")
+    if n >= len(dataset):
+        return dataset
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(f"cannot draw a class-balanced subset of {type(dataset).__name__}: no targets")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(targets)
+    queues = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return take(dataset, sorted(chosen))
+
+
 def read_idx_gz(path: Path) -> np.ndarray:
     """Read an IDX file (MNIST format), gzipped or not, straight into a numpy array."""
     try:

@@ -2,7 +2,7 @@
 
 Split names are logical: ``train``, ``val``, ``trainval``, ``test`` (plus ``all`` for a class folder without
 split lists). VTAB-1k also accepts its file names ``train800``, ``val200``, ``train800val200``.
-See ``README_SECTION.md`` / the README for the exact folder layouts.
+See the README's Data section for the exact folder layouts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .datasets import (
     ArrayDataset,
     DataError,
@@ -22,6 +24,7 @@ from .datasets import (
     SyntheticDataset,
     TransformedDataset,
     read_idx_gz,
+    take,
 )
 
 # --------------------------------------------------------------------------------------------- VTAB-1k
@@ -132,6 +135,10 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
+#: Datasets that ship only train and test get a validation split: this fraction of the training set,
+#: drawn once with a fixed seed; ``train`` is the rest and ``trainval`` the whole training set.
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_SEED = 0
 #: Items per class in each split of ``synthetic:<classes>x<size>``.
 SYNTHETIC_PER_CLASS = {"train": 16, "val": 4, "test": 8}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -165,13 +172,39 @@ def _need_dir(path: Path, what: str) -> Path:
     return path
 
 
+def held_out_indices(n: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices of a training set of ``n`` items: a fixed random 10% is held out for val."""
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(n)
+    n_val = max(1, round(n * HELD_OUT_FRACTION)) if n > 1 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def with_held_out(splits: tuple[str, ...]) -> tuple[str, ...]:
+    """Native splits plus a derived ``val`` / ``trainval`` where the data has ``train`` but no ``val``."""
+    if "train" in splits and "val" not in splits:
+        return ("train", "val", "trainval", *(s for s in splits if s != "train"))
+    return splits
+
+
 class Source:
-    """A resolved spec: ``info`` plus ``dataset(split, transform)``; subclasses implement ``_dataset``."""
+    """A resolved spec: ``info`` plus ``dataset(split, transform)``; subclasses implement ``_dataset``.
+
+    A source whose data has only train (and test) lists its splits through :func:`with_held_out` and sets
+    ``held_out = True``: ``val`` is then a fixed 10% of the native training set, ``train`` the rest and
+    ``trainval`` all of it.
+    """
 
     info: DatasetInfo
+    held_out: bool = False
 
     def dataset(self, split: str, transform: Callable | None = None):
         split = self.canonical_split(split)
+        if self.held_out and split in ("train", "val", "trainval"):
+            full = self._dataset("train", transform)
+            if split == "trainval":
+                return full
+            train, val = held_out_indices(len(full))
+            return take(full, train if split == "train" else val)
         return self._dataset(split, transform)
 
     def canonical_split(self, split: str) -> str:
@@ -336,6 +369,8 @@ class TorchvisionSource(Source):
         if self.mode is None:
             raise ValueError(f"{spec}: {cls_name} takes neither train= nor split=; use folder:<path> instead")
         splits = ("train", "test") if self.mode == "train" else ("train", "val", "test")
+        self.held_out = "val" not in splits
+        splits = with_held_out(splits)
         self.spec, self._cache = spec, {}
         first = self._base("train")
         classes = getattr(first, "classes", None)
@@ -397,6 +432,8 @@ class FolderSource(Source):
         else:
             splits, class_root = ("all",), self.dir
         self.layout = "lists" if self.lists else "dirs" if splits != ("all",) else "single"
+        self.held_out = "train" in splits and "val" not in splits
+        splits = with_held_out(splits)
         classes = sorted(d.name for d in class_root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
             raise DataError(f"{class_root}: no class sub-folders found")
@@ -449,8 +486,15 @@ class FashionMNISTSource(Source):
         candidates.append(FASHION_MNIST_DEBIAN)
         self.dir = next((d for d in candidates if self._find(d, "train", 0) is not None), None)
         self.candidates = candidates
+        self.held_out = True
         self.info = DatasetInfo(
-            spec, "fashion-mnist", "fashion-mnist", 10, FASHION_MNIST_CLASSES, ("train", "test"), self.dir
+            spec,
+            "fashion-mnist",
+            "fashion-mnist",
+            10,
+            FASHION_MNIST_CLASSES,
+            with_held_out(("train", "test")),
+            self.dir,
         )
 
     @staticmethod

@@ -12,8 +12,11 @@ protocol   tuning (train → eval)       final (train → eval)        transform
 ``fgvc``   train → val                 trainval → test             train: resize shorter side to s·256/224,
                                                                    random crop s, h-flip; eval: resize,
                                                                    centre crop s
-``vp``     train → val                 train → test                resize to input size; no augmentation
+``vp``     train → val                 trainval → test             resize to input size; no augmentation
 =========  ==========================  ==========================  =====================================
+
+Datasets that ship only train and test (Fashion-MNIST, CIFAR, ...) hold out a fixed 10% of their
+training set as ``val``; ``trainval`` is then the whole training set, as the VP papers train on.
 
 For ``vp`` (visual prompting) the image is resized to the backbone's input size; expansive prompts that
 shrink the image and pad it with a learned border do that inside the method, not here.
@@ -59,7 +62,9 @@ PROTOCOLS: dict[str, Protocol] = {
         True,
         "train: resize s*256/224, random crop s, h-flip; eval: resize, centre crop",
     ),
-    "vp": Protocol("vp", ("train", "val"), ("train", "test"), False, "resize to input size, no augmentation"),
+    "vp": Protocol(
+        "vp", ("train", "val"), ("trainval", "test"), False, "resize to input size, no augmentation"
+    ),
 }
 
 _FAMILY_PROTOCOL = {"vtab1k": "vtab", "fgvc": "fgvc"}
