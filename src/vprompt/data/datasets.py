@@ -158,7 +158,11 @@ def take(dataset, indices: Sequence[int]):
     if isinstance(dataset, ArrayDataset):
         index = np.asarray(indices, dtype=np.int64)
         return ArrayDataset(
-            dataset.images[index], dataset.labels[index], dataset.num_classes, dataset.source, dataset.transform
+            dataset.images[index],
+            dataset.labels[index],
+            dataset.num_classes,
+            dataset.source,
+            dataset.transform,
         )
     return IndexedDataset(dataset, indices)
 
