@@ -2,6 +2,7 @@
 
 from .backbones import Backbone, Site, WeightsUnavailableError
 from .backbones import create_backbone as backbone
+from .engine import TrainConfig, evaluate_run, load_run, train
 from .methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter
 
 __version__ = "0.1.0"
@@ -11,10 +12,14 @@ __all__ = [
     "Backbone",
     "MethodNotApplicable",
     "Site",
+    "TrainConfig",
     "TunedModel",
     "WeightsUnavailableError",
     "__version__",
     "attach",
     "backbone",
+    "evaluate_run",
     "load_adapter",
+    "load_run",
+    "train",
 ]

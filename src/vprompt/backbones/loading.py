@@ -74,6 +74,7 @@ def create_backbone(
     img_size: int | None = None,
     pretrained: bool = True,
     weights: str | Path | None = None,
+    init_seed: int | None = None,
     **model_kwargs: Any,
 ) -> Backbone:
     """Build a backbone with its data config and sites.
@@ -85,15 +86,23 @@ def create_backbone(
         pretrained: load pretrained weights (from the hub for timm/torchvision names). Ignored when
             ``weights`` is given; offline backbones are always pretrained.
         weights: a local ``.safetensors`` / ``.pth`` / ``.npz`` file for a timm or torchvision architecture.
+        init_seed: seed of every random initialisation (a new head, or all weights when not pretrained),
+            drawn without touching the global RNG; recorded, so a random-init backbone can be rebuilt.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
-    backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
+    if init_seed is None:
+        backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
     backbone.build_args = dict(
         name=name,
         num_classes=num_classes,
         img_size=img_size,
         pretrained=pretrained,
         weights=None if weights is None else str(weights),
+        **({} if init_seed is None else {"init_seed": init_seed}),
         **model_kwargs,
     )
     return backbone

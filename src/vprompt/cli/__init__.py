@@ -9,9 +9,11 @@ from . import backbones as _backbones
 from . import data as _data
 from . import demo as _demo
 from . import methods as _methods
+from . import runs as _runs
+from . import train as _train
 
 #: Modules that contribute sub-commands; each has ``register(subparsers)``.
-COMMAND_MODULES = (_backbones, _methods, _data, _demo)
+COMMAND_MODULES = (_backbones, _methods, _data, _train, _runs, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_method_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if getattr(args, "accepts_method_options", False):
+            return args.func(args, extra) or 0
         return args.func(args) or 0
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:  # MethodNotApplicable too
+    except (
+        ValueError,
+        KeyError,
+        FileNotFoundError,
+        FileExistsError,
+        RuntimeError,
+    ) as e:  # MethodNotApplicable too
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vprompt {args.command}: error: {message}", file=sys.stderr)
         return 2

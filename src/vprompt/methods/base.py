@@ -71,6 +71,15 @@ class Method(nn.Module):
     #: task classes when a label mapping picks them from the source classifier, else None
     num_target_classes: int | None = None
 
+    @classmethod
+    def task_head(cls, config: MethodConfig, num_classes: int) -> int | None:
+        """The ``num_classes`` to build the backbone with for a task of ``num_classes`` classes.
+
+        A new linear head by default; ``None`` keeps the source classifier (label mappings), in which
+        case the method may fill its own task-size option in ``config``.
+        """
+        return num_classes
+
     def map_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Map the backbone's logits to the task's classes (identity, or a label mapping)."""
         return logits

@@ -136,6 +136,14 @@ class LabelMappedMethod(Method):
     def num_target_classes(self) -> int | None:  # type: ignore[override]
         return self.config.num_classes if self.uses_mapping else None
 
+    @classmethod
+    def task_head(cls, config: LabelMappingConfig, num_classes: int) -> int | None:
+        if config.mapping == "linear":
+            return num_classes
+        if not config.num_classes:
+            config.num_classes = num_classes
+        return None  # keep the source classifier and map onto it
+
     def attach_head(self, backbone: Backbone) -> None:
         """Check the backbone's classifier fits the head choice; set up the mapping buffer."""
         cfg = self.config

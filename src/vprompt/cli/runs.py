@@ -1,0 +1,61 @@
+"""``vprompt eval``, ``vprompt predict`` and ``vprompt export``: use a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy of a finished run on a split of its data (or another dataset)")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--data", default=None, help="another dataset spec with the same classes")
+    p.add_argument("--root", default=None, help="data root (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes (with their names) of images under a finished run")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a finished run's model (prompts included) to ONNX")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..engine import evaluate_run
+
+    result = evaluate_run(
+        args.run,
+        split=args.split,
+        device=args.device,
+        batch_size=args.batch_size,
+        data=args.data,
+        root=args.root,
+    )
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..engine.inference import predict
+
+    for path, ranked in zip(args.images, predict(args.run, args.images, top=args.top), strict=True):
+        print(f"{path.name}: " + ", ".join(f"{name} {p:.2f}" for name, p in ranked))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..engine.inference import export_onnx
+
+    max_diff = export_onnx(args.run, args.onnx, opset=args.opset)
+    print(f"wrote {args.onnx} (max |onnxruntime - torch| on a test batch: {max_diff:.2e})")
+    return 0

@@ -1,0 +1,67 @@
+"""``vprompt train``: train and evaluate one run.
+
+Every field of :class:`~vprompt.engine.TrainConfig` is an option (``--lr``, ``--selection``, ...);
+the method's own options (``--site``, ``--num-prompts`` ...) are read once the method is known.
+``--config FILE.yaml`` gives defaults for all of them; options on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from .options import add_dataclass_options, given
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..engine.config import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train and evaluate a method on a dataset (method options such as --site go after --method)",
+        description="Train and evaluate one run. Method options (e.g. --site block.9 for ap) are accepted "
+        "too: `vprompt methods --options` lists them.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML file of options (the command line wins)")
+    p.add_argument("--output", type=Path, default=None, help="run directory (default: runs/<time>-<method>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
+    p.set_defaults(func=cmd_train, train_fields=add_dataclass_options(p, TrainConfig, title="run options"))
+    p.set_defaults(accepts_method_options=True)
+
+
+def method_options(method: str, extra: list[str]) -> dict:
+    """Parse the method's own options from ``extra`` (unknown ones are a clear error)."""
+    from ..methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    parser = argparse.ArgumentParser(prog=f"vprompt train --method {method}", add_help=False)
+    names = add_dataclass_options(parser, METHODS[method].config_class)
+    args, rest = parser.parse_known_args(extra)
+    if rest:
+        valid = ", ".join("--" + n.replace("_", "-") for n in names) or "(none)"
+        raise ValueError(f"unknown option {' '.join(rest)} for method {method!r}; its options are: {valid}")
+    return given(args, names)
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..engine import train
+    from ..engine.config import read_yaml
+    from ..engine.run import as_config
+
+    values = read_yaml(args.config) if args.config else {}
+    values.update(given(args, args.train_fields))
+    config = as_config(values, {})
+    config.method_options.update(method_options(config.method, extra))
+    output = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}"
+    summary = train(config, output=output, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # torchrun: one report, from the main process
+    keys = ("val_accuracy", "test_accuracy", "trainable_parameters", "train_seconds", "peak_memory_mib")
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k in keys}
+    print(json.dumps(shown))
+    print(f"run written to {output}")
+    return 0

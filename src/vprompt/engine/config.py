@@ -1,0 +1,167 @@
+"""The configuration of one training run: a dataclass whose fields carry their own help text.
+
+The same fields are the ``vprompt train`` options (``--lr``), the keys of a YAML file (``lr: 0.01``)
+and the keyword arguments of :func:`vprompt.train`. A method's own options (``site``, ``shape``,
+``num_prompts`` ...) live in ``method_options``; in a YAML file they may also be written flat, next to
+the run's options. :func:`resolve_config` checks everything a run needs before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SELECTIONS = ("final", "best-val")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CACHES = ("auto", "off", "memory", "disk")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    # ------------------------------------------------------------------------------------ what
+    backbone: str = field(default="", metadata={"help": "timm name, torchvision:<name> or offline:<name>"})
+    img_size: int | None = field(default=None, metadata={"help": "square input size (default: the model's)"})
+    weights: str | None = field(default=None, metadata={"help": "local .safetensors/.pth/.npz weights file"})
+    random_init: bool = field(default=False, metadata={"help": "random backbone weights (quick checks only)"})
+    method: str = field(default="", metadata={"help": "adaptation method (see `vprompt methods`)"})
+    method_options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the method's own options (see `vprompt methods --options`)"}
+    )
+    # ------------------------------------------------------------------------------------ data
+    data: str = field(default="", metadata={"help": "dataset spec: vtab1k:<task>, fashion-mnist, ..."})
+    root: str | None = field(default=None, metadata={"help": "data root (see the README's Data section)"})
+    protocol: str | None = field(
+        default=None, metadata={"help": "vtab, fgvc or vp (default: from the dataset family)"}
+    )
+    final: bool = field(
+        default=False,
+        metadata={
+            "help": "final run: train on the protocol's final split and test once (default: tune on val)"
+        },
+    )
+    train_split: str | None = field(default=None, metadata={"help": "override the protocol's training split"})
+    val_split: str | None = field(
+        default=None, metadata={"help": "override the validation split ('none' for no validation)"}
+    )
+    test_split: str | None = field(
+        default=None, metadata={"help": "override the test split ('none' for no test)"}
+    )
+    train_size: int | None = field(
+        default=None, metadata={"help": "train on a class-balanced subset of this many images"}
+    )
+    eval_size: int | None = field(
+        default=None, metadata={"help": "validate and test on class-balanced subsets of this many images"}
+    )
+    # ---------------------------------------------------------------------------- optimisation
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=32, metadata={"help": "global batch size (split across processes)"})
+    optimizer: Literal["sgd", "adamw"] = field(
+        default="sgd", metadata={"help": "sgd (momentum 0.9) or adamw"}
+    )
+    lr: float = field(default=0.01, metadata={"help": "peak learning rate (before --lr-scale)"})
+    lr_scale: bool = field(
+        default=False, metadata={"help": "scale the learning rate by batch_size / 256 (VPT's rule)"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up, in epochs, then cosine"})
+    min_lr: float = field(default=0.0, metadata={"help": "learning rate at the end of the cosine"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy"})
+    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
+    selection: Literal["final", "best-val"] = field(
+        default="final",
+        metadata={"help": "which weights are kept: the final epoch's, or the best on validation"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the method's init, the data order and dropout"})
+    # ------------------------------------------------------------------------------ execution
+    device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda, cuda:1"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto", metadata={"help": "auto = bf16 autocast on a GPU that has it, else fp32"}
+    )
+    workers: int | None = field(
+        default=None,
+        metadata={"help": "data-loading processes (default: 0 for in-memory data, else up to 4)"},
+    )
+    eval_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
+    cache: Literal["auto", "off", "memory", "disk"] = field(
+        default="auto",
+        metadata={
+            "help": "frozen-prefix cache: auto (in memory where valid), off, memory, disk (memory-mapped)"
+        },
+    )
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "dtype the cached activations are stored in"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def config_fields() -> dict[str, Any]:
+    """``name → dataclass field`` of :class:`TrainConfig`."""
+    return {f.name: f for f in fields(TrainConfig)}
+
+
+def default_of(f) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict (an empty file is an empty config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a flat or nested dict; unknown keys become method options.
+
+    Method options are checked against the method's own config when the run is resolved.
+    """
+    known = config_fields()
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    options = dict(values.pop("method_options", None) or {})
+    for key in [k for k in values if k not in known]:
+        options[key] = values.pop(key)
+    config = TrainConfig(**values)
+    config.method_options = options
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Clear errors for values no run can use (before anything is built)."""
+    for name in ("backbone", "method", "data"):
+        if not getattr(config, name):
+            raise ValueError(f"--{name} is required")
+    choices = {
+        "optimizer": OPTIMIZERS,
+        "selection": SELECTIONS,
+        "precision": PRECISIONS,
+        "cache": CACHES,
+        "cache_dtype": CACHE_DTYPES,
+    }
+    for name, valid in choices.items():
+        if getattr(config, name) not in valid:
+            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}")
+    positive = {"epochs": config.epochs, "batch_size": config.batch_size, "eval_every": config.eval_every}
+    positive |= {k: getattr(config, k) for k in ("train_size", "eval_size") if getattr(config, k) is not None}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if config.lr <= 0:
+        raise ValueError(f"lr must be positive, got {config.lr}")
+    if config.weight_decay < 0 or config.warmup_epochs < 0 or not 0 <= config.label_smoothing < 1:
+        raise ValueError("weight_decay and warmup_epochs must be >= 0, label_smoothing in [0, 1)")
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,220 @@
+"""The data of one run: which splits it trains, validates and tests on, and the loaders that feed them.
+
+Splits come from the protocol (``vtab``: tune train800 → val200, final train800val200 → test) unless
+overridden. The test split is only ever evaluated once, at the end of a final run; validation never
+overlaps the training split (``best-val`` selection on a split the model trained on is refused).
+
+Order and augmentation are reproducible and independent of the number of processes and workers: the
+order of epoch ``e`` is a permutation drawn from ``(seed, e)``, and each training item's random
+transform is seeded from ``(seed, e, index)``. A resumed run therefore sees exactly the batches an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import data as vdata
+from ..data.datasets import ImageListDataset
+from .config import TrainConfig
+from .distributed import Context, split_evenly
+
+#: what each logical split contains (for the overlap check)
+_PARTS = {"trainval": {"train", "val"}}
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: str
+    val: str | None
+    test: str | None
+
+
+def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
+    """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test)."""
+    proto = vdata.get_protocol(protocol)
+    train, evaluation = proto.splits(final=config.final)
+    val, test = (None, evaluation) if config.final else (evaluation, None)
+
+    def override(value: str | None, default: str | None) -> str | None:
+        if value is None:
+            return default
+        return None if value.lower() == "none" else value
+
+    train = override(config.train_split, train)
+    val, test = override(config.val_split, val), override(config.test_split, test)
+    if config.selection == "best-val" and val is None:
+        raise ValueError(
+            "selection 'best-val' needs a validation split, but this run has none "
+            f"({'a final run trains on ' + train if config.final else 'val_split is none'}); use "
+            "--selection final, or name one with --val-split (and --train-split so they do not overlap)"
+        )
+    if val is not None and (val == train or val in _PARTS.get(train, ())):
+        raise ValueError(
+            f"the validation split {val!r} is part of the training split {train!r}; "
+            "validate on data the model does not train on"
+        )
+    return Splits(train, val, test)
+
+
+class SeededItems(Dataset):
+    """Items addressed as ``(epoch, index)``; random transforms are seeded from ``(seed, epoch, index)``."""
+
+    def __init__(self, base: Dataset, seed: int, augments: bool):
+        self.base, self.seed, self.augments = base, seed, augments
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if not self.augments:
+            return self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
+            return self.base[index]
+
+
+class EpochBatches:
+    """A batch sampler: global batches of one epoch's order, each split into one part per process."""
+
+    def __init__(self, size: int, batch_size: int, ctx: Context, seed: int, shuffle: bool):
+        if batch_size < ctx.world:
+            raise ValueError(f"batch size {batch_size} is smaller than the {ctx.world} processes")
+        self.size, self.batch_size, self.ctx, self.seed, self.shuffle = size, batch_size, ctx, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        # every process needs at least one item of every batch (else DDP would wait forever)
+        return [b for b in batches if len(b) >= self.ctx.world]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.global_batches():
+            yield [(self.epoch, i) for i in split_evenly(batch, self.ctx.world, self.ctx.rank)]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (rest >= self.ctx.world)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What a run will read, decided and checked before anything heavy is built."""
+
+    info: vdata.DatasetInfo
+    protocol: str
+    splits: Splits
+
+    @property
+    def augments(self) -> bool:
+        """Whether the training transform is random (no frozen-prefix cache then)."""
+        return not vdata.is_train_deterministic(self.protocol)
+
+
+def plan_data(config: TrainConfig) -> DataPlan:
+    """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
+    protocol = config.protocol or vdata.default_protocol(config.data)
+    vdata.get_protocol(protocol)  # unknown protocol: a clear error
+    splits = resolve_splits(config, protocol)
+    wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
+    info = vdata.preflight(config.data, config.root, wanted)
+    return DataPlan(info, protocol, splits)
+
+
+@dataclass
+class RunData:
+    """The datasets of a run, transformed for its backbone."""
+
+    plan: DataPlan
+    train: Dataset | None
+    val: Dataset | None
+    test: Dataset | None
+
+    @property
+    def augments(self) -> bool:
+        return self.plan.augments
+
+    def describe(self) -> dict:
+        plan = self.plan
+        sizes = {k: len(getattr(self, k)) for k in ("train", "val", "test") if getattr(self, k) is not None}
+        return {
+            "spec": plan.info.spec,
+            "protocol": plan.protocol,
+            "splits": {k: getattr(plan.splits, k) for k in ("train", "val", "test")},
+            "sizes": sizes,
+            "num_classes": plan.info.num_classes,
+            "class_names": list(plan.info.class_names),
+            "augmentation": plan.augments,
+        }
+
+
+def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_classes: int) -> RunData:
+    """The run's splits with the protocol's transforms, normalised with the backbone's mean and std."""
+    vdata.check_num_classes(plan.info, head_classes)
+
+    def load(split: str | None, train: bool, size: int | None):
+        if split is None:
+            return None
+        ds = vdata.load(config.data, config.root, split, data_config, protocol=plan.protocol, train=train)
+        return vdata.subset(ds, size, seed=config.seed) if size is not None else ds
+
+    return RunData(
+        plan,
+        train=load(plan.splits.train, True, config.train_size),
+        val=load(plan.splits.val, False, config.eval_size),
+        test=load(plan.splits.test, False, config.eval_size),
+    )
+
+
+def default_workers(dataset: Dataset, requested: int | None) -> int:
+    """Worker processes: as asked, else 0 for data held in memory and up to 4 for image files."""
+    if requested is not None:
+        return requested
+    base = dataset
+    while hasattr(base, "base") and not isinstance(base, ImageListDataset):
+        base = base.base
+    if not isinstance(base, ImageListDataset):
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def train_loader(
+    dataset: Dataset, config: TrainConfig, ctx: Context, augments: bool
+) -> tuple[DataLoader, EpochBatches]:
+    sampler = EpochBatches(len(dataset), config.batch_size, ctx, config.seed, shuffle=True)
+    workers = default_workers(dataset, config.workers)
+    loader = DataLoader(
+        SeededItems(dataset, config.seed, augments),
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: Context, workers: int | None) -> DataLoader:
+    """This process's contiguous share of ``dataset``, in order (results are summed over processes)."""
+    indices = split_evenly(list(range(len(dataset))), ctx.world, ctx.rank)
+    shard = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=default_workers(dataset, workers),
+        pin_memory=ctx.device.type == "cuda",
+    )

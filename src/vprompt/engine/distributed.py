@@ -1,0 +1,94 @@
+"""Data-parallel training through torchrun and PyTorch DDP (no home-made engine).
+
+Launch any ``vprompt train`` command with ``torchrun --nproc_per_node N -m vprompt train ...``: torchrun
+sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; :func:`setup` then joins the process group (NCCL on
+GPUs, gloo on CPU) and the trainer wraps the model in ``DistributedDataParallel``. Without those
+variables everything runs in one process and the helpers here are no-ops.
+
+The batch size in the config is the *global* batch: every global batch is split into contiguous,
+near-equal parts, one per process, and each process scales its summed loss so that DDP's gradient
+average equals the gradient of the mean loss over the global batch. A run on N processes therefore
+takes the same steps as a run on one (up to floating-point summation order).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank, the number of processes, and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and prints."""
+        return self.rank == 0
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over all processes (float64)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj):
+        """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the torchrun process group when launched by torchrun; otherwise a single-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context(device=resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(rank=rank, world=world, device=dev)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def split_evenly(items: list[int], parts: int, index: int) -> list[int]:
+    """The ``index``-th of ``parts`` contiguous, near-equal pieces of ``items`` (earlier pieces one longer)."""
+    base, extra = divmod(len(items), parts)
+    start = index * base + min(index, extra)
+    return items[start : start + base + (1 if index < extra else 0)]

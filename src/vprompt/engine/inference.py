@@ -1,0 +1,62 @@
+"""Inference with a finished run: predictions with class names, and ONNX export."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..data import build_transform
+from ..data.datasets import open_image
+from .run import class_names, load_run, run_config
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:
+    """For each image, the ``top`` classes of the run's model as ``(class name, probability)``."""
+    config = run_config(run_dir)
+    model = load_run(run_dir)
+    names = class_names(run_dir)
+    transform = build_transform(model.backbone.data_config, config.protocol or "vp", train=False)
+    batch = torch.stack([transform(open_image(Path(p))) for p in images])
+    probs = model(batch).softmax(-1)
+    k = min(top, probs.shape[-1])
+    values, indices = probs.topk(k, dim=-1)
+    return [
+        [(names[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist(), strict=True)]
+        for vs, ids in zip(values, indices, strict=True)
+    ]
+
+
+def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float | None:
+    """Write the run's model (backbone, method and head) as ONNX with a dynamic batch axis.
+
+    Returns the largest difference between onnxruntime and PyTorch on a random batch of 3, or ``None``
+    when onnxruntime is not installed.
+    """
+    model = load_run(run_dir)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, *model.backbone.input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, *model.backbone.input_size)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        return float((got - model(x)).abs().max())

@@ -1,0 +1,228 @@
+"""One training run from a config to a run directory, and the verbs that use a finished run.
+
+summary = vprompt.train(backbone="offline:efficientnet_lite0", method="ap",
+                        method_options={"site": "stage.4"}, data="fashion-mnist", img_size=64,
+                        epochs=5, output="runs/ap")
+model = vprompt.load_run("runs/ap")             # the TunedModel with the kept weights
+vprompt.evaluate_run("runs/ap", split="test")   # {"accuracy": ..., ...}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones import create_backbone
+from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
+from .config import TrainConfig, check_config, make_config, read_yaml, to_dict
+from .data import RunData, eval_loader, load_data, plan_data
+from .distributed import Context, resolve_device, setup, teardown
+from .optim import peak_lr
+from .rundir import ADAPTER, RunDir, environment, peak_memory_mib
+from .trainer import Precision, Trainer, evaluate
+
+#: config keys that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE = {"progress", "workers", "device"}
+
+
+def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a config object, a dict or a YAML path, with ``overrides`` on top."""
+    if isinstance(config, TrainConfig):
+        values = to_dict(config)
+    elif isinstance(config, str | Path):
+        values = read_yaml(config)
+    else:
+        values = dict(config or {})
+    values.pop("resolved", None)  # written by runs for the record; derived, never read back
+    options = {**values.pop("method_options", {}), **overrides.pop("method_options", {})}
+    return make_config({**values, **overrides, "method_options": options})
+
+
+def build_model(config: TrainConfig, num_classes: int) -> TunedModel:
+    """The backbone with the method attached, for a task of ``num_classes`` classes (seeded)."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
+    options = method_config(config.method, **config.method_options)  # unknown options: a clear error
+    backbone_classes = METHODS[config.method].task_head(options, num_classes)
+    backbone = create_backbone(
+        config.backbone,
+        num_classes=backbone_classes,
+        img_size=config.img_size,
+        pretrained=not config.random_init,
+        weights=config.weights,
+        init_seed=config.seed,
+    )
+    torch.manual_seed(config.seed)  # the method's own initialisation
+    return attach(backbone, METHODS[config.method](options))
+
+
+def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: Context) -> dict[str, Any]:
+    """The config as run: every option (method defaults included) plus the switches derived from it."""
+    bb = model.backbone
+    values = to_dict(config)
+    values["img_size"] = bb.input_size[-1]
+    values["protocol"] = data.plan.protocol
+    values["method_options"] = model.method.config.to_dict()
+    dc = bb.data_config
+    values["resolved"] = {
+        "data": data.describe(),
+        "normalisation": {"mean": list(dc["mean"]), "std": list(dc["std"])},
+        "input_size": list(bb.input_size),
+        "interpolation": dc.get("interpolation"),
+        "peak_lr": peak_lr(config),
+        "lr_scaled_by_batch_over_256": config.lr_scale,
+        "selection": config.selection,
+        "seed": config.seed,
+        "world_size": ctx.world,
+        "per_process_batch": config.batch_size // ctx.world,
+        "precision": Precision.choose(config.precision, ctx.device).name,
+        "backbone_build_args": bb.build_args,
+    }
+    return values
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    differ = [
+        k for k in current if k not in RESUME_FREE and k != "resolved" and saved.get(k) != current.get(k)
+    ]
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
+        raise ValueError(f"cannot resume: the config differs from the interrupted run's ({details})")
+
+
+def train(
+    config: TrainConfig | dict | str | Path | None = None,
+    *,
+    output: str | Path | None = None,
+    resume: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train and evaluate one run; returns its summary (also written to ``output/summary.json``).
+
+    ``config`` is a :class:`TrainConfig`, a dict or a YAML file; keyword arguments override it.
+    ``resume=True`` continues an interrupted run in ``output`` from its last checkpoint (and returns the
+    summary of a finished one without training again).
+    """
+    config = as_config(config, overrides)
+    check_config(config)
+    run = RunDir(output) if output is not None else None
+    if run is not None:
+        if resume and run.finished:
+            return run.read_summary()
+        if not resume and (run.has_checkpoint() or run.finished):
+            raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
+    plan = plan_data(config)  # bad data fails here, before any model is built
+    ctx = setup(config.device)
+    try:
+        model = build_model(config, plan.info.num_classes)
+        data = load_data(config, plan, model.backbone.data_config, model.num_classes)
+        torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
+        trainer = Trainer(model, data, config, ctx, run)
+        resolved = resolved_config(config, model, data, ctx)
+        if run is not None:
+            if resume and run.has_checkpoint():
+                check_resumable(run.read_config(), resolved)
+                trainer.load_state(run.load_checkpoint())
+            elif ctx.main:
+                run.write_config(resolved)
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        progress = trainer.fit()
+        selected = trainer.select()
+        results: dict[str, Any] = {}
+        throughput = None
+        for name in ("val", "test"):  # the test split is evaluated here, once, after selection
+            dataset = getattr(data, name)
+            if dataset is not None:
+                r = trainer.evaluate(dataset)
+                results[f"{name}_accuracy"] = r["accuracy"]
+                results[f"{name}_loss"] = r["loss"]
+                throughput = r["images_per_second"]
+        summary = {
+            "backbone": config.backbone,
+            "method": config.method,
+            "method_options": model.method.config.to_dict(),
+            "data": config.data,
+            "protocol": data.plan.protocol,
+            "final": config.final,
+            "splits": data.describe()["splits"],
+            "sizes": data.describe()["sizes"],
+            "selection": config.selection,
+            "selected_epoch": selected,
+            "epochs": config.epochs,
+            "seed": config.seed,
+            **results,
+            "accuracy": results.get("test_accuracy", results.get("val_accuracy")),
+            "trainable_parameters": model.trainable_parameters(),
+            "trainable_parameters_without_head": model.trainable_parameters(head=False),
+            "total_parameters": model.total_parameters(),
+            "trainable_percent": 100.0 * model.trainable_parameters() / model.total_parameters(),
+            "train_seconds": progress.train_seconds,
+            "train_images_per_second": sum(m["train_images_per_second"] for m in progress.metrics)
+            / len(progress.metrics),
+            "eval_images_per_second": throughput,
+            "peak_memory_mib": max(ctx.gather(peak_memory_mib(ctx.device))),
+            "precision": trainer.precision.name,
+            "world_size": ctx.world,
+            **environment(ctx.device),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if run is not None and ctx.main:
+            model.save_pretrained(run / ADAPTER)
+            summary["run"] = str(run.path)
+            run.write_summary(summary)
+        ctx.barrier()
+        return summary
+    finally:
+        teardown(ctx)
+
+
+# ------------------------------------------------------------------------------------ finished runs
+
+
+def run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was trained with."""
+    return as_config(RunDir(run_dir).read_config(), {})
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> TunedModel:
+    """The trained model of a run (backbone rebuilt from its recorded arguments, kept weights loaded)."""
+    run = RunDir(run_dir)
+    adapter = run / ADAPTER
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"{run.path} has no {ADAPTER}/: the run has not finished")
+    return load_adapter(adapter).to(device).eval()
+
+
+def class_names(run_dir: str | Path) -> list[str]:
+    return RunDir(run_dir).read_config()["resolved"]["data"]["class_names"]
+
+
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", device: str = "auto", batch_size: int = 64, **data_overrides
+) -> dict[str, Any]:
+    """Accuracy of a finished run on one split of its dataset (or another dataset: ``data=``, ``root=``)."""
+    config = run_config(run_dir)
+    config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
+    ctx = Context(device=resolve_device(device))
+    model = load_run(run_dir, str(ctx.device))
+    # one split, read like a validation split: evaluation transforms, no training split
+    only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
+    data = load_data(only, plan_data(only), model.backbone.data_config, model.num_classes)
+    loader = eval_loader(data.val, batch_size, ctx, config.workers)
+    result = evaluate(model, loader, ctx, Precision.choose(config.precision, ctx.device))
+    return {"split": split, "data": config.data, **result}
+
+
+__all__ = [
+    "TrainConfig",
+    "class_names",
+    "evaluate_run",
+    "load_run",
+    "run_config",
+    "train",
+]

@@ -1,0 +1,293 @@
+"""The training loop: epochs of optimisation steps, validation, model selection, resumable checkpoints.
+
+Plain PyTorch: the trainer steps whatever parameters the attached method left trainable. The frozen
+backbone stays in eval mode (``TunedModel.train`` sees to it); only the method's modules follow
+train/eval. One checkpoint is written atomically after every epoch; a run that is killed resumes from
+the last one and ends with exactly the weights and metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..methods import TunedModel
+from .config import TrainConfig
+from .data import RunData, SeededItems, eval_loader, train_loader
+from .distributed import Context
+from .optim import build_optimizer, build_schedule
+from .rundir import RunDir
+
+#: steps between checks of the loss for NaN/inf (each check waits for the device)
+CHECK_EVERY = 10
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 (or fp16 with a gradient scaler) on a GPU, fp32 elsewhere."""
+
+    dtype: torch.dtype | None = None
+    device_type: str = "cpu"
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def choose(cls, name: str, device: torch.device) -> Precision:
+        if name == "fp32" or (name == "auto" and device.type != "cuda"):
+            return cls(None, device.type)
+        if name == "auto":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        return cls(dtype, device.type, scaler)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@torch.no_grad()
+def evaluate(model: TunedModel, loader: DataLoader, ctx: Context, precision: Precision) -> dict[str, float]:
+    """Top-1 accuracy and mean loss over ``loader`` (summed over processes), and images per second."""
+    was_training = model.training
+    model.eval()
+    correct = loss = count = 0.0
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    start = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        with precision.autocast():
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += len(y)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    correct, loss, count, seconds = ctx.all_sum([correct, loss, count, seconds])
+    if count == 0:
+        raise ValueError("evaluation set is empty")
+    return {
+        "accuracy": 100.0 * correct / count,
+        "loss": loss / count,
+        "images": int(count),
+        "images_per_second": count / max(seconds / ctx.world, 1e-9),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: everything a checkpoint must hold besides weights and optimiser."""
+
+    epoch: int = 0  # epochs finished
+    updates: int = 0  # optimisation steps taken
+    train_seconds: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    best_accuracy: float = -math.inf
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+class Trainer:
+    """Trains ``model`` (a :class:`TunedModel`) on ``data`` as ``config`` says, in ``run`` (if given)."""
+
+    def __init__(
+        self, model: TunedModel, data: RunData, config: TrainConfig, ctx: Context, run: RunDir | None
+    ):
+        self.model, self.data, self.config, self.ctx, self.run = model, data, config, ctx, run
+        self.precision = Precision.choose(config.precision, ctx.device)
+        model.to(ctx.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.forward_model = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(model, device_ids=ids)
+        self.loader, self.sampler = train_loader(data.train, config, ctx, data.augments)
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training split has {len(data.train)} images: not one batch")
+        self.optimizer = build_optimizer(self.params, config)
+        self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.eval_batch = max(1, config.batch_size // ctx.world) * 2
+        self.progress = Progress()
+
+    # --------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "model": self.model.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+            "progress": {k: v for k, v in vars(p).items() if k != "best_state"},
+            "best_state": p.best_state,
+            "rng": self.ctx.gather(rng_state()),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.precision.scaler and state["scaler"]:
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"], best_state=state["best_state"])
+        self.schedule.step_update(self.progress.updates)
+        rng = state["rng"]
+        if len(rng) != self.ctx.world:
+            raise ValueError(f"the checkpoint was written by {len(rng)} processes; resume it with as many")
+        set_rng_state(rng[self.ctx.rank])
+
+    # ------------------------------------------------------------------------------- training
+    def mapping_loader(self) -> DataLoader:
+        """The whole training split in order, for methods that fit something before an epoch (ILM)."""
+        items = SeededItems(self.data.train, self.config.seed, self.data.augments)
+        keys = [(self.progress.epoch, i) for i in range(len(items))]
+        return DataLoader(torch.utils.data.Subset(items, keys), batch_size=self.eval_batch)
+
+    def train_epoch(self, bar) -> dict[str, float]:
+        cfg, ctx, model = self.config, self.ctx, self.model
+        epoch = self.progress.epoch
+        model.method.on_epoch_start(model, self.mapping_loader(), epoch)
+        model.train()
+        self.sampler.set_epoch(epoch)
+        size, batch = len(self.data.train), cfg.batch_size
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), device=ctx.device)
+        finite = torch.ones((), dtype=torch.bool, device=ctx.device)
+        seen = 0
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(self.loader):
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            global_n = min(batch, size - step * batch)
+            with self.precision.autocast():
+                logits = self.forward_model(x)
+            summed = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing)
+            loss = summed * (ctx.world / global_n)  # DDP averages: the result is the global mean's gradient
+            finite &= torch.isfinite(summed)
+            self.optimizer.zero_grad(set_to_none=True)
+            scaler = self.precision.scaler
+            (scaler.scale(loss) if scaler else loss).backward()
+            if cfg.grad_clip is not None:
+                if scaler:
+                    scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            if scaler:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
+            self.progress.updates += 1
+            self.schedule.step_update(self.progress.updates)
+            loss_sum += summed.detach()
+            correct += (logits.argmax(-1) == y).sum()
+            seen += len(y)
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
+                self.check_finite(finite, epoch, step)
+                if bar is not None:
+                    rate = seen * ctx.world / (time.perf_counter() - start)
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.3f}",
+                        acc=f"{100 * correct.item() / seen:.1f}",
+                        img_s=f"{rate:.0f}",
+                    )
+            if bar is not None:
+                bar.update(1)
+        seconds = time.perf_counter() - start
+        loss_total, correct_total, seen_total = ctx.all_sum([loss_sum.item(), correct.item(), seen])
+        return {
+            "train_loss": loss_total / seen_total,
+            "train_accuracy": 100.0 * correct_total / seen_total,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "train_images_per_second": seen_total / seconds,
+        }
+
+    def check_finite(self, finite: torch.Tensor, epoch: int, step: int) -> None:
+        bad = self.ctx.all_sum([float(not bool(finite))])[0]
+        if bad:
+            kept = f"epoch {epoch}" if epoch else "none yet"
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); "
+                f"stopped. The last good checkpoint (after {kept}) is kept; lower --lr or set --grad-clip"
+            )
+
+    def evaluate(self, dataset) -> dict[str, float]:
+        loader = eval_loader(dataset, self.eval_batch, self.ctx, self.config.workers)
+        return evaluate(self.model, loader, self.ctx, self.precision)
+
+    def fit(self) -> Progress:
+        """Train the remaining epochs, validating and checkpointing after each; returns the progress."""
+        cfg, p = self.config, self.progress
+        bar = None
+        if cfg.progress and self.ctx.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=cfg.epochs * self.steps_per_epoch, initial=p.epoch * self.steps_per_epoch, unit="step"
+            )
+        try:
+            while p.epoch < cfg.epochs:
+                if bar is not None:
+                    bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
+                row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
+                p.train_seconds += row["epoch_seconds"]
+                last = p.epoch + 1 == cfg.epochs
+                if self.data.val is not None and ((p.epoch + 1) % cfg.eval_every == 0 or last):
+                    val = self.evaluate(self.data.val)
+                    row |= {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+                    if cfg.selection == "best-val" and val["accuracy"] > p.best_accuracy:
+                        p.best_accuracy, p.best_epoch = val["accuracy"], p.epoch + 1
+                        p.best_state = copy.deepcopy(self.model.trainable_state_dict())
+                p.metrics.append(row)
+                p.epoch += 1
+                if self.run is not None:
+                    state = self.state()  # every process takes part (RNG states are gathered)
+                    if self.ctx.main:
+                        self.run.save_checkpoint(state)
+                        self.run.write_metrics(p.metrics)
+                self.ctx.barrier()
+        finally:
+            if bar is not None:
+                bar.close()
+        return p
+
+    def select(self) -> int:
+        """Load the kept weights (the final epoch's, or the best on validation); returns their epoch."""
+        p = self.progress
+        if self.config.selection == "best-val" and p.best_state is not None:
+            self.model.load_trainable_state_dict(p.best_state)
+            return p.best_epoch
+        return p.epoch

@@ -1,0 +1,69 @@
+"""The data side of a run: splits per protocol, reproducible order and augmentation, process shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vprompt.data import load
+from vprompt.engine.config import TrainConfig
+from vprompt.engine.data import EpochBatches, SeededItems, resolve_splits
+from vprompt.engine.distributed import Context
+
+CONFIG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
+
+
+@pytest.mark.parametrize(
+    "options, protocol, expected",
+    [
+        ({}, "vtab", ("train", "val", None)),
+        ({"final": True}, "vtab", ("trainval", None, "test")),
+        ({"final": True}, "fgvc", ("trainval", None, "test")),
+        ({"final": True, "train_split": "train", "val_split": "val"}, "vp", ("train", "val", "test")),
+        ({"val_split": "none"}, "vp", ("train", None, None)),
+    ],
+)
+def test_splits_follow_the_protocol(options, protocol, expected):
+    splits = resolve_splits(TrainConfig(**options), protocol)
+    assert (splits.train, splits.val, splits.test) == expected
+
+
+def test_augmentation_is_seeded_per_item_not_by_the_global_rng():
+    base = load("synthetic:2x24", None, "train", CONFIG, protocol="fgvc", train=True)  # random crop + flip
+    items = SeededItems(base, seed=3, augments=True)
+    torch.manual_seed(1)
+    a = items[(0, 5)][0]
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    b = items[(0, 5)][0]
+    assert torch.equal(a, b)  # whatever the global RNG state was
+    assert torch.equal(torch.get_rng_state(), state)  # and the global RNG is left alone
+    assert any(not torch.equal(a, items[(e, 5)][0]) for e in range(1, 6))  # other epochs, other crops
+    assert not torch.equal(a, SeededItems(base, seed=4, augments=True)[(0, 5)][0])
+
+
+def test_process_shards_tile_each_global_batch():
+    size, batch = 53, 16
+    single = EpochBatches(size, batch, Context(), seed=7, shuffle=True)
+    single.set_epoch(2)
+    shards = []
+    for rank in range(3):
+        sampler = EpochBatches(size, batch, Context(rank=rank, world=3), seed=7, shuffle=True)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    whole = list(single)
+    assert len(whole) == len(single) == 4 and all(len(s) == len(whole) for s in shards)
+    for step, batch_items in enumerate(whole):
+        joined = [item for rank in range(3) for item in shards[rank][step]]
+        assert joined == batch_items  # contiguous parts, in rank order
+    assert sorted(i for b in whole for _, i in b) == list(range(size))
+    other = EpochBatches(size, batch, Context(), seed=7, shuffle=True)
+    other.set_epoch(3)
+    assert list(other) != whole  # a new order every epoch
+
+
+def test_a_last_batch_too_small_to_share_is_dropped_everywhere():
+    # 33 = 2×16 + 1: one process can train on the lone item, two cannot share it
+    assert len(list(EpochBatches(33, 16, Context(), 0, True))) == 3
+    two = EpochBatches(33, 16, Context(rank=1, world=2), 0, True)
+    assert len(two) == len(list(two)) == 2

@@ -1,0 +1,191 @@
+"""A run end to end: its directory, its summary, selection, evaluation, prediction, export, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from tiny_runs import TINY, weights
+
+import vprompt
+from vprompt.cli import main
+from vprompt.engine import trainer as trainer_module
+from vprompt.engine.rundir import RunDir
+
+
+@pytest.fixture
+def tiny():
+    return dict(TINY)
+
+
+def test_run_directory_holds_everything(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = vprompt.train(**tiny, method="ap", method_options={"site": "block.5"}, final=True, output=out)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+        "adapter",
+    }
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    resolved = config["resolved"]
+    assert config["method_options"] == {"site": "block.5", "shape": "full"}
+    assert config["protocol"] == "vp" and resolved["data"]["splits"] == {
+        "train": "trainval",
+        "val": None,
+        "test": "test",
+    }
+    assert resolved["normalisation"] == {"mean": [0.5] * 3, "std": [0.5] * 3}  # the backbone's own
+    assert resolved["selection"] == "final" and resolved["seed"] == 0 and resolved["peak_lr"] == 0.05
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["lr"] == pytest.approx(0.0)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["trainable_parameters"] == 5 * 192 + (192 * 4 + 4)  # AP on 5 tokens × 192, + head
+    assert summary["trainable_parameters_without_head"] == 5 * 192
+    assert summary["total_parameters"] > 5_000_000 and summary["test_accuracy"] > 50
+    assert summary["versions"]["torch"] == torch.__version__ and summary["device"]["type"] == "cpu"
+    for key in ("train_seconds", "peak_memory_mib", "eval_images_per_second"):
+        assert summary[key] > 0
+    # the adapter holds the trainable state only, and reloads to the same test accuracy
+    assert set(weights(out)) == {"method.prompt", "backbone.model.head.weight", "backbone.model.head.bias"}
+    again = vprompt.evaluate_run(out, split="test", device="cpu")
+    assert again["accuracy"] == pytest.approx(summary["test_accuracy"]) and again["images"] == 32
+
+
+def test_tuning_run_never_touches_test(tiny, tmp_path, monkeypatch):
+    evaluated = []
+    original = trainer_module.Trainer.evaluate
+
+    def spy(self, dataset):
+        evaluated.append("test" if dataset is self.data.test else "val")
+        return original(self, dataset)
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", spy)
+    summary = vprompt.train(**tiny, method="linear", output=tmp_path / "tune")
+    assert "test_accuracy" not in summary and summary["accuracy"] == summary["val_accuracy"]
+    assert "test" not in evaluated
+    evaluated.clear()
+    vprompt.train(**tiny, method="linear", final=True, output=tmp_path / "final")
+    assert evaluated == ["test"]  # once, at the end
+
+
+def test_best_val_selects_by_validation(tiny, tmp_path, monkeypatch):
+    """A planted run whose validation accuracy peaks early: best-val keeps that epoch's weights."""
+    planted = {1: 40.0, 2: 90.0, 3: 60.0, 4: 70.0}
+    original = trainer_module.Trainer.evaluate
+
+    def planted_val(self, dataset):  # during epoch e, progress.epoch is e - 1
+        result = original(self, dataset)
+        if dataset is self.data.val and self.progress.epoch + 1 in planted:
+            result["accuracy"] = planted[self.progress.epoch + 1]
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", planted_val)
+    snapshots = {}
+    original_fit = trainer_module.Trainer.train_epoch
+
+    def remember(self, bar):
+        row = original_fit(self, bar)
+        snapshots[self.progress.epoch + 1] = {
+            k: v.clone() for k, v in self.model.trainable_state_dict().items()
+        }
+        return row
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", remember)
+    options = dict(tiny, epochs=4, selection="best-val", val_split="val", train_split="train", final=True)
+    summary = vprompt.train(**options, method="ap", method_options={"site": "block.3"}, output=tmp_path / "r")
+    assert summary["selected_epoch"] == 2
+    kept = weights(tmp_path / "r")
+    for k, v in kept.items():
+        assert torch.equal(v, snapshots[2][k]), k
+    assert not torch.equal(kept["method.prompt"], snapshots[4]["method.prompt"])
+    assert "test_accuracy" in summary  # the test split is evaluated after selection
+
+
+def test_predict_and_export(tiny, tmp_path):
+    from PIL import Image
+
+    from vprompt.engine.inference import export_onnx, predict
+
+    out = tmp_path / "run"
+    vprompt.train(**tiny, method="vapt", method_options={"num_prompts": 2}, output=out)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    [ranked] = predict(out, [image], top=2)
+    assert len(ranked) == 2 and ranked[0][0].startswith("class_") and ranked[0][1] >= ranked[1][1]
+    diff = export_onnx(out, tmp_path / "model.onnx")
+    assert diff is not None and diff < 1e-4
+
+
+def test_label_mapping_run_uses_the_source_head(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = vprompt.train(
+        **dict(tiny, epochs=2), method="vp-pad", method_options={"mapping": "ilm", "width": 4}, output=out
+    )
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method_options"]["num_classes"] == 4  # filled in from the dataset
+    assert summary["trainable_parameters"] == summary["trainable_parameters_without_head"]
+    mapping = weights(out)["method.mapping"]
+    assert len(set(mapping.tolist())) == 4 and (mapping >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(method="nope"), "unknown method 'nope'; choose one of: linear"),
+        (
+            dict(method="ap", method_options={"sitee": "block.1"}),
+            "has no option 'sitee'; its options are: site",
+        ),
+        (dict(method="linear", backbone="vit_tiny_patch16_2244"), "vit_tiny_patch16_224"),
+        (dict(method="linear", data="imagenet99"), "unknown dataset spec"),
+        (dict(method="linear", optimizer="lamb"), "unknown optimizer 'lamb'; choose one of: sgd, adamw"),
+        (dict(method="linear", final=True, selection="best-val"), "needs a validation split"),
+        (dict(method="linear", train_split="trainval"), "'val' is part of the training split 'trainval'"),
+        (dict(method="linear", epochs=0), "epochs must be at least 1"),
+        (dict(method="vpt-deep", backbone="resnet18"), "family 'resnet'"),
+    ],
+)
+def test_clear_errors(tiny, tmp_path, options, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        vprompt.train(**{**tiny, **options}, output=tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_refuses_to_overwrite_a_run(tiny, tmp_path):
+    vprompt.train(**dict(tiny, epochs=1), method="linear", output=tmp_path / "r")
+    with pytest.raises(FileExistsError, match="--resume"):
+        vprompt.train(**dict(tiny, epochs=1), method="linear", output=tmp_path / "r")
+    # resuming a finished run returns its summary without training again
+    assert (
+        vprompt.train(**dict(tiny, epochs=1), method="linear", output=tmp_path / "r", resume=True)["epochs"]
+        == 1
+    )
+
+
+def test_cli_yaml_with_command_line_overrides(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "method": "ap", "site": "block.1", "epochs": 5, "lr": 0.5}))
+    out = tmp_path / "run"
+    code = main(
+        ["train", "--config", str(config), "--epochs", "1", "--site", "block.2", "--output", str(out)]
+    )
+    assert code == 0 and "val_accuracy" in capsys.readouterr().out
+    saved = RunDir(out).read_config()
+    assert saved["epochs"] == 1 and saved["lr"] == 0.5  # the command line wins; the file fills the rest
+    assert saved["method_options"]["site"] == "block.2"
+    assert main(["eval", str(out), "--split", "val", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["images"] == 16
+
+
+def test_cli_unknown_method_option_lists_valid_ones(tmp_path, capsys):
+    args = ["train", "--backbone", "resnet18", "--method", "ap", "--sitee", "x", "--data", "synthetic:2x8"]
+    assert main([*args, "--output", str(tmp_path / "r")]) == 2
+    assert (
+        "unknown option --sitee x for method 'ap'; its options are: --site, --shape"
+        in capsys.readouterr().err
+    )
