@@ -164,3 +164,47 @@ def test_sites_table_lists_every_site():
     for name, site in bb.sites.items():
         assert f"{name} " in table or table.endswith(name)
         assert "×".join(map(str, site.shape)) in table
+
+
+# every family, plus the timm CNN variants whose heads differ (EfficientNet, MobileNetV3) and Swin V2
+RESUMABLE = [(t[0], t[1]) for t in TINY] + [
+    ("efficientnet_b0", dict(img_size=32)),
+    ("mobilenetv3_small_050", dict(img_size=32)),
+    (
+        "swinv2_cr_tiny_ns_224",
+        dict(img_size=64, depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1), window_size=4),
+    ),
+    ("swinv2_tiny_window8_256", dict(img_size=64, depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1))),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", RESUMABLE, ids=[r[0] for r in RESUMABLE])
+def test_forward_from_every_site_equals_the_whole_forward(name, kwargs):
+    """The frozen-prefix cache's contract: capture a site's raw activation, continue from it."""
+    bb = build(name, kwargs).eval()
+    x = torch.randn(2, *bb.input_size)
+    with torch.no_grad():
+        expected = bb(x)
+        for site in bb.sites.values():
+            if name.startswith("deit") and site.name == "pre_logits":  # two heads, averaged
+                assert not bb.can_resume_at(site.name)
+                continue
+            assert bb.can_resume_at(site.name), site.name
+            raw = site.capture(bb.model, x)
+            assert raw.shape[1:] == site.shape
+            torch.testing.assert_close(bb.forward_from(site.name, raw), expected, msg=site.name)
+
+
+def test_forward_from_applies_the_hooks_at_the_site_and_after():
+    bb = build(*TINY[0][:2]).eval()
+    x = torch.randn(2, *bb.input_size)
+    h1 = bb.site("block.0").hook(lambda a: a * 2)
+    h2 = bb.site("block.1").hook(lambda a: a + 1)
+    with torch.no_grad():
+        raw = bb.site("block.0").capture(bb.model, x)  # before the hook at block.0
+        hooked = bb(x)
+        torch.testing.assert_close(bb.forward_from("block.0", raw), hooked)
+        h1.remove()
+        h2.remove()
+        assert not torch.allclose(bb(x), hooked)
+    assert not any(m._forward_hooks for m in bb.modules())

@@ -85,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     def poisoned(self, bar):
         if self.progress.epoch == 1:  # the second epoch produces NaN logits
-            self.model.backbone.register_forward_hook(lambda m, a, out: out * float("nan"))
+            self.model.backbone.head.register_forward_hook(lambda m, a, out: out * float("nan"))
         return original(self, bar)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", poisoned)

@@ -54,6 +54,9 @@ class Backbone(nn.Module):
                 if site.layout == "tokens":
                     site.prefix_tokens, site.grid = prefix, grid
         self.sites: dict[str, Site] = sites
+        self.steps = self.family.steps(self.model)
+        #: site → index of the step whose output it is
+        self._step_of = {name: i for i, (names, _) in enumerate(self.steps) for name in names}
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -80,6 +83,47 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def can_resume_at(self, name: str) -> bool:
+        """Whether :meth:`forward_from` can continue a forward pass from site ``name``."""
+        if name == "pre_logits":
+            return self._head_gives_the_output()
+        return name == "input" or name in self._step_of
+
+    def _head_gives_the_output(self) -> bool:
+        """True when the classifier's output is the model's output (not e.g. DeiT's two averaged heads)."""
+        if not hasattr(self, "_head_is_last"):
+            seen = []
+            handle = self.head.register_forward_hook(lambda _m, _a, out: seen.append(out))
+            was_training = self.training
+            try:
+                self.eval()
+                with torch.no_grad():
+                    device = next((p.device for p in self.parameters()), torch.device("cpu"))
+                    out = self.model(torch.zeros(1, *self.input_size, device=device))
+            finally:
+                handle.remove()
+                self.train(was_training)
+            self._head_is_last = bool(seen) and seen[-1] is out
+        return self._head_is_last
+
+    def forward_from(self, name: str, activation: torch.Tensor) -> torch.Tensor:
+        """The logits for a *raw* activation at site ``name`` (as :meth:`Site.capture` returns it).
+
+        The functions hooked at the site are applied, then only the rest of the network runs:
+        ``forward_from(s, site(s).capture(model, x)) == forward(x)``.
+        """
+        site = self.site(name)
+        if name == "input":
+            return self.model(activation)  # the input's hooks run as the model's pre-hooks
+        if name == "pre_logits" and self.can_resume_at(name):
+            return self.head(activation)  # likewise the classifier's
+        if not self.can_resume_at(name):
+            raise ValueError(f"{self.name!r} cannot continue a forward pass from site {name!r}")
+        x = site.apply(activation)
+        for _, step in self.steps[self._step_of[name] + 1 :]:
+            x = step(x)
+        return x
 
     def sites_table(self) -> str:
         """A plain-text table of the sites: name, layout and activation shape (batch excluded)."""

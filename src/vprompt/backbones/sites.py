@@ -8,6 +8,7 @@ Methods only ever touch activations through sites.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +35,73 @@ class SitePoint:
     at: Literal["output", "input"] = "output"
 
 
+class _Captured(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a tap to stop a forward pass once the wanted activation is reached."""
+
+    def __init__(self, activation: torch.Tensor):
+        self.activation = activation
+
+
+class HookChain:
+    """The functions hooked at one module's output (or input), run in order by a single torch hook.
+
+    Every site at the same place (``stage.N`` and its last ``block.M``) shares one chain, so the
+    functions can also be applied outside a forward pass (:meth:`Site.apply`, for cached activations).
+    """
+
+    def __init__(self, module: nn.Module, at: str):
+        self.module, self.at = module, at
+        self.fns: list[ActivationFn] = []
+        self._handle: RemovableHandle | None = None
+
+    def __call__(self, activation: torch.Tensor) -> torch.Tensor:
+        for fn in list(self.fns):
+            new = fn(activation)
+            if new is not None:
+                activation = new
+        return activation
+
+    def add(self, fn: ActivationFn, first: bool = False) -> _ChainHandle:
+        self.fns.insert(0, fn) if first else self.fns.append(fn)
+        if self._handle is None:
+            if self.at == "output":
+                self._handle = self.module.register_forward_hook(lambda _m, _a, out: self(out))
+            else:
+                self._handle = self.module.register_forward_pre_hook(
+                    lambda _m, args: (self(args[0]), *args[1:])
+                )
+        return _ChainHandle(self, fn)
+
+    def remove(self, fn: ActivationFn) -> None:
+        if fn in self.fns:
+            self.fns.remove(fn)
+        if not self.fns and self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            _CHAINS.get(self.module, {}).pop(self.at, None)
+
+
+class _ChainHandle:
+    """Removes one function from its chain (the torch hook goes when the chain is empty)."""
+
+    def __init__(self, chain: HookChain, fn: ActivationFn):
+        self.chain, self.fn = chain, fn
+
+    def remove(self) -> None:
+        self.chain.remove(self.fn)
+
+
+#: module → {"output" | "input": HookChain}; weak, so chains die with their modules
+_CHAINS: weakref.WeakKeyDictionary[nn.Module, dict[str, HookChain]] = weakref.WeakKeyDictionary()
+
+
+def _chain(point: SitePoint, create: bool) -> HookChain | None:
+    chains = _CHAINS.setdefault(point.module, {}) if create else _CHAINS.get(point.module, {})
+    if create and point.at not in chains:
+        chains[point.at] = HookChain(point.module, point.at)
+    return chains.get(point.at)
+
+
 @dataclass
 class Site:
     """A named activation of a backbone, with its shape at the configured input size."""
@@ -56,26 +124,34 @@ class Site:
     def module(self) -> nn.Module:
         return self.point.module
 
-    def hook(self, fn: ActivationFn) -> RemovableHandle:
+    def hook(self, fn: ActivationFn) -> _ChainHandle:
         """Call ``fn`` on this site's activation at every forward; a returned tensor replaces it."""
-        if self.point.at == "output":
+        return _chain(self.point, create=True).add(fn)
 
-            def forward_hook(_module, _args, output):
-                return fn(output)
+    def apply(self, activation: torch.Tensor) -> torch.Tensor:
+        """Apply the functions hooked here to ``activation`` (as the forward pass would)."""
+        chain = _chain(self.point, create=False)
+        return chain(activation) if chain is not None else activation
 
-            return self.point.module.register_forward_hook(forward_hook)
-
-        def pre_hook(_module, args):
-            new = fn(args[0])
-            if new is None:
-                return None
-            return (new, *args[1:])
-
-        return self.point.module.register_forward_pre_hook(pre_hook)
+    def capture(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The raw activation here (before any hooked function) for input ``x``; the rest of the
+        forward pass is not run."""
+        handle = _chain(self.point, create=True).add(_stop, first=True)
+        try:
+            model(x)
+        except _Captured as captured:
+            return captured.activation
+        finally:
+            handle.remove()
+        raise RuntimeError(f"site {self.name!r} was not reached by the forward pass")
 
     def describe(self) -> str:
         dims = {"tokens": "T×D", "nchw": "C×H×W", "nhwc": "H×W×C", "vector": "D"}[self.layout]
         return f"{self.name}: {'×'.join(map(str, self.shape))} ({dims})"
+
+
+def _stop(activation: torch.Tensor) -> None:
+    raise _Captured(activation)
 
 
 def measure_sites(

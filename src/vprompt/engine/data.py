@@ -180,6 +180,12 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
     )
 
 
+def private_generator(seed: int = 0) -> torch.Generator:
+    """For DataLoaders: iterating one draws a base seed from its generator, which must not be the
+    global RNG (dropout draws from that; a cached run does not iterate the same loaders)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def default_workers(dataset: Dataset, requested: int | None) -> int:
     """Worker processes: as asked, else 0 for data held in memory and up to 4 for image files."""
     if requested is not None:
@@ -203,6 +209,7 @@ def train_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
+        generator=private_generator(config.seed),
     )
     return loader, sampler
 
@@ -217,4 +224,5 @@ def eval_loader(dataset: Dataset, batch_size: int, ctx: Context, workers: int | 
         shuffle=False,
         num_workers=default_workers(dataset, workers),
         pin_memory=ctx.device.type == "cuda",
+        generator=private_generator(),
     )

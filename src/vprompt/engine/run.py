@@ -167,6 +167,7 @@ def train(
             "eval_images_per_second": throughput,
             "peak_memory_mib": max(ctx.gather(peak_memory_mib(ctx.device))),
             "precision": trainer.precision.name,
+            "cache": trainer.cache_summary(),
             "world_size": ctx.world,
             **environment(ctx.device),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

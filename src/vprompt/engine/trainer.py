@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..methods import TunedModel
+from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
-from .data import RunData, SeededItems, eval_loader, train_loader
+from .data import RunData, SeededItems, eval_loader, private_generator, train_loader
 from .distributed import Context
 from .optim import build_optimizer, build_schedule
 from .rundir import RunDir
@@ -64,19 +66,33 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
+class ResumeAt(nn.Module):
+    """``model`` continued from the raw activations at ``site`` (what a frozen-prefix cache holds)."""
+
+    def __init__(self, model: TunedModel, site: str):
+        super().__init__()
+        self.model, self.site = model, site
+
+    def forward(self, activation: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from(self.site, activation)
+
+
 @torch.no_grad()
-def evaluate(model: TunedModel, loader: DataLoader, ctx: Context, precision: Precision) -> dict[str, float]:
-    """Top-1 accuracy and mean loss over ``loader`` (summed over processes), and images per second."""
+def evaluate(
+    model: TunedModel, batches, ctx: Context, precision: Precision, site: str | None = None
+) -> dict[str, float]:
+    """Top-1 accuracy and mean loss over ``batches`` of ``(images, labels)`` (summed over processes),
+    and images per second. With ``site``, the batches hold raw activations there instead of images."""
     was_training = model.training
     model.eval()
     correct = loss = count = 0.0
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     start = time.perf_counter()
-    for x, y in loader:
+    for x, y in batches:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with precision.autocast():
-            logits = model(x)
+            logits = model(x) if site is None else model.forward_from(site, x)
         loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         count += len(y)
@@ -131,12 +147,16 @@ class Trainer:
         self.precision = Precision.choose(config.precision, ctx.device)
         model.to(ctx.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.forward_model = model
+        self.cache_plan, self.cache_note = self.plan_cache()
+        self.train_cache: FeatureCache | None = None
+        self.val_cache: FeatureCache | None = None
+        site = self.cache_plan[0] if self.cache_plan else None
+        self.forward_model = ResumeAt(model, site) if site else model
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.forward_model = DistributedDataParallel(model, device_ids=ids)
+            self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         self.loader, self.sampler = train_loader(data.train, config, ctx, data.augments)
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
@@ -145,6 +165,75 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
+
+    # ------------------------------------------------------------------------ frozen-prefix cache
+    def plan_cache(self) -> tuple[tuple[str, str] | None, str]:
+        """``((site, storage) or None, why)``; an explicit ``--cache memory|disk`` that would change the
+        results is refused."""
+        cfg = self.config
+        if cfg.cache == "off":
+            return None, "off (--cache off)"
+        site, why = cache_site(self.model, self.data.augments, self.data.plan.protocol)
+        if site is None:
+            if cfg.cache != "auto":
+                raise CacheRefused(f"--cache {cfg.cache} refused: {why}; use --cache off")
+            return None, why
+        nbytes = estimate_bytes(self.model, site, len(self.data.train), cfg.cache_dtype)
+        storage = choose_storage(cfg.cache, nbytes)
+        if storage is None:
+            return (
+                None,
+                f"{nbytes / 2**30:.1f} GiB of activations at {site!r} exceed the memory budget; use --cache disk",
+            )
+        return (site, storage), why
+
+    def build_caches(self) -> None:
+        """Compute the cached activations (training split; validation too when it is evaluated repeatedly)."""
+        if self.cache_plan is None or self.train_cache is not None:
+            return
+        site, storage = self.cache_plan
+        cfg = self.config
+        directory = self.run.path if self.run is not None else None
+        workers = 0 if cfg.workers is None else cfg.workers
+
+        def build(dataset):
+            return build_cache(
+                self.model,
+                site,
+                dataset,
+                self.ctx,
+                self.eval_batch,
+                cfg.cache_dtype,
+                storage,
+                directory,
+                workers,
+            )
+
+        self.train_cache = build(self.data.train)
+        if self.data.val is not None and cfg.epochs // cfg.eval_every > 1:
+            self.val_cache = build(self.data.val)
+
+    def cache_summary(self) -> dict[str, Any]:
+        if self.train_cache is None:
+            return {"site": None, "why": self.cache_note}
+        caches = [c for c in (self.train_cache, self.val_cache) if c is not None]
+        return {
+            "site": self.train_cache.site,
+            "storage": self.train_cache.storage,
+            "dtype": self.config.cache_dtype,
+            "mib": sum(c.nbytes for c in caches) / 2**20,
+            "build_seconds": sum(c.seconds for c in caches),
+            "why": self.cache_note,
+        }
+
+    def train_batches(self):
+        """This process's ``(inputs, labels)`` of the current epoch: images, or cached activations."""
+        if self.train_cache is None:
+            for x, y in self.loader:
+                yield x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+        else:
+            for keys in self.sampler:
+                yield self.train_cache.batch([i for _, i in keys], self.ctx.device)
 
     # --------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -171,11 +260,14 @@ class Trainer:
         set_rng_state(rng[self.ctx.rank])
 
     # ------------------------------------------------------------------------------- training
-    def mapping_loader(self) -> DataLoader:
+    def mapping_loader(self):
         """The whole training split in order, for methods that fit something before an epoch (ILM)."""
+        if self.train_cache is not None and self.train_cache.site == "input":
+            return list(self.train_cache.loader(self.eval_batch, Context(device=self.ctx.device)))
         items = SeededItems(self.data.train, self.config.seed, self.data.augments)
         keys = [(self.progress.epoch, i) for i in range(len(items))]
-        return DataLoader(torch.utils.data.Subset(items, keys), batch_size=self.eval_batch)
+        subset = torch.utils.data.Subset(items, keys)
+        return DataLoader(subset, batch_size=self.eval_batch, generator=private_generator())
 
     def train_epoch(self, bar) -> dict[str, float]:
         cfg, ctx, model = self.config, self.ctx, self.model
@@ -189,8 +281,7 @@ class Trainer:
         finite = torch.ones((), dtype=torch.bool, device=ctx.device)
         seen = 0
         start = time.perf_counter()
-        for step, (x, y) in enumerate(self.loader):
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        for step, (x, y) in enumerate(self.train_batches()):
             global_n = min(batch, size - step * batch)
             with self.precision.autocast():
                 logits = self.forward_model(x)
@@ -245,12 +336,19 @@ class Trainer:
             )
 
     def evaluate(self, dataset) -> dict[str, float]:
+        if self.val_cache is not None and dataset is self.data.val:
+            batches = self.val_cache.loader(self.eval_batch, self.ctx)
+            return evaluate(self.model, batches, self.ctx, self.precision, site=self.val_cache.site)
         loader = eval_loader(dataset, self.eval_batch, self.ctx, self.config.workers)
         return evaluate(self.model, loader, self.ctx, self.precision)
 
     def fit(self) -> Progress:
         """Train the remaining epochs, validating and checkpointing after each; returns the progress."""
         cfg, p = self.config, self.progress
+        if p.epoch < cfg.epochs:
+            self.build_caches()
+            if self.train_cache is not None:
+                p.train_seconds += self.cache_summary()["build_seconds"]
         bar = None
         if cfg.progress and self.ctx.main:
             from tqdm.auto import tqdm

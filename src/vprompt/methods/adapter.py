@@ -68,6 +68,9 @@ class Adapter(Method):
         for mlp, adapter in zip(mlps, self.adapters, strict=True):
             self._handles.append(mlp.register_forward_hook(self._hook(adapter)))
 
+    def first_site(self, backbone: Backbone) -> str:
+        return "embed"  # the first adapted MLP is in block 0
+
     def _hook(self, adapter: BottleneckAdapter):
         def forward_hook(_module, _args, output: torch.Tensor) -> torch.Tensor:
             return output + self.config.scale * adapter(output)

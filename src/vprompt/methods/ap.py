@@ -64,5 +64,8 @@ class ActivationPrompt(Method):
         self.prompt = nn.Parameter(torch.zeros(prompt_shape(site.layout, site.shape, self.config.shape)))
         self.hook(backbone, site.name, self.add)
 
+    def first_site(self, backbone: Backbone) -> str:
+        return self.config.site
+
     def add(self, activation: torch.Tensor) -> torch.Tensor:
         return activation + self.prompt

@@ -66,6 +66,11 @@ class Method(nn.Module):
         """Parameters *inside the backbone* this method trains (norm affine, biases, LoRA, ...)."""
         return ()
 
+    def first_site(self, backbone: Backbone) -> str:
+        """The earliest site whose raw activation does not depend on anything trained: a frozen-prefix
+        cache may hold the activations there. The engine verifies the claim before using a cache."""
+        return "input"
+
     #: whether the backbone's classifier is trained (False when logits go through a label mapping)
     trains_head: bool = True
     #: task classes when a label mapping picks them from the source classifier, else None

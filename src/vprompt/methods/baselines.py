@@ -22,6 +22,9 @@ class LinearProbe(Method):
     name = "linear"
     summary = "train only a new linear head on the frozen features"
 
+    def first_site(self, backbone: Backbone) -> str:
+        return "pre_logits"
+
 
 class FullFineTuning(Method):
     name = "full"

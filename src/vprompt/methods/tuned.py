@@ -47,6 +47,10 @@ class TunedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.map_logits(self.backbone(x))
 
+    def forward_from(self, site: str, activation: torch.Tensor) -> torch.Tensor:
+        """The output for a raw activation at ``site`` (see :meth:`Backbone.forward_from`)."""
+        return self.method.map_logits(self.backbone.forward_from(site, activation))
+
     def train(self, mode: bool = True) -> TunedModel:
         self.training = mode
         self.backbone.eval()

@@ -106,6 +106,9 @@ class VAPT(Method):
             self.hook(backbone, f"block.{layer - 1}", partial(self._adapt, layer))
         self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
 
+    def first_site(self, backbone: Backbone) -> str:
+        return "embed"  # prompts enter after the token embedding
+
     def _insert(self, x: torch.Tensor) -> torch.Tensor:
         prompts = self.prompt.to(x.dtype).expand(x.shape[0], -1, -1)
         return insert_tokens(x, prompts, self.geometry.prefix)

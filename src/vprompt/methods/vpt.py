@@ -139,6 +139,9 @@ class VPTShallow(Method):
             self.hook(backbone, f"block.{layer - 1}", partial(self._replace, layer))
         self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
 
+    def first_site(self, backbone: Backbone) -> str:
+        return "embed"  # prompts enter after the token embedding
+
     def _layer_prompts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         prompts = self.prompts[layer].to(x.dtype).expand(x.shape[0], -1, -1)
         if self.training and self.prompt_dropout.p > 0:

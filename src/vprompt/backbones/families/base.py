@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
 
 from ..sites import Layout, SitePoint
+
+#: one piece of a forward pass: the sites at its output, and the function (a module, so hooks fire)
+Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
 
 
 class Family:
@@ -29,6 +33,12 @@ class Family:
 
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         """The MLP sub-module of every transformer block, for adapter-style methods."""
+        return []
+
+    def steps(self, model: nn.Module) -> list[Step]:
+        """The forward pass from the input to the logits as steps, each tagged with the sites at its
+        output. Running them in order equals ``model(x)``; running the ones after a site continues a
+        forward pass from that site's activation (the frozen-prefix cache)."""
         return []
 
 
@@ -61,6 +71,24 @@ def staged_points(
         stage_points[f"stage.{s}"] = SitePoint(blocks[-1], layout)
     points.update(stage_points)
     return points
+
+
+def staged_steps(
+    embed: Callable, stages: Iterable[tuple[Callable | None, Iterable[nn.Module]]], tail: Callable
+) -> list[Step]:
+    """Steps for ``embed``, then per stage an optional untagged ``downsample`` and its blocks (numbered
+    flat across stages, the last one also tagged ``stage.N``), then ``tail`` (to the logits)."""
+    steps: list[Step] = [(("embed",), embed)]
+    n = 0
+    for s, (downsample, blocks) in enumerate(stages):
+        if downsample is not None:
+            steps.append(((), downsample))
+        blocks = list(blocks)
+        for i, block in enumerate(blocks):
+            steps.append(((f"block.{n}", f"stage.{s}") if i == len(blocks) - 1 else (f"block.{n}",), block))
+            n += 1
+    steps.append(((), tail))
+    return steps
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -6,7 +6,7 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, staged_points
+from .base import Family, Step, staged_points, staged_steps
 
 
 class ConvNeXtFamily(Family):
@@ -17,3 +17,7 @@ class ConvNeXtFamily(Family):
 
     def points(self, model: nn.Module) -> dict[str, SitePoint]:
         return staged_points(model.stem, (stage.blocks for stage in model.stages), "nchw")
+
+    def steps(self, model: nn.Module) -> list[Step]:
+        stages = [(stage.downsample, stage.blocks) for stage in model.stages]
+        return staged_steps(model.stem, stages, lambda x: model.forward_head(model.norm_pre(x)))

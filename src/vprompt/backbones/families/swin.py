@@ -11,7 +11,7 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, staged_points
+from .base import Family, Step, staged_points, staged_steps
 
 
 class SwinFamily(Family):
@@ -25,3 +25,7 @@ class SwinFamily(Family):
 
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         return [block.mlp for stage in model.layers for block in stage.blocks]
+
+    def steps(self, model: nn.Module) -> list[Step]:
+        stages = [(stage.downsample, stage.blocks) for stage in model.layers]
+        return staged_steps(model.patch_embed, stages, lambda x: model.forward_head(model.norm(x)))

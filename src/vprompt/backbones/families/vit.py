@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family
+from .base import Family, Step
 
 
 class ViTFamily(Family):
@@ -32,3 +32,12 @@ class ViTFamily(Family):
 
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         return [block.mlp for block in model.blocks]
+
+    def steps(self, model: nn.Module) -> list[Step]:
+        def embed(x):
+            return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+        steps: list[Step] = [(("embed",), embed)]
+        steps += [((f"block.{i}",), block) for i, block in enumerate(model.blocks)]
+        steps.append(((), lambda x: model.forward_head(model.norm(x))))
+        return steps

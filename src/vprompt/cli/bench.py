@@ -1,0 +1,64 @@
+"""``vprompt bench``: trainable parameters, step time, memory and throughput of several methods."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..tools.bench import DEFAULT_METHODS
+
+    p = sub.add_parser("bench", help="efficiency table (and json, and a plot) of methods on one backbone")
+    p.add_argument("--backbone", required=True, help="timm name, torchvision:<name> or offline:<name>")
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated, each name[:option=value...], e.g. ap:site=block.9 "
+        f"(default: {DEFAULT_METHODS}; ap without a site goes three quarters deep)",
+    )
+    p.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
+    p.add_argument("--steps", type=int, default=10, help="timed train steps per method (default: 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (default: random)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--epoch-images",
+        type=int,
+        default=0,
+        help="also time a training epoch on this many synthetic images, with and without the prefix cache",
+    )
+    p.add_argument("--output", type=Path, default=Path("bench-out"), help="folder for bench.{md,json,png}")
+    p.set_defaults(func=cmd_bench)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..tools.bench import bench, parse_methods, table, write
+
+    rows = bench(
+        args.backbone,
+        parse_methods(args.methods),
+        batch=args.batch,
+        img_size=args.img_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        pretrained=args.pretrained,
+        device=args.device,
+        threads=args.threads,
+        epoch_images=args.epoch_images,
+    )
+    size = "×".join(map(str, rows[0]["input_size"]))
+    title = f"{args.backbone}, {size}, batch {args.batch}, {rows[0]['device']}, {rows[0]['threads']} threads"
+    write(rows, args.output, title)
+    print(title)
+    print(table(rows))
+    print(f"written to {args.output}/bench.{{md,json,png}}")
+    return 0

@@ -1,0 +1,151 @@
+"""The frozen-prefix cache: a site's activations for a whole dataset, computed once.
+
+When nothing trained acts before a method's first site (:meth:`Method.first_site`; e.g. AP at
+``block.9``) and the training images are transformed deterministically (the VTAB protocol), the
+activations there are the same every epoch. They are computed once, held in memory or memory-mapped
+on disk (in float32, float16 or bfloat16), and every later step runs only the rest of the network
+(:meth:`Backbone.forward_from`). For methods that act from the input on, the cached "activation" is
+the preprocessed image: decoding and resizing then happen once too.
+
+Whether a cache is valid is checked, not assumed: the activation captured at the site, with gradients
+enabled and the method in training mode, must not depend on any trainable tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..methods import TunedModel
+from .data import private_generator
+from .distributed import Context
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: ``auto`` keeps a cache in memory up to this many bytes (and never more than a quarter of the RAM)
+AUTO_MEMORY_LIMIT = 4 * 2**30
+
+
+class CacheRefused(ValueError):
+    """A frozen-prefix cache was asked for where it would change the results."""
+
+
+def cache_site(model: TunedModel, augments: bool, protocol: str) -> tuple[str | None, str]:
+    """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not."""
+    if augments:
+        return (
+            None,
+            f"protocol {protocol!r} augments training images randomly, so activations change every epoch",
+        )
+    bb = model.backbone
+    site = model.method.first_site(bb)
+    if not bb.can_resume_at(site):
+        return None, f"{bb.name!r} cannot continue a forward pass from site {site!r}"
+    was_training = model.training
+    model.train()  # dropout and friends as in training
+    try:
+        probe = torch.zeros(1, *bb.input_size, device=next(model.parameters()).device)
+        with torch.enable_grad():
+            activation = bb.site(site).capture(bb.model, probe)
+    finally:
+        model.train(was_training)
+    if activation.requires_grad:
+        return None, f"something trained acts before site {site!r} (its activation depends on it)"
+    return site, f"activations at {site!r} computed once"
+
+
+def ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+@dataclass
+class FeatureCache:
+    """Raw activations at ``site`` (``features[i]`` for item ``i``) and the labels."""
+
+    site: str
+    features: torch.Tensor
+    labels: torch.Tensor
+    seconds: float
+    storage: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.numel() * self.features.element_size()
+
+    def batch(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        x = self.features[index].to(device, non_blocking=True).float()
+        return x, self.labels[index].to(device, non_blocking=True)
+
+    def loader(self, batch_size: int, ctx: Context):
+        """This process's contiguous share, in order, as ``(activations, labels)`` batches."""
+        from .distributed import split_evenly
+
+        indices = split_evenly(list(range(len(self.labels))), ctx.world, ctx.rank)
+        for start in range(0, len(indices), batch_size):
+            yield self.batch(indices[start : start + batch_size], ctx.device)
+
+
+def estimate_bytes(model: TunedModel, site: str, items: int, dtype: str) -> int:
+    shape = model.backbone.site(site).shape
+    return items * math.prod(shape) * torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def choose_storage(requested: str, nbytes: int) -> str | None:
+    """``memory`` or ``disk`` as requested; ``auto`` is memory when it fits the budget, else no cache."""
+    if requested in ("memory", "disk"):
+        return requested
+    return "memory" if nbytes <= min(AUTO_MEMORY_LIMIT, ram_bytes() // 4) else None
+
+
+@torch.no_grad()
+def build_cache(
+    model: TunedModel,
+    site: str,
+    dataset: Dataset,
+    ctx: Context,
+    batch_size: int,
+    dtype: str,
+    storage: str,
+    directory: str | Path | None = None,
+    workers: int = 0,
+) -> FeatureCache:
+    """Capture the raw activation at ``site`` for every item of ``dataset`` (in order)."""
+    start = time.perf_counter()
+    bb = model.backbone
+    shape = (len(dataset), *bb.site(site).shape)
+    torch_dtype = DTYPES[dtype]
+    if storage == "disk":
+        folder = Path(tempfile.mkdtemp(prefix="vprompt-cache-", dir=directory))
+        path = folder / f"{site}.bin"
+        features = torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=torch_dtype)
+        features = features.view(shape)
+        path.unlink()  # the mapping stays valid; the space is freed when the tensor is
+        folder.rmdir()
+    else:
+        features = torch.empty(shape, dtype=torch_dtype)
+    labels = torch.empty(len(dataset), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=private_generator()
+    )
+    position = 0
+    try:
+        for x, y in loader:
+            activation = bb.site(site).capture(bb.model, x.to(ctx.device, non_blocking=True))
+            features[position : position + len(y)] = activation.to("cpu", torch_dtype)
+            labels[position : position + len(y)] = y
+            position += len(y)
+    finally:
+        model.train(was_training)
+    return FeatureCache(site, features, labels, time.perf_counter() - start, storage)
