@@ -9,7 +9,8 @@ Part A (CPU-sized: ViT-S/16 at 112 px, 50 tokens, batch 16, random weights, 2 th
   A1. AP's train step vs the prefix forward plus the suffix forward-and-backward, measured separately
       (target: ratio <= 1.10);
   A2. AP vs VPT-deep vs VAPT, step time and training memory at the same batch (target: AP cheaper);
-  A3. epoch time of AP three quarters deep, with and without the frozen-prefix cache (target: >= 4x).
+  A3. epoch time of AP three quarters deep, with and without the frozen-prefix cache (target: >= 4x),
+      on ViT-S with synthetic images and on the offline EfficientNet-Lite0 with Fashion-MNIST.
 Part B (SPEC §6 setting: ViT-B/16 at 224, batch 4, random weights, SGD, 2 threads): step times as
 multiples of a linear-probe step, training memory above the built model, against the official
 implementations' figures quoted in the specification.
@@ -129,18 +130,33 @@ def main() -> int:
     ]
     print("A3 ...", file=sys.stderr)
     images = 256 if args.quick else 512
-    a3 = epoch_times(backbone, "ap", {"site": site}, size, images, pretrained=False)
-    speedup = a3["epoch_seconds_uncached"] / a3["epoch_seconds_cached"]
-    out += [
-        f"**A3. Epoch time of AP at `{site}` on {a3['epoch_images']} images** (second epoch of two; "
-        f"the cache is built once in {a3['cache']['build_seconds']:.1f} s, {a3['cache']['mib']:.0f} MiB)",
-        "",
-        "| uncached | cached | speed-up | target |",
-        "|---|---|---|---|",
-        f"| {a3['epoch_seconds_uncached']:.2f} s | {a3['epoch_seconds_cached']:.2f} s | **{speedup:.1f}×** "
-        f"| ≥ 4× {'✅' if speedup >= 4 else '❌'} |",
-        "",
+    cases = [
+        (f"ViT-S/16 at {size} px, synthetic images, AP at `{site}`", backbone, site, size, None, False),
+        (
+            "EfficientNet-Lite0 (offline, pretrained) at 64 px, Fashion-MNIST, AP at `block.11`",
+            "offline:efficientnet_lite0",
+            "block.11",  # the 12th of 16 blocks
+            64,
+            "fashion-mnist",
+            True,
+        ),
     ]
+    out += [
+        f"**A3. Epoch time of AP three quarters deep, {images} training images** (second epoch of two; "
+        "the cache is built once, before the first)",
+        "",
+        "| setting | uncached | cached | cache build | speed-up | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for title, name, where, px, data, pretrained in cases:
+        a3 = epoch_times(name, "ap", {"site": where}, px, images, pretrained=pretrained, data=data)
+        speedup = a3["epoch_seconds_uncached"] / a3["epoch_seconds_cached"]
+        out.append(
+            f"| {title} | {a3['epoch_seconds_uncached']:.2f} s | {a3['epoch_seconds_cached']:.2f} s "
+            f"| {a3['cache']['build_seconds']:.1f} s, {a3['cache']['mib']:.0f} MiB | **{speedup:.1f}×** "
+            f"| ≥ 4× {'✅' if speedup >= 4 else '❌'} |"
+        )
+    out.append("")
 
     # ------------------------------------------------------------------------------------------ B
     if not args.quick:
@@ -164,8 +180,11 @@ def main() -> int:
             mem = r["memory_above_model_mib"]
             verdict = ""
             if target is not None:
-                mem_ok = mem <= 0.8 * official[1]
-                verdict = f"≤ {target}× and ≤ {0.8 * official[1]:.0f} MiB: {'✅' if ratio <= target and mem_ok else '❌'}"
+                time_ok, mem_ok = ratio <= target, mem <= 0.8 * official[1]
+                verdict = (
+                    f"time ≤ {target}×: {'✅' if time_ok else '❌'}; "
+                    f"memory ≤ {0.8 * official[1]:.0f} MiB: {'✅' if mem_ok else '❌'}"
+                )
             elif r["method"] == "ap":
                 vs = r["step_seconds"]["median"] / vpt["step_seconds"]["median"]
                 verdict = f"{vs:.2f}× our VPT-deep step (target ≤ 0.6: {'✅' if vs <= 0.6 else '❌'})"

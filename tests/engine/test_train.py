@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +191,25 @@ def test_cli_unknown_method_option_lists_valid_ones(tmp_path, capsys):
         "unknown option --sitee x for method 'ap'; its options are: --site, --shape"
         in capsys.readouterr().err
     )
+
+
+def test_each_run_reports_its_own_peak_memory(tiny, tmp_path):
+    """On CPU the peak is the process's resident-set high-water mark, restarted when a run starts."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("Linux only")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    block = b"x" * (400 * 2**20)  # an earlier peak of this process, well above what the run needs
+    del block
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > before + 300
+    summary = vprompt.train(**dict(tiny, epochs=1), method="linear", output=tmp_path / "r")
+    assert summary["peak_memory_mib"] < before + 100
+
+
+def test_resuming_a_finished_run_with_other_options_is_refused(tiny, tmp_path):
+    vprompt.train(
+        **dict(tiny, epochs=1), method="ap", method_options={"site": "block.1"}, output=tmp_path / "r"
+    )
+    again = dict(tiny, epochs=1, method="ap", output=tmp_path / "r", resume=True)
+    assert vprompt.train(**again, method_options={"site": "block.1"})["epochs"] == 1  # same: reused
+    with pytest.raises(ValueError, match=r"other options \(method_options.site: 'block.1' → 'block.2'\)"):
+        vprompt.train(**again, method_options={"site": "block.2"})

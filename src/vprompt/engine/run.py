@@ -22,11 +22,11 @@ from .config import TrainConfig, check_config, make_config, read_yaml, to_dict
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .optim import peak_lr
-from .rundir import ADAPTER, RunDir, environment, peak_memory_mib
+from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, reset_peak_memory
 from .trainer import Precision, Trainer, evaluate
 
 #: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"progress", "workers", "device"}
+RESUME_FREE = {"progress", "workers", "device", "root"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -85,6 +85,23 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
     return values
 
 
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Options ``wanted`` asks for that a run's saved (resolved) config does not have, as
+    ``"key: saved → wanted"``. Options left unset (``None``) take whatever the run resolved them to;
+    method options are compared only where ``wanted`` gives them (the saved config has the defaults too).
+    """
+    differ = []
+    for key, value in wanted.items():
+        if key in RESUME_FREE or key == "resolved" or value is None:
+            continue
+        if key == "method_options":
+            mine = saved.get(key) or {}
+            differ += [f"{key}.{k}: {mine.get(k)!r} → {v!r}" for k, v in value.items() if mine.get(k) != v]
+        elif saved.get(key) != value:
+            differ.append(f"{key}: {saved.get(key)!r} → {value!r}")
+    return differ
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     differ = [
         k for k in current if k not in RESUME_FREE and k != "resolved" and saved.get(k) != current.get(k)
@@ -112,6 +129,12 @@ def train(
     run = RunDir(output) if output is not None else None
     if run is not None:
         if resume and run.finished:
+            differ = config_differences(run.read_config(), to_dict(config))
+            if differ:
+                raise ValueError(
+                    f"{run.path} holds a finished run with other options ({', '.join(differ)}); "
+                    "delete it or choose another output folder"
+                )
             return run.read_summary()
         if not resume and (run.has_checkpoint() or run.finished):
             raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
@@ -129,8 +152,7 @@ def train(
                 trainer.load_state(run.load_checkpoint())
             elif ctx.main:
                 run.write_config(resolved)
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
+        reset_peak_memory(ctx.device)
         progress = trainer.fit()
         selected = trainer.select()
         results: dict[str, Any] = {}

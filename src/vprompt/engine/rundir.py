@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -133,6 +134,16 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         name = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {"versions": versions, "device": {"type": device.type, "name": name}, "host": platform.node()}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart the peak-memory mark, so a run reports its own peak and not an earlier run's in this process
+    (CUDA: the allocator's peak; CPU: the kernel's resident-set high-water mark, Linux only)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # not Linux, or not allowed: the peak stays the process's
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -1,0 +1,172 @@
+"""``vprompt sweep layers|tune|suite``: many runs from one set of run options (see :mod:`vprompt.tools.sweep`).
+
+Every sweep takes ``vprompt train``'s run options (and ``--config FILE.yaml``), an ``--output`` folder
+that names the sweep (running it again reuses finished runs and resumes interrupted ones) and
+``--engine local|ray``. The exit status is 1 when a run failed (the others still ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_dataclass_options, given
+
+FAMILIES = ("vtab1k", "fgvc", "vp")
+SHAPES = ("full", "channel", "spatial")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="many runs: AP layer preference, lr × wd tuning on validation + multi-seed final, whole suites",
+        description="Sweeps over many runs. Finished runs are reused, interrupted ones resumed, failed ones "
+        "reported without stopping the others.",
+    )
+    kinds = p.add_subparsers(dest="sweep", metavar="SWEEP", required=True)
+
+    k = kinds.add_parser(
+        "layers", allow_abbrev=False, help="AP at each site of a backbone: accuracy and cost per depth"
+    )
+    _common(k, skip=("method",))
+    k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
+    k.add_argument("--shape", choices=SHAPES, default="full", help="AP prompt shape (default: full)")
+    k.set_defaults(func=cmd_layers)
+
+    k = kinds.add_parser(
+        "tune", allow_abbrev=False, help="lr × wd grid on validation, then final runs with several seeds"
+    )
+    _common(k, skip=("lr", "weight_decay", "final"))
+    _grid(k)
+    k.set_defaults(func=cmd_tune, accepts_method_options=True)
+
+    k = kinds.add_parser(
+        "suite",
+        allow_abbrev=False,
+        help="one method over a benchmark family (fixed or tuned hyper-parameters)",
+    )
+    k.add_argument("family", choices=FAMILIES, help="benchmark family")
+    _common(k, skip=("lr", "weight_decay", "data", "final"))
+    k.add_argument("--datasets", nargs="+", default=None, help="a subset of the family's datasets")
+    _grid(k, tune_note=" (more than one lr × wd combination: tune each dataset on validation)")
+    k.set_defaults(func=cmd_suite, accepts_method_options=True)
+
+
+def _common(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
+    from ..engine.config import TrainConfig
+
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML file of run options (the command line wins)"
+    )
+    p.add_argument(
+        "--output", type=Path, required=True, help="the sweep's folder (re-run it to continue the sweep)"
+    )
+    e = p.add_argument_group("engine")
+    e.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
+    e.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (auto, or HEAD_IP:6379); default: start a local Ray",
+    )
+    e.add_argument("--cpus-per-run", type=float, default=1, help="Ray CPUs per run (default: 1)")
+    e.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="Ray GPUs per run (default: 1 if the cluster has GPUs)",
+    )
+    fields = add_dataclass_options(p, TrainConfig, skip=skip, title="run options (as for vprompt train)")
+    p.set_defaults(train_fields=fields)
+
+
+def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
+    p.add_argument(
+        "--lr",
+        nargs="+",
+        default=None,
+        metavar="X",
+        help=f"learning rates, by spaces or commas (default: the config's){tune_note}",
+    )
+    p.add_argument(
+        "--wd",
+        "--weight-decay",
+        dest="wd",
+        nargs="+",
+        default=None,
+        metavar="X",
+        help="weight decays (default: the config's, else 0)",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="final runs, seeds 0..N-1 (default: 5)")
+
+
+def floats(values: list[str] | None) -> list[float] | None:
+    """``["0.1,0.01", "1e-3"]`` → ``[0.1, 0.01, 0.001]``."""
+    if values is None:
+        return None
+    try:
+        return [float(v) for text in values for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ValueError(f"not a number list: {' '.join(values)}") from e
+
+
+def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed):
+    from ..engine.config import read_yaml
+    from ..engine.run import as_config
+    from .train import method_options
+
+    values = read_yaml(args.config) if args.config else {}
+    values.update(given(args, args.train_fields))
+    values.update(fixed)
+    config = as_config(values, {})
+    if extra is not None:
+        config.method_options.update(method_options(config.method, extra))
+    return config
+
+
+def _executor(args: argparse.Namespace):
+    from ..tools.executors import Executor
+
+    return Executor(args.engine, address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+
+
+def _finish(out: Path, text_file: Path, failures: list) -> int:
+    print(text_file.read_text())
+    print(f"written to {out}")
+    if failures:
+        print(f"{len(failures)} run(s) failed; see {out / 'failures.json'} and each run's error.txt")
+    return 1 if failures else 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from ..tools import sweep
+
+    config = _config(args, method="ap")
+    result = sweep.layers(config, args.output, sites=args.sites, shape=args.shape, executor=_executor(args))
+    return _finish(args.output, Path(result["files"]["md"]), result["failures"])
+
+
+def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..tools import sweep
+
+    config = _config(args, extra)
+    lrs = floats(args.lr) or [config.lr]
+    wds = floats(args.wd) or [config.weight_decay]
+    result = sweep.tune(config, args.output, lrs=lrs, wds=wds, seeds=args.seeds, executor=_executor(args))
+    return _finish(args.output, args.output / "result.md", result["failures"])
+
+
+def cmd_suite(args: argparse.Namespace, extra: list[str]) -> int:
+    from ..tools import sweep
+
+    config = _config(args, extra)
+    result = sweep.suite(
+        args.family,
+        config,
+        args.output,
+        datasets=args.datasets,
+        lrs=floats(args.lr),
+        wds=floats(args.wd),
+        seeds=args.seeds,
+        executor=_executor(args),
+    )
+    return _finish(args.output, args.output / "suite.md", result["failures"])

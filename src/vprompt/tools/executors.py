@@ -1,0 +1,176 @@
+"""Executors: run a list of training jobs, one run directory each, in this process or on Ray.
+
+A :class:`Job` is a complete run config and its run directory. Every executor treats a job the same way
+(:func:`run_job`): a finished run is read back and never recomputed, an interrupted run resumes from its
+checkpoint, and a run that fails writes ``error.txt`` (its traceback) into its directory while the other
+jobs go on. ``Executor("local")`` runs the jobs one after another in this process; ``Executor("ray")``
+runs one Ray task per job on a local Ray instance or on the cluster at ``address``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import train
+from ..engine.run import config_differences
+from ..engine.rundir import RunDir, write_json, write_text
+
+ERROR = "error.txt"
+FAILURES = "failures.json"
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: ``name`` is its path relative to the sweep's output (``tune/lr0.01-wd0``)."""
+
+    name: str
+    output: str
+    config: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, out: str | Path, name: str, base: dict[str, Any], options: dict | None = None, **changes
+    ) -> Job:
+        """The job ``<out>/<name>``: the full config ``base`` with ``changes`` and method ``options`` on top."""
+        config = {**base, **changes, "method_options": {**base["method_options"], **(options or {})}}
+        return cls(name, str(Path(out) / name), config)
+
+
+@dataclass
+class Outcome:
+    """What became of a job: ``reused`` (finished before), ``trained`` (now) or ``failed``."""
+
+    name: str
+    output: str
+    status: str
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+def run_job(job: Job) -> Outcome:
+    """Run (or reuse, or resume) one job; any error becomes a failed :class:`Outcome` and ``error.txt``."""
+    run = RunDir(job.output)
+    try:
+        if run.finished:  # read back, never recomputed, if it has the options the job asks for
+            differ = config_differences(run.read_config(), job.config)
+            if differ:
+                raise ValueError(
+                    f"{run.path} holds a finished run with other options ({', '.join(differ)}); "
+                    "delete it or choose another output folder"
+                )
+            outcome = Outcome(job.name, job.output, "reused", run.read_summary())
+        else:
+            summary = train(job.config, output=job.output, resume=True)
+            outcome = Outcome(job.name, job.output, "trained", summary)
+    except Exception as e:  # a failed run is recorded; KeyboardInterrupt still stops the sweep
+        if not run.finished:  # (a finished run that does not match keeps its folder as it is)
+            write_text(run / ERROR, traceback.format_exc())
+        return Outcome(job.name, job.output, "failed", error=f"{type(e).__name__}: {e}")
+    (run / ERROR).unlink(missing_ok=True)
+    return outcome
+
+
+def describe(outcome: Outcome) -> str:
+    """One line about an outcome, for the sweep's log."""
+    if not outcome.ok:
+        return f"{outcome.name}: FAILED ({outcome.error})"
+    s = outcome.summary or {}
+    split = "test" if s.get("test_accuracy") is not None else "val"
+    accuracy = s.get(f"{split}_accuracy")
+    shown = f"{split} {accuracy:.2f}%" if accuracy is not None else "no accuracy"
+    return f"{outcome.name}: {outcome.status} ({shown})"
+
+
+@dataclass
+class Executor:
+    """Runs jobs: ``kind`` ``local`` (sequentially, in this process) or ``ray`` (one task per job).
+
+    ``address``: the Ray cluster to join (``auto``, ``HEAD_IP:6379``); ``None`` starts a local Ray
+    instance (or joins the one ``RAY_ADDRESS`` names). ``cpus``/``gpus``: Ray resources per run;
+    ``gpus=None`` is 1 when the cluster has GPUs, else 0 (Ray hides the GPUs from a task that asks none).
+    """
+
+    kind: str = "local"
+    address: str | None = None
+    cpus: float = 1
+    gpus: float | None = None
+    log: Callable[[str], None] | None = field(default=print, repr=False)
+
+    def __post_init__(self):
+        if self.kind not in ENGINES:
+            raise ValueError(f"unknown engine {self.kind!r}; choose one of: {', '.join(ENGINES)}")
+
+    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """The outcomes of ``jobs``, in the order of ``jobs``."""
+        names = [j.output for j in jobs]
+        if len(set(names)) != len(names):
+            raise ValueError("two jobs of one sweep share a run directory")
+        if not jobs:
+            return []
+        return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)
+
+    def _say(self, done: int, total: int, outcome: Outcome) -> None:
+        if self.log is not None:
+            self.log(f"[{done}/{total}] {describe(outcome)}")
+
+    def _run_local(self, jobs: Sequence[Job]) -> list[Outcome]:
+        outcomes = []
+        for i, job in enumerate(jobs, 1):
+            outcomes.append(run_job(job))
+            self._say(i, len(jobs), outcomes[-1])
+        return outcomes
+
+    def _run_ray(self, jobs: Sequence[Job]) -> list[Outcome]:
+        try:
+            import ray
+        except ImportError as e:
+            raise RuntimeError("--engine ray needs Ray: pip install 'vprompt[ray]'") from e
+        started = not ray.is_initialized()
+        if started:  # "local" starts a fresh instance even where a stale `ray start` left its address behind
+            address = self.address or os.environ.get("RAY_ADDRESS") or "local"
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        try:
+            gpus = self.gpus if self.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
+            task = ray.remote(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)(run_job)
+            pending = {task.remote(job): i for i, job in enumerate(jobs)}
+            outcomes: list[Outcome | None] = [None] * len(jobs)
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ref)
+                try:
+                    outcomes[i] = ray.get(ref)
+                except Exception as e:  # the worker itself died (out of memory, killed node ...)
+                    job = jobs[i]
+                    write_text(RunDir(job.output) / ERROR, f"{type(e).__name__}: {e}\n")
+                    outcomes[i] = Outcome(job.name, job.output, "failed", error=f"{type(e).__name__}: {e}")
+                self._say(len(jobs) - len(pending), len(jobs), outcomes[i])
+            return outcomes  # type: ignore[return-value]
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def failures(outcomes: Sequence[Outcome], prefix: str = "") -> list[dict[str, str]]:
+    """The failed outcomes as ``{"run", "output", "error"}`` (``run`` prefixed with ``prefix``)."""
+    return [
+        {"run": prefix + o.name, "output": o.output, "error": o.error or ""} for o in outcomes if not o.ok
+    ]
+
+
+def write_failures(out: str | Path, failed: Sequence[dict[str, str]]) -> None:
+    """Write ``<out>/failures.json`` (or remove a stale one when nothing failed)."""
+    path = Path(out) / FAILURES
+    if failed:
+        write_json(path, list(failed))
+    else:
+        path.unlink(missing_ok=True)

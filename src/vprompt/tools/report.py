@@ -1,0 +1,329 @@
+"""Reports: tables and plots from any set of run directories.
+
+write_report(["runs/vtab", "runs/layers"], "report")
+    report/report.md       dataset × configuration tables (mean ± std over seeds), every configuration's
+                           cost, failed and unfinished runs, the plots
+    report/results.csv     one row per configuration;  report/runs.csv: one row per run
+    report/*.png           layer preference (AP at several sites), accuracy vs trainable parameters,
+                           accuracy vs train time and peak memory
+
+Every finished run (a folder holding ``summary.json``) under the given folders counts. Runs that differ
+only in their seed (or in how they were executed: device, workers, precision, cache, data root) form one
+*configuration*, whose accuracy is the mean ± sample standard deviation over its runs. Final runs report
+test accuracy, tuning runs validation accuracy; the two are never mixed. A configuration is labelled by its
+method and the options that tell it apart from the other configurations of the same method on the same
+dataset (``ap site=block.3``, ``vpt-deep lr=0.01 weight_decay=0.0001``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..engine.rundir import CONFIG, SUMMARY, write_text
+from . import plots
+from .executors import ERROR
+from .tables import markdown, mean_std, pm, write_csv
+
+#: config keys that do not change what a run computes (runs differing only in these are grouped)
+EXECUTION = {"seed", "root", "device", "workers", "progress", "precision", "cache", "cache_dtype", "resolved"}
+SPLIT_TITLES = {"test": "Test accuracy (final runs)", "val": "Validation accuracy (tuning runs)"}
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, summary and the options that define its configuration."""
+
+    path: Path
+    summary: dict[str, Any]
+    options: dict[str, Any]
+
+    @property
+    def split(self) -> str:
+        return "test" if self.summary.get("test_accuracy") is not None else "val"
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.summary.get(f"{self.split}_accuracy")
+
+
+def configuration(config: dict[str, Any]) -> dict[str, Any]:
+    """The options that define a run's configuration: the config less seed and execution details,
+    with the method's options flattened in (``site``, ``shape`` ...)."""
+    flat = {k: v for k, v in config.items() if k not in EXECUTION and k != "method_options"}
+    for k, v in (config.get("method_options") or {}).items():
+        flat[f"method.{k}" if k in flat else k] = v
+    return flat
+
+
+def read_run(path: Path) -> Run:
+    summary = json.loads((path / SUMMARY).read_text())
+    if (path / CONFIG).is_file():
+        config = yaml.safe_load((path / CONFIG).read_text()) or {}
+    else:  # only the summary: its own record of the run's options
+        keys = ("backbone", "method", "method_options", "data", "protocol", "final", "selection", "epochs")
+        config = {k: summary.get(k) for k in keys}
+    return Run(path, summary, configuration(config))
+
+
+def find_runs(dirs: list[str | Path]) -> tuple[list[Run], list[dict[str, str]], list[str]]:
+    """The finished runs under ``dirs``, the failed ones (``error.txt``) and the unfinished ones."""
+    finished, failed, unfinished, seen = [], [], [], set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise FileNotFoundError(f"no such folder: {d}")
+        for marker in sorted(d.rglob(CONFIG)) + sorted(d.rglob(SUMMARY)) + sorted(d.rglob(ERROR)):
+            run = marker.parent
+            if run.resolve() in seen:
+                continue
+            seen.add(run.resolve())
+            if (run / SUMMARY).is_file():
+                finished.append(read_run(run))
+            elif (run / ERROR).is_file():
+                lines = (run / ERROR).read_text().strip().splitlines() or [""]
+                failed.append({"run": str(run), "error": lines[-1]})
+            else:
+                unfinished.append(str(run))
+    return finished, failed, unfinished
+
+
+class Group:
+    """The runs of one configuration, with their statistics."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = sorted(runs, key=lambda r: (r.summary.get("seed", 0), str(r.path)))
+        first = self.runs[0]
+        self.options, self.split = first.options, first.split
+        self.data, self.method = first.options.get("data"), first.options.get("method")
+        self.label = self.method
+
+    def mean(self, key: str) -> float | None:
+        values = [r.summary[key] for r in self.runs if r.summary.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    def row(self) -> dict[str, Any]:
+        accuracies = [r.accuracy for r in self.runs if r.accuracy is not None]
+        mean, std = mean_std(accuracies) if accuracies else (None, None)
+        s = self.runs[0].summary
+        return {
+            "data": self.data,
+            "label": self.label,
+            "method": self.method,
+            "backbone": self.options.get("backbone"),
+            "split": self.split,
+            "n": len(accuracies),
+            "seeds": " ".join(str(r.summary.get("seed")) for r in self.runs),
+            "accuracy_mean": mean,
+            "accuracy_std": std,
+            "trainable_parameters": s.get("trainable_parameters"),
+            "trainable_parameters_without_head": s.get("trainable_parameters_without_head"),
+            "trainable_percent": s.get("trainable_percent"),
+            "train_seconds": self.mean("train_seconds"),
+            "peak_memory_mib": self.mean("peak_memory_mib"),
+            "eval_images_per_second": self.mean("eval_images_per_second"),
+            "options": json.dumps(self.options, sort_keys=True, default=str),
+            "runs": " ".join(str(r.path) for r in self.runs),
+        }
+
+
+def _value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped into configurations, each labelled by what sets it apart (see the module doc)."""
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_key[json.dumps([r.split, r.options], sort_keys=True, default=str)].append(r)
+    groups = [Group(rs) for rs in by_key.values()]
+    siblings: dict[tuple, list[Group]] = defaultdict(list)
+    for g in groups:
+        siblings[(g.data, g.method, g.split)].append(g)
+    for gs in siblings.values():
+        keys = sorted({k for g in gs for k in g.options})
+        varying = [k for k in keys if len({json.dumps(g.options.get(k), default=str) for g in gs}) > 1]
+        for g in gs:
+            g.label = " ".join([g.method] + [f"{k}={_value(g.options.get(k))}" for k in varying])
+    return sorted(groups, key=lambda g: (g.split != "test", str(g.data), str(g.method), g.label))
+
+
+# ------------------------------------------------------------------------------------------ tables
+def pivot(rows: list[dict[str, Any]]) -> str:
+    """Dataset × configuration (mean ± std), with the mean over datasets and the trainable parameters."""
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    labels = sorted(dict.fromkeys(r["label"] for r in rows), key=lambda lb: (lb.split(" ")[0], lb))
+    cells = {(r["data"], r["label"]): r for r in rows}
+    body = [[d] + [pm_row(cells.get((d, lb))) for lb in labels] for d in datasets]
+    if len(datasets) > 1:
+        means = []
+        for lb in labels:
+            have = [cells[(d, lb)]["accuracy_mean"] for d in datasets if (d, lb) in cells]
+            complete = len(have) == len(datasets) and None not in have
+            means.append(f"{sum(have) / len(have):.2f}" if complete else "–")
+        body.append(["**mean**"] + means)
+    params = []
+    for lb in labels:
+        values = {r["trainable_parameters_without_head"] for r in rows if r["label"] == lb}
+        params.append(f"{values.pop():,}" if len(values) == 1 and None not in values else "varies")
+    body.append(["params w/o head"] + params)
+    return markdown(["dataset"] + labels, body)
+
+
+def pm_row(row: dict[str, Any] | None) -> str:
+    return "–" if row is None else pm(row["accuracy_mean"], row["accuracy_std"], row["n"])
+
+
+def details(rows: list[dict[str, Any]]) -> str:
+    headers = [
+        "dataset",
+        "configuration",
+        "n",
+        "accuracy (%)",
+        "trainable",
+        "w/o head",
+        "% of total",
+        "train s",
+        "peak MiB",
+        "eval img/s",
+    ]
+    keys = [
+        "trainable_parameters",
+        "trainable_parameters_without_head",
+        "trainable_percent",
+        "train_seconds",
+        "peak_memory_mib",
+        "eval_images_per_second",
+    ]
+    body = [[r["data"], r["label"], r["n"], pm_row(r)] + [r[k] for k in keys] for r in rows]
+    return markdown(headers, body)
+
+
+# ------------------------------------------------------------------------------------------- plots
+def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float]]]:
+    """AP configurations that differ only in their site: name → ``[(site, mean, std), ...]``.
+
+    A series is named by what sets it apart from the other series (by dataset and shape when alone)."""
+    series: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    attrs: dict[str, dict[str, Any]] = {}
+    for g in groups:
+        row = g.row()
+        if g.method != "ap" or "site" not in g.options or row["accuracy_mean"] is None:
+            continue
+        a = {"split": g.split} | {k: v for k, v in g.options.items() if k not in ("site", "method")}
+        key = json.dumps(a, sort_keys=True, default=str)
+        attrs[key] = a
+        series[key].append((g.options["site"], row["accuracy_mean"], row["accuracy_std"]))
+    kept = {k: v for k, v in series.items() if len({s for s, *_ in v}) > 1}
+    names = sorted({n for k in kept for n in attrs[k]})
+    varying = [n for n in names if len({json.dumps(attrs[k].get(n), default=str) for k in kept}) > 1]
+    shown = ["split"] + ([n for n in varying if n != "split"] or ["data", "shape"])
+    return {" ".join(f"{n}={_value(attrs[k].get(n))}" for n in shown): v for k, v in kept.items()}
+
+
+def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """One point per configuration label: means over the datasets it was run on; and the dataset count."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["accuracy_mean"] is not None:
+            by_label[r["label"]].append(r)
+    points = []
+    for label, rs in by_label.items():
+        point = {"label": label}
+        for key, source in (
+            ("accuracy", "accuracy_mean"),
+            ("trainable_parameters", "trainable_parameters"),
+            ("train_seconds", "train_seconds"),
+            ("peak_memory_mib", "peak_memory_mib"),
+        ):
+            values = [r[source] for r in rs if r[source] is not None]
+            point[key] = sum(values) / len(values) if values else None
+        points.append(point)
+    return points, len({r["data"] for r in rows})
+
+
+# ------------------------------------------------------------------------------------------ report
+def write_report(dirs: list[str | Path] | str | Path, out: str | Path) -> dict[str, Any]:
+    """Write ``report.md``, ``results.csv``, ``runs.csv`` and the plots to ``out``; returns
+    ``{"rows": [one dict per configuration], "files": {...}, "failed": [...], "unfinished": [...]}``."""
+    dirs = [dirs] if isinstance(dirs, str | Path) else list(dirs)
+    out = Path(out)
+    runs, failed, unfinished = find_runs(dirs)
+    if not runs and not failed:
+        raise ValueError(f"no run directories (summary.json) under {', '.join(map(str, dirs))}")
+    groups = group_runs(runs)
+    rows = [g.row() for g in groups]
+    files = {"md": out / "report.md", "results": out / "results.csv", "runs": out / "runs.csv"}
+    if rows:
+        write_csv(files["results"], list(rows[0]), [list(r.values()) for r in rows])
+    else:  # only failed runs: the report lists them
+        del files["results"]
+    run_keys = [
+        "run",
+        "data",
+        "label",
+        "split",
+        "seed",
+        "accuracy",
+        "trainable_parameters",
+        "trainable_parameters_without_head",
+        "train_seconds",
+        "peak_memory_mib",
+    ]
+    write_csv(
+        files["runs"],
+        run_keys,
+        [
+            [str(r.path), g.data, g.label, r.split, r.summary.get("seed"), r.accuracy]
+            + [r.summary.get(k) for k in run_keys[6:]]
+            for g in groups
+            for r in g.runs
+        ],
+    )
+    text = [
+        f"# vprompt report\n\n{len(runs)} finished runs in {len(groups)} configurations from "
+        f"{', '.join(f'`{d}`' for d in dirs)}. Accuracy in %: mean ± sample std over the runs (n).\n"
+    ]
+    for split, title in SPLIT_TITLES.items():
+        chosen = [r for r in rows if r["split"] == split]
+        if chosen:
+            text += [f"## {title}\n", pivot(chosen), "### Every configuration\n", details(chosen)]
+    text += _plots(groups, rows, out, files)
+    if failed:
+        text += ["## Failed runs\n", markdown(["run", "error"], [[f["run"], f["error"]] for f in failed])]
+    if unfinished:
+        text += ["## Unfinished runs\n", "\n".join(f"- `{u}`" for u in unfinished) + "\n"]
+    write_text(files["md"], "\n".join(text))
+    return {
+        "rows": rows,
+        "files": {k: str(v) for k, v in files.items()},
+        "failed": failed,
+        "unfinished": unfinished,
+    }
+
+
+def _plots(groups: list[Group], rows: list[dict], out: Path, files: dict[str, Path]) -> list[str]:
+    text = []
+    series = layer_series(groups)
+    if series:
+        files["layer_preference"] = plots.layer_preference(series, out / "layer_preference.png")
+        text.append("![layer preference](layer_preference.png)\n")
+    split = "test" if any(r["split"] == "test" for r in rows) else "val"
+    points, n = tradeoff_points([r for r in rows if r["split"] == split])
+    if points:
+        title = f"{split} accuracy" + (f", mean over {n} datasets" if n > 1 else "")
+        files["accuracy_vs_parameters"] = plots.tradeoffs(
+            points, ["trainable_parameters"], out / "accuracy_vs_parameters.png", title
+        )
+        files["accuracy_vs_cost"] = plots.tradeoffs(
+            points, ["train_seconds", "peak_memory_mib"], out / "accuracy_vs_cost.png", title
+        )
+        text += [
+            "![accuracy vs trainable parameters](accuracy_vs_parameters.png)\n",
+            "![accuracy vs train time and peak memory](accuracy_vs_cost.png)\n",
+        ]
+    return (["## Plots\n"] + text) if text else []

@@ -1,0 +1,299 @@
+"""Sweeps: many runs planned from one base config, run by an :class:`~.executors.Executor`, summarised.
+
+sweep.layers(config, "out")                          AP at each site: <out>/layers/<shape>/<site>
+sweep.tune(config, "out", lrs=[...], wds=[...])      lr × wd grid on validation: <out>/tune/lr<lr>-wd<wd>,
+                                                     then the chosen point on the final split: <out>/final/seed<k>
+sweep.suite("vtab1k", config, "out")                 one method over a benchmark family: <out>/<dataset>/...
+
+``config`` is anything :func:`vprompt.train` takes (a dict, a :class:`~vprompt.TrainConfig`, a YAML path).
+Run directories are named after what varies, so running a sweep again reuses its finished runs, resumes
+its interrupted ones and retries its failed ones (listed in ``<out>/failures.json``). The tuning rule is
+in :mod:`.tuning`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import describe
+from ..data.sources import COOP, FGVC, VP_TORCHVISION, VTAB_TASKS
+from ..engine.config import check_config, make_config, to_dict
+from ..engine.run import as_config
+from ..engine.rundir import write_json, write_text
+from ..methods import method_config
+from . import plots
+from .executors import Executor, Job, failures, write_failures
+from .tables import markdown, pm, write_csv
+from .tuning import Plan, run_plans
+
+#: the datasets of each benchmark family, in the papers' order
+FAMILIES: dict[str, list[str]] = {
+    "vtab1k": list(VTAB_TASKS),
+    "fgvc": list(FGVC),
+    "vp": list(VP_TORCHVISION) + list(COOP),
+}
+#: VTAB-1k's three task groups, whose means papers report next to the overall mean
+# fmt: off
+VTAB_GROUPS = {
+    "natural": ["caltech101", "cifar", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
+    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
+    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"],
+}
+# fmt: on
+#: the layer sweep's markdown columns: row key → header
+LAYER_COLUMNS = {
+    "site": "site",
+    "depth": "depth",
+    "split": "split",
+    "accuracy": "accuracy (%)",
+    "trainable_parameters_without_head": "params (w/o head)",
+    "train_seconds": "train s",
+    "peak_memory_mib": "peak MiB",
+    "status": "status",
+}
+
+
+# ------------------------------------------------------------------------------------------ planning
+def base_config(config: Any, **overrides: Any) -> dict[str, Any]:
+    """The full run config (every :class:`~vprompt.TrainConfig` field) of ``config`` with ``overrides``."""
+    if isinstance(config, dict):
+        config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    return to_dict(as_config(config, dict(overrides)))
+
+
+def check_base(base: dict[str, Any], data: bool = True) -> None:
+    """Errors every run would hit (missing options, unknown method or options, no data) before any run."""
+    check_config(make_config(dict(base)))
+    method_config(base["method"], **base["method_options"])
+    if data:
+        describe(base["data"], base["root"])
+
+
+def _g(x: float | None) -> str | None:
+    return None if x is None else f"{x:g}"
+
+
+def _split(summary: dict | None) -> str:
+    return "test" if summary and summary.get("test_accuracy") is not None else "val"
+
+
+# -------------------------------------------------------------------------------------------- layers
+def site_depths(base: dict[str, Any]) -> dict[str, int]:
+    """``site → depth index`` of the base config's backbone (built without pretrained weights)."""
+    from ..backbones import create_backbone
+
+    backbone = create_backbone(base["backbone"], img_size=base["img_size"], pretrained=False)
+    return {name: site.index for name, site in backbone.sites.items()}
+
+
+def layers(
+    config: Any,
+    out: str | Path,
+    *,
+    sites: list[str] | None = None,
+    shape: str = "full",
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """AP at each of ``sites`` (default: ``embed`` where present and every ``block.N``).
+
+    Writes ``<out>/layers-<shape>.{md,csv,png}`` (accuracy and cost per site) and returns
+    ``{"rows": [...], "failures": [...], "files": {...}}``.
+    """
+    base = base_config(config, method="ap")
+    depths = site_depths(base)
+    if sites is None:
+        sites = [s for s in depths if s == "embed" or s.startswith("block.")]
+    unknown = [s for s in sites if s not in depths]
+    if unknown:
+        raise ValueError(
+            f"{base['backbone']} has no site {', '.join(unknown)}; its sites: {', '.join(depths)}"
+        )
+    sites = sorted(dict.fromkeys(sites), key=lambda s: (depths[s], s))
+    check_base({**base, "method_options": {**base["method_options"], "site": sites[0], "shape": shape}})
+    jobs = [Job.of(out, f"layers/{shape}/{s}", base, {"site": s, "shape": shape}) for s in sites]
+    outcomes = (executor or Executor()).run(jobs)
+    rows = []
+    for site, o in zip(sites, outcomes, strict=True):
+        s, split = o.summary or {}, _split(o.summary)
+        rows.append(
+            {
+                "site": site,
+                "depth": depths[site],
+                "status": o.status,
+                "split": split,
+                "accuracy": s.get(f"{split}_accuracy"),
+                "trainable_parameters_without_head": s.get("trainable_parameters_without_head"),
+                "trainable_parameters": s.get("trainable_parameters"),
+                "train_seconds": s.get("train_seconds"),
+                "peak_memory_mib": s.get("peak_memory_mib"),
+                "run": o.name,
+            }
+        )
+    failed = failures(outcomes)
+    write_failures(out, failed)
+    return {"rows": rows, "failures": failed, "files": _write_layers(out, shape, rows)}
+
+
+def _write_layers(out: str | Path, shape: str, rows: list[dict]) -> dict[str, str]:
+    stem = Path(out) / f"layers-{shape}"
+    headers = list(rows[0])
+    write_csv(stem.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
+    table = markdown(list(LAYER_COLUMNS.values()), [[r[k] for k in LAYER_COLUMNS] for r in rows])
+    files = {"csv": str(stem.with_suffix(".csv")), "md": str(stem.with_suffix(".md"))}
+    done = [r for r in rows if r["accuracy"] is not None]
+    text = f"# AP layer preference (shape {shape})\n\n{table}"
+    if done:
+        label = f"ap {shape}"
+        plots.layer_preference(
+            {label: [(r["site"], r["accuracy"], 0.0) for r in done]},
+            stem.with_suffix(".png"),
+            costs={
+                label: [(r["site"], r["trainable_parameters_without_head"], r["train_seconds"]) for r in done]
+            },
+            ylabel=f"{done[0]['split']} accuracy (%)",
+        )
+        files["png"] = str(stem.with_suffix(".png"))
+        text += f"\n![layer preference]({stem.name}.png)\n"
+    write_text(stem.with_suffix(".md"), text)
+    return files
+
+
+def tune(
+    config: Any,
+    out: str | Path,
+    *,
+    lrs: list[float],
+    wds: list[float] = (0.0,),
+    seeds: int = 5,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Grid ``lrs × wds`` on the tuning split, pick by validation, run ``seeds`` final runs (seeds 0..N-1).
+
+    Returns the result (also ``<out>/result.{json,md}``): the grid, the chosen point, each final run and
+    the test accuracy's mean ± sample std over the seeds.
+    """
+    base = base_config(config)
+    check_base(base)
+    plan = Plan(base, Path(out), list(lrs), list(wds), seeds)
+    result = run_plans([plan], executor)[0]
+    write_failures(out, result["failures"])
+    return result
+
+
+# --------------------------------------------------------------------------------------------- suite
+def suite(
+    family: str,
+    config: Any,
+    out: str | Path,
+    *,
+    datasets: list[str] | None = None,
+    lrs: list[float] | None = None,
+    wds: list[float] | None = None,
+    seeds: int = 5,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """One method over the datasets of ``family`` (``vtab1k``, ``fgvc``, ``vp``; ``datasets``: a subset).
+
+    With more than one (lr, wd) combination every dataset is tuned (:func:`tune`'s protocol); otherwise
+    the given (or the config's) lr and weight decay are used as they are. Writes ``<out>/<dataset>/...``
+    and ``<out>/suite.{md,csv,json}``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown suite {family!r}; choose one of: {', '.join(FAMILIES)}")
+    names = list(datasets or FAMILIES[family])
+    unknown = [n for n in names if n not in FAMILIES[family]]
+    if unknown:
+        raise ValueError(
+            f"{family} has no dataset {', '.join(unknown)}; its datasets: {', '.join(FAMILIES[family])}"
+        )
+    base = base_config(config, data=f"{family}:{names[0]}")
+    check_base(base, data=False)  # a missing dataset fails its own runs only
+    lrs, wds = list(lrs or [base["lr"]]), list(wds or [base["weight_decay"]])
+    tuned = len(lrs) * len(wds) > 1
+    plans = [Plan({**base, "data": f"{family}:{n}"}, Path(out) / n, lrs, wds, seeds, tuned) for n in names]
+    results = run_plans(plans, executor)
+    failed = [
+        {**f, "run": f"{n}/{f['run']}"} for n, r in zip(names, results, strict=True) for f in r["failures"]
+    ]
+    write_failures(out, failed)
+    summary = {
+        "family": family,
+        "tuned": tuned,
+        "datasets": dict(zip(names, results, strict=True)),
+        "means": suite_means(family, names, results),
+        "failures": failed,
+    }
+    _write_suite(Path(out), summary)
+    return summary
+
+
+def suite_means(family: str, names: list[str], results: list[dict]) -> dict[str, dict]:
+    """Mean test accuracy over the datasets (and VTAB's groups) with a result; ``complete`` if all had one."""
+    acc = {n: r["test_accuracy"]["mean"] for n, r in zip(names, results, strict=True) if r["test_accuracy"]}
+    groups = {"all": names} | (
+        {g: [n for n in members if n in names] for g, members in VTAB_GROUPS.items()}
+        if family == "vtab1k"
+        else {}
+    )
+    means = {}
+    for group, members in groups.items():
+        have = [acc[n] for n in members if n in acc]
+        if members and have:
+            means[group] = {
+                "mean": sum(have) / len(have),
+                "datasets": len(have),
+                "complete": len(have) == len(members),
+            }
+    return means
+
+
+def _write_suite(out: Path, summary: dict[str, Any]) -> None:
+    headers = [
+        "dataset",
+        "lr",
+        "weight_decay",
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "seeds",
+        "trainable_parameters",
+        "trainable_parameters_without_head",
+        "failures",
+    ]
+    rows = []
+    for name, r in summary["datasets"].items():
+        t, c = r["test_accuracy"] or {}, r["chosen"] or {}
+        rows.append(
+            [
+                name,
+                c.get("lr"),
+                c.get("weight_decay"),
+                t.get("mean"),
+                t.get("std"),
+                t.get("n", 0),
+                r["trainable_parameters"],
+                r["trainable_parameters_without_head"],
+                len(r["failures"]),
+            ]
+        )
+    write_csv(out / "suite.csv", headers, rows)
+    write_json(out / "suite.json", summary)
+    md = [[r[0], _g(r[1]), _g(r[2]), pm(r[3], r[4], r[5]), r[5], r[6], r[8]] for r in rows]
+    md += [
+        [
+            f"**mean ({g})**" + ("" if m["complete"] else f" of {m['datasets']}"),
+            None,
+            None,
+            f"{m['mean']:.2f}",
+            None,
+            None,
+            None,
+        ]
+        for g, m in summary["means"].items()
+    ]
+    how = "tuned on validation, then" if summary["tuned"] else "fixed hyper-parameters,"
+    text = f"# Suite {summary['family']}\n\n{how} test accuracy (%) mean ± std over seeds.\n\n" + markdown(
+        ["dataset", "lr", "weight decay", "test accuracy (%)", "seeds", "trainable params", "failed runs"], md
+    )
+    write_text(out / "suite.md", text)
