@@ -25,8 +25,9 @@ from .tables import markdown
 
 BACKBONE = "offline:efficientnet_lite0"
 DATA = "fashion-mnist"
-#: the site where AP did best in `benchmarks/real_weights.py`'s layer sweep on this backbone and data
-AP_SITE = "stage.4"
+#: the site where AP did best (validation) in the layer sweep of `benchmarks/real_weights.py` on this
+#: backbone, data and budget: stage.0 83.9%, stage.6 82.3%, the input embedding 75.9%
+AP_SITE = "stage.0"
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,15 @@ class Budget:
     batch_size: int = 64
 
 
-#: (method, options, optimizer, learning rate); rates chosen on the validation split
+#: (method, options, optimizer, learning rate); each rate is the one `benchmarks/real_weights.py` picked
+#: on the validation split from its grid (0.3 / 0.1 / 0.03; lora 0.1 / 0.03; full 0.03 / 0.01)
 METHODS: list[tuple[str, dict[str, Any], str, float]] = [
-    ("linear", {}, "sgd", 0.1),
-    ("vp-pad", {}, "sgd", 0.1),
+    ("linear", {}, "sgd", 0.03),
+    ("vp-pad", {}, "sgd", 0.03),
     ("ap", {"site": AP_SITE}, "sgd", 0.1),
-    ("norm", {}, "sgd", 0.1),
-    ("bitfit", {}, "sgd", 0.1),
-    ("lora", {}, "sgd", 0.1),
+    ("norm", {}, "sgd", 0.03),
+    ("bitfit", {}, "sgd", 0.03),
+    ("lora", {}, "sgd", 0.03),
     ("full", {}, "sgd", 0.01),
 ]
 

@@ -1,0 +1,28 @@
+"""The demo's pipeline end to end on a tiny budget: real EfficientNet-Lite0 weights, real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import pytest
+
+from vprompt.cli import main
+from vprompt.tools.demo import METHODS
+
+pytestmark = pytest.mark.offline_weights
+
+
+def test_demo_runs_every_method_and_writes_its_report(tmp_path, capsys):
+    args = ["demo", "--output", str(tmp_path), "--train-size", "40", "--eval-size", "20"]
+    assert main([*args, "--img-size", "32", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ImageNet top-1 on the 20 real validation photos shipped with foolbox: 18/20" in out
+    assert "40 training and 20 test images" in out and "32×32 px, 1 epochs" in out
+    for method, *_ in METHODS:
+        assert (tmp_path / "runs" / method / "summary.json").is_file()
+        assert f"| {method}" in out
+    readme = (tmp_path / "README.md").read_text()
+    assert "| method | test accuracy (%) | trainable params |" in readme
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert list((tmp_path / "report").glob("*.png"))
+    # again: every finished run is reused, nothing is trained
+    assert main([*args, "--img-size", "32", "--epochs", "1"]) == 0
+    assert capsys.readouterr().out.count("(reused)") == len(METHODS)
