@@ -7,7 +7,7 @@ import torch
 
 from vprompt.data import load
 from vprompt.engine.config import TrainConfig
-from vprompt.engine.data import EpochBatches, SeededItems, resolve_splits
+from vprompt.engine.data import EpochBatches, SeededItems, load_data, plan_data, resolve_splits
 from vprompt.engine.distributed import Context
 
 CONFIG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
@@ -67,3 +67,21 @@ def test_a_last_batch_too_small_to_share_is_dropped_everywhere():
     assert len(list(EpochBatches(33, 16, Context(), 0, True))) == 3
     two = EpochBatches(33, 16, Context(rank=1, world=2), 0, True)
     assert len(two) == len(list(two)) == 2
+
+
+def test_validation_never_overlaps_training_even_by_file_name():
+    config = TrainConfig(train_split="train800val200", val_split="val200")
+    with pytest.raises(ValueError, match="'val' is part of the training split 'trainval'"):
+        resolve_splits(config, "vtab")
+
+
+def test_evaluation_subsets_do_not_depend_on_the_seed():
+    def subsets(seed):
+        config = TrainConfig(data="synthetic:4x16", train_size=8, eval_size=6, seed=seed, final=True)
+        config.val_split, config.train_split = "val", "train"
+        data = load_data(config, plan_data(config), CONFIG, head_classes=4)
+        return data.train.indices, data.val.indices, data.test.indices
+
+    (train0, val0, test0), (train1, val1, test1) = subsets(0), subsets(1)
+    assert (val0, test0) == (val1, test1)  # every seed is judged on the same images
+    assert train0 != train1  # while the training subset follows the seed

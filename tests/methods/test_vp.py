@@ -101,15 +101,16 @@ def test_pad_prompt_touches_only_the_border(source_bb):
 
 
 def test_expansive_parameter_count_and_defaults():
-    bb = vprompt.backbone("resnet18", pretrained=False, num_classes=10, img_size=160)
+    bb = vprompt.backbone("resnet18", pretrained=False, num_classes=10, img_size=224)
     model = expansive(bb)
-    assert model.method.inner == 128
-    assert model.trainable_parameters(head=False) == 3 * 160 * 160
-    assert torch.equal(model.method.theta, torch.zeros(3, 160, 160))
+    assert model.method.inner == 128  # ILM-VP's 128 at 224
+    assert model.trainable_parameters(head=False) == 3 * 224 * 224
+    assert torch.equal(model.method.theta, torch.zeros(3, 224, 224))
     assert "mask" not in model.method.state_dict()  # non-persistent
     model.detach()
+    assert expansive(new_head_bb()).method.inner == 18  # scaled: 128 · 32 / 224
     with pytest.raises(MethodNotApplicable, match="inner_size"):
-        expansive(new_head_bb())  # 128 does not fit a 32-px input
+        expansive(new_head_bb(), inner_size=32)  # must be smaller than the 32-px input
 
 
 def test_expansive_output(source_bb):

@@ -206,3 +206,8 @@ def test_suite_with_fixed_hyperparameters_on_real_vtab_files(tmp_path):
     # svhn has no files: its run fails, eurosat's does not
     assert svhn["test_accuracy"] is None and [f["run"] for f in result["failures"]] == ["svhn/final/seed0"]
     assert result["means"]["all"]["complete"] is False
+
+
+def test_tuning_runs_never_evaluate_the_test_split(tmp_path):
+    plan = tuning.Plan({**TINY, "test_split": "test", "method_options": {}}, tmp_path, [0.1], [0.0], 1)
+    assert [job.config["test_split"] for job in plan.grid_jobs()] == ["none"]

@@ -29,7 +29,7 @@ def add_dataclass_options(parser, cls, skip: tuple[str, ...] = (), title: str | 
     for f in fields(cls):
         if f.name in skip or f.name.startswith("_"):
             continue
-        tp, optional = _parts(hints[f.name])
+        tp, _ = _parts(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is MISSING else f.default
         help_text = f.metadata.get("help", "")
@@ -43,10 +43,8 @@ def add_dataclass_options(parser, cls, skip: tuple[str, ...] = (), title: str | 
         else:
             kwargs["type"] = tp if tp in (int, float, str) else str
             kwargs["metavar"] = {int: "N", float: "X"}.get(tp, "VALUE")
-        if optional and tp is not bool:
-            kwargs["help"] = f"{help_text} (default: {default})"
-        else:
-            kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        shown = default in ("", None, {}) or "default" in help_text  # nothing to show, or said already
+        kwargs["help"] = (help_text + ("" if shown else f" (default: {default})")).strip()
         group.add_argument(flag, **kwargs)
         added.append(f.name)
     return added

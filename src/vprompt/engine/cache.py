@@ -125,6 +125,8 @@ def build_cache(
     shape = (len(dataset), *bb.site(site).shape)
     torch_dtype = DTYPES[dtype]
     if storage == "disk":
+        if directory is not None:
+            Path(directory).mkdir(parents=True, exist_ok=True)  # other processes may be ahead of rank 0
         folder = Path(tempfile.mkdtemp(prefix="vprompt-cache-", dir=directory))
         path = folder / f"{site}.bin"
         features = torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=torch_dtype)

@@ -35,6 +35,14 @@ class Splits:
     test: str | None
 
 
+def canonical(split: str | None) -> str | None:
+    """Logical split names for VTAB-1k's file names (``train800val200`` is ``trainval``)."""
+    from ..data.sources import VTAB_SPLIT_FILES
+
+    aliases = {file: name for name, file in VTAB_SPLIT_FILES.items()}
+    return aliases.get(split, split) if split is not None else None
+
+
 def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
     """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test)."""
     proto = vdata.get_protocol(protocol)
@@ -46,8 +54,8 @@ def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
             return default
         return None if value.lower() == "none" else value
 
-    train = override(config.train_split, train)
-    val, test = override(config.val_split, val), override(config.test_split, test)
+    train = canonical(override(config.train_split, train))
+    val, test = canonical(override(config.val_split, val)), canonical(override(config.test_split, test))
     if config.selection == "best-val" and val is None:
         raise ValueError(
             "selection 'best-val' needs a validation split, but this run has none "
@@ -170,7 +178,8 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
         if split is None:
             return None
         ds = vdata.load(config.data, config.root, split, data_config, protocol=plan.protocol, train=train)
-        return vdata.subset(ds, size, seed=config.seed) if size is not None else ds
+        # the training subset follows the run's seed; evaluation subsets are the same for every seed
+        return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
 
     return RunData(
         plan,

@@ -8,7 +8,8 @@ variables everything runs in one process and the helpers here are no-ops.
 The batch size in the config is the *global* batch: every global batch is split into contiguous,
 near-equal parts, one per process, and each process scales its summed loss so that DDP's gradient
 average equals the gradient of the mean loss over the global batch. A run on N processes therefore
-takes the same steps as a run on one (up to floating-point summation order).
+takes the same steps as a run on one (up to floating-point summation order) for methods without
+dropout; with dropout (vpt-deep, vapt, lora with dropout) each process draws its own masks.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     """
     differ = []
     for key, value in wanted.items():
-        if key in RESUME_FREE or key == "resolved" or value is None:
+        if key in RESUME_FREE or key in ("resolved", "cache") or value is None:  # cache: speed only
             continue
         if key == "method_options":
             mine = saved.get(key) or {}

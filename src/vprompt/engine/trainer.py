@@ -178,7 +178,8 @@ class Trainer:
             if cfg.cache != "auto":
                 raise CacheRefused(f"--cache {cfg.cache} refused: {why}; use --cache off")
             return None, why
-        nbytes = estimate_bytes(self.model, site, len(self.data.train), cfg.cache_dtype)
+        items = len(self.data.train) + (len(self.data.val) if self.data.val is not None else 0)
+        nbytes = estimate_bytes(self.model, site, items, cfg.cache_dtype)
         storage = choose_storage(cfg.cache, nbytes)
         if storage is None:
             return (
@@ -263,7 +264,7 @@ class Trainer:
     def mapping_loader(self):
         """The whole training split in order, for methods that fit something before an epoch (ILM)."""
         if self.train_cache is not None and self.train_cache.site == "input":
-            return list(self.train_cache.loader(self.eval_batch, Context(device=self.ctx.device)))
+            return self.train_cache.loader(self.eval_batch, Context(device=self.ctx.device))  # lazy
         items = SeededItems(self.data.train, self.config.seed, self.data.augments)
         keys = [(self.progress.epoch, i) for i in range(len(items))]
         subset = torch.utils.data.Subset(items, keys)
@@ -347,7 +348,7 @@ class Trainer:
         cfg, p = self.config, self.progress
         if p.epoch < cfg.epochs:
             self.build_caches()
-            if self.train_cache is not None:
+            if self.train_cache is not None and p.epoch == 0:  # a resumed run counted it already
                 p.train_seconds += self.cache_summary()["build_seconds"]
         bar = None
         if cfg.progress and self.ctx.main:

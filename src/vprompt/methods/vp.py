@@ -25,6 +25,8 @@ from .label_mapping import LabelMappedMethod, LabelMappingConfig
 
 #: vp-pad's border width at a 224-px input (Bahng et al.); scaled with the input size
 PAD_WIDTH_AT_224 = 30
+#: vp-expansive's inner image side at a 224-px input (ILM-VP); scaled with the input size
+INNER_AT_224 = 128
 
 
 @dataclass
@@ -37,10 +39,11 @@ class PadConfig(LabelMappingConfig):
 
 @dataclass
 class ExpansiveConfig(LabelMappingConfig):
-    inner_size: int = field(
-        default=128,
+    inner_size: int | None = field(
+        default=None,
         metadata={
-            "help": "side the image is resized to before padding (128 for 224 inputs, 32 for 32-px data)"
+            "help": "side the image is resized to before padding (default: 128 at 224, scaled with the "
+            "input size; ILM-VP uses 32 for 32-px datasets)"
         },
     )
 
@@ -104,6 +107,8 @@ class ExpansivePrompt(LabelMappedMethod):
         self.attach_head(backbone)
         channels, height, width = backbone.input_size
         inner = self.config.inner_size
+        if inner is None:
+            inner = round(INNER_AT_224 * min(height, width) / 224)
         if not 0 < inner < min(height, width):
             raise MethodNotApplicable(
                 f"vp-expansive inner_size {inner} must be smaller than the {height}×{width} backbone input "

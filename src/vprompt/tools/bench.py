@@ -170,6 +170,7 @@ def epoch_times(
     images: int,
     pretrained: bool,
     data: str | None = None,
+    device: str = "auto",
 ) -> dict:
     """Seconds of a training epoch on ``images`` images (synthetic unless ``data`` names a dataset),
     with the frozen-prefix cache (its build time reported apart) and without. The second of two epochs
@@ -195,6 +196,7 @@ def epoch_times(
                 epochs=2,
                 batch_size=32,
                 cache=cache,
+                device=device,
                 progress=False,
                 output=Path(out) / "run",
             )
@@ -247,7 +249,9 @@ def bench(
         )
         if epoch_images:
             size = row["input_size"][-1]
-            row |= epoch_times(backbone, method, row["options"], size, epoch_images, pretrained)
+            row |= epoch_times(
+                backbone, method, row["options"], size, epoch_images, pretrained, device=device
+            )
         rows.append(row)
     reference = next((r for r in rows if r["method"] == "linear"), None)
     for row in rows:
@@ -304,9 +308,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ]
     axes[0].bar(names, med, yerr=err, capsize=3, color="tab:blue")
     axes[0].set_ylabel("train step (ms, median, q1–q3)")
-    axes[1].bar(
-        names, [r["memory_above_model_mib"] or r["peak_memory_mib"] for r in rows], color="tab:orange"
-    )
+    memory = [
+        r["peak_memory_mib"] if r["memory_above_model_mib"] is None else r["memory_above_model_mib"]
+        for r in rows
+    ]
+    axes[1].bar(names, memory, color="tab:orange")
     axes[1].set_ylabel("training memory above the model (MiB)")
     axes[2].bar(names, [r["trainable_parameters"] for r in rows], color="tab:green")
     axes[2].set_yscale("log")

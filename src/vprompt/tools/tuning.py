@@ -50,7 +50,15 @@ class Plan:
         if not self.tuned:
             return []
         return [
-            Job.of(self.out, f"tune/{point_name(lr, wd)}", self.base, final=False, lr=lr, weight_decay=wd)
+            Job.of(
+                self.out,
+                f"tune/{point_name(lr, wd)}",
+                self.base,
+                final=False,
+                test_split="none",  # tuning never reads the test split
+                lr=lr,
+                weight_decay=wd,
+            )
             for lr, wd in self.points()
         ]
 
