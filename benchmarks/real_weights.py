@@ -8,6 +8,7 @@ trainval → test, never choosing anything on test):
 
 1. the AP layer preference: AP (full shape) at every stage (CNNs) or every other block (ViT), tuning
    split, validation accuracy per site;
+   at two learning rates (0.1 and 0.01), since one rate can make some sites diverge;
 2. the method comparison: every method's learning rate is picked on validation from a small grid
    (``vprompt sweep tune``'s rule), then one final run per method reports test accuracy, trainable
    parameters, train time and peak memory. AP goes to the site step 1 favoured.
@@ -39,9 +40,12 @@ from vprompt.tools.tables import markdown
 
 CNN = dict(img_size=64, train_size=2000, eval_size=1000, epochs=5, batch_size=64)
 VIT = dict(img_size=98, train_size=1000, eval_size=500, epochs=5, batch_size=32)
-#: learning-rate grids (SGD, momentum 0.9), by how many parameters a method trains
-FEW = [0.3, 0.1, 0.03]
-MANY = [0.03, 0.01]
+#: learning-rate grids (SGD, momentum 0.9), by how many parameters a method trains; the frozen
+#: backbone's BatchNorm stays in eval mode, so methods that change conv weights need small rates
+FEW = [0.1, 0.03, 0.01]
+NORM = [0.03, 0.01, 0.003]
+MANY = [0.01, 0.003, 0.001]
+TOKENS = [0.1, 0.03, 0.01]
 BACKBONES = {
     "efficientnet_lite0": (
         CNN,
@@ -50,9 +54,9 @@ BACKBONES = {
             ("vp-pad", {}, FEW),
             ("vp-expansive", {"inner_size": 48, "mapping": "ilm"}, [1.0, 0.3, 0.1]),
             ("ap", None, FEW),
-            ("norm", {}, FEW),
-            ("bitfit", {}, FEW),
-            ("lora", {}, [0.1, 0.03]),
+            ("norm", {}, NORM),
+            ("bitfit", {}, NORM),
+            ("lora", {}, MANY),
             ("full", {}, MANY),
         ],
     ),
@@ -60,11 +64,11 @@ BACKBONES = {
     "dinov2_vits14_imgfocus": (
         VIT,
         [
-            ("linear", {}, FEW),
-            ("ap", None, FEW),
-            ("vpt-shallow", {}, FEW),
-            ("vpt-deep", {}, FEW),
-            ("vapt", {}, FEW),
+            ("linear", {}, TOKENS),
+            ("ap", None, TOKENS),
+            ("vpt-shallow", {}, TOKENS),
+            ("vpt-deep", {}, TOKENS),
+            ("vapt", {}, TOKENS),
         ],
     ),
 }
@@ -88,16 +92,21 @@ def run_backbone(name: str, out: Path, executor: Executor, log) -> dict:
     )
     log(f"== {name}: AP layer preference")
     layers = sweep.layers(base, out / name, sites=layer_sites(name), executor=executor)
-    done = [r for r in layers["rows"] if r["accuracy"] is not None]
-    best = max(done, key=lambda r: (r["accuracy"], -r["depth"]))["site"]
+    # the same sweep at a smaller rate: a site's accuracy at one rate can hide a divergence
+    slow = sweep.layers(
+        {**base, "lr": 0.01}, out / name / "lr0.01", sites=layer_sites(name), executor=executor
+    )
+    done = [r for r in layers["rows"] + slow["rows"] if r["accuracy"] is not None]
+    best = max(done, key=lambda r: (r["accuracy"], -r["depth"]))["site"]  # best at either rate
     log(f"   best site on validation: {best}")
     rows = []
     for method, options, lrs in methods:
         options = {"site": best} if options is None else options
         log(f"== {name}: {method} (lr grid {lrs})")
         config = {**base, "method": method, "method_options": options}
-        result = sweep.tune(config, out / name / method, lrs=lrs, wds=[0.0], seeds=1, executor=executor)
-        final = RunDir(out / name / method / "final" / "seed0")
+        folder = out / name / (f"{method}-{options['site']}" if "site" in options else method)
+        result = sweep.tune(config, folder, lrs=lrs, wds=[0.0], seeds=1, executor=executor)
+        final = RunDir(folder / "final" / "seed0")
         s = final.read_summary() if final.finished else {}
         rows.append(
             {
@@ -111,7 +120,7 @@ def run_backbone(name: str, out: Path, executor: Executor, log) -> dict:
                 "memory": s.get("peak_memory_mib"),
             }
         )
-    return {"layers": layers["rows"], "best": best, "methods": rows, "budget": budget}
+    return {"layers": layers["rows"], "slow": slow["rows"], "best": best, "methods": rows, "budget": budget}
 
 
 def to_markdown(name: str, r: dict) -> list[str]:
@@ -122,11 +131,14 @@ def to_markdown(name: str, r: dict) -> list[str]:
         f"Fashion-MNIST, {b['img_size']} px, {b['train_size']} training / {b['eval_size']} validation and "
         f"test images, {b['epochs']} epochs, batch {b['batch_size']}, SGD (momentum 0.9), cosine schedule.",
         "",
-        "**AP layer preference** (tuning split, validation accuracy, lr 0.1):",
+        "**AP layer preference** (tuning split, validation accuracy at lr 0.1 and at lr 0.01):",
         "",
         markdown(
-            ["site", "val accuracy (%)", "train s"],
-            [[x["site"], x["accuracy"], x["train_seconds"]] for x in r["layers"]],
+            ["site", "val accuracy, lr 0.1 (%)", "val accuracy, lr 0.01 (%)", "train s (lr 0.1)"],
+            [
+                [x["site"], x["accuracy"], y["accuracy"], x["train_seconds"]]
+                for x, y in zip(r["layers"], r["slow"], strict=True)
+            ],
         ),
         "",
         f"**Methods** (lr picked on validation; one final run on trainval → test; AP at `{r['best']}`):",
