@@ -26,3 +26,17 @@ def test_demo_runs_every_method_and_writes_its_report(tmp_path, capsys):
     # again: every finished run is reused, nothing is trained
     assert main([*args, "--img-size", "32", "--epochs", "1"]) == 0
     assert capsys.readouterr().out.count("(reused)") == len(METHODS)
+
+
+def test_demo_trains_again_where_its_options_changed(tmp_path):
+    """The demo owns its folder: a finished run made with other options (an earlier version's learning
+    rate) is trained again instead of stopping the demo with an error."""
+    from vprompt.engine.rundir import RunDir
+    from vprompt.tools.demo import Budget, run_demo
+
+    logs: list[str] = []
+    budget = Budget(train_size=20, eval_size=10, img_size=32, epochs=1, batch_size=10)
+    run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.03)], log=logs.append)
+    run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.01)], log=logs.append)
+    assert any("options changed (lr: 0.03 → 0.01): training again" in line for line in logs)
+    assert RunDir(tmp_path / "runs" / "linear").read_config()["lr"] == 0.01
