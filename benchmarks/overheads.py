@@ -32,7 +32,6 @@ import torch
 
 import vprompt
 from vprompt.engine.rundir import RunDir
-from vprompt.tools.bench import time_steps
 
 SETTINGS = dict(
     backbone="offline:efficientnet_lite0",
@@ -96,7 +95,13 @@ def bare_steps(method: str, options: dict, batches: list) -> float:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    times = time_steps(step, steps=len(batches), warmup=3, device=torch.device("cpu"))
+    for _ in range(3):  # warm-up
+        step()
+    times = []
+    for _ in range(len(batches)):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     return statistics.median(times) * len(batches)
 
 
