@@ -1,8 +1,9 @@
-"""``vprompt data check``: verify a prepared dataset before training on it."""
+"""``vprompt data check`` verifies a prepared dataset; ``vprompt data prepare vtab1k`` builds VTAB-1k."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
     c.set_defaults(func=cmd_check)
 
+    p = data_sub.add_parser(
+        "prepare",
+        help="build a dataset in the layout vprompt reads (vtab1k: the 19 tasks from TensorFlow Datasets)",
+        description="Build <out>/<task>/{train800,val200,train800val200,test}.txt + images from TFDS with the "
+        "official VTAB-1k definitions. Finished tasks are skipped, an interrupted one is redone; needs "
+        "pip install 'vprompt[prepare]'.",
+    )
+    p.add_argument("dataset", choices=["vtab1k"], help="what to prepare")
+    p.add_argument("--out", required=True, help="the data root to write (then: --root for vtab1k:<task>)")
+    p.add_argument(
+        "--tasks", action="append", default=None, help="only these tasks (comma-separated or repeated)"
+    )
+    p.add_argument(
+        "--tfds-dir",
+        default=None,
+        help="TFDS data folder (default $TFDS_DATA_DIR or ~/tensorflow_datasets); manual downloads go in "
+        "<tfds-dir>/downloads/manual/",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..data import check_dataset
@@ -33,3 +55,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare_vtab1k
+
+    try:
+        outcomes = prepare_vtab1k(args.out, args.tasks, args.tfds_dir, progress=not args.no_progress)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bad = [o for o in outcomes if not o.ok]
+    done = len(outcomes) - len(bad)
+    print(f"{done}/{len(outcomes)} task(s) ready in {args.out}")
+    for o in bad:
+        print(f"  {o.task}: {o.status}")
+    return 0 if not bad else 1
