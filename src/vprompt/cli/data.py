@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode only a sample of images per split (what training runs do)",
     )
     c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
+    c.add_argument("--image-column", default=None, help="hf: data: the image column")
+    c.add_argument("--label-column", default=None, help="hf: data: the label column")
     c.set_defaults(func=cmd_check)
 
     p = data_sub.add_parser(
@@ -51,8 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..data import check_dataset
+    from ..data.sources.hf import with_columns
 
-    report = check_dataset(args.spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
+    spec = with_columns(args.spec, args.image_column, args.label_column)
+    report = check_dataset(spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
     print(report.summary())
     return 0 if report.ok else 1
 

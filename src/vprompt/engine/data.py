@@ -136,13 +136,20 @@ class DataPlan:
         return not vdata.is_train_deterministic(self.protocol)
 
 
+def data_spec(config: TrainConfig) -> str:
+    """The run's dataset spec with ``--image-column`` / ``--label-column`` in it (``hf:`` data)."""
+    from ..data.sources.hf import with_columns
+
+    return with_columns(config.data, config.image_column, config.label_column)
+
+
 def plan_data(config: TrainConfig) -> DataPlan:
     """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
     protocol = config.protocol or vdata.default_protocol(config.data)
     vdata.get_protocol(protocol)  # unknown protocol: a clear error
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
-    info = vdata.preflight(config.data, config.root, wanted)
+    info = vdata.preflight(data_spec(config), config.root, wanted)
     return DataPlan(info, protocol, splits)
 
 
@@ -180,7 +187,9 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
     def load(split: str | None, train: bool, size: int | None):
         if split is None:
             return None
-        ds = vdata.load(config.data, config.root, split, data_config, protocol=plan.protocol, train=train)
+        ds = vdata.load(
+            data_spec(config), config.root, split, data_config, protocol=plan.protocol, train=train
+        )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
         return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
 

@@ -27,7 +27,7 @@ from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, reset_peak_me
 from .trainer import Precision, Trainer, evaluate
 
 #: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"progress", "workers", "device", "root"}
+RESUME_FREE = {"progress", "workers", "device", "root", "log"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
