@@ -97,7 +97,7 @@ def test_folder_split_list_entries_stay_in_their_class_folder(tmp_path):
             write_image(tmp_path / "pets" / cls / f"{i}.png", seed=i)
     write_image(tmp_path / "cat" / "0.png", seed=9)  # outside the dataset, in a folder named like a class
     train = tmp_path / "pets" / "train.txt"
-    for entry in ("cat/../../cat/0.png", "/etc/passwd", "../cat/0.png"):
+    for entry in ("cat/../../cat/0.png", "/etc/passwd", "../cat/0.png", "cat/.."):
         train.write_text(f"dog/0.png\n{entry}\n")
         with pytest.raises(DataError) as e:
             load("folder:pets", tmp_path, "train", CONFIG, allow_outside_root=True)

@@ -81,7 +81,7 @@ class FolderSource(Source):
                 if not rel:
                     continue
                 norm = Path(os.path.normpath(rel))
-                if norm.is_absolute() or norm.parts[0] == os.pardir or norm.parts[0] not in self.class_index:
+                if norm.is_absolute() or not norm.parts or norm.parts[0] not in self.class_index:
                     raise DataError(
                         f"{list_file}:{number}: {rel!r} is not inside a class folder of {self.dir} "
                         f"(expected <class>/<image>, classes: {', '.join(self.class_index)})"
