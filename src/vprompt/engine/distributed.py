@@ -83,6 +83,12 @@ def setup(device: str = "auto") -> Context:
     return Context(rank=rank, world=world, device=dev)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a GPU runs asynchronously; timings need this)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def teardown(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
