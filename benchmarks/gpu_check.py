@@ -870,7 +870,13 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             start = budget.elapsed()
             print(f"== {part}", flush=True)
-            RUNNERS[part](checker, s, device)
+            try:
+                RUNNERS[part](checker, s, device)
+            except Exception as e:  # noqa: BLE001 - outside a task (an import, a set-up): record, go on
+                record = checker.parts.setdefault(part, {"tasks": [], "seconds": 0.0})
+                note = f"{type(e).__name__}: {e}"[:500]
+                record["tasks"].append({"name": "(part)", "status": "error", "note": note})
+                print(f"  [{part}] error outside a task: {note}", flush=True)
             print(f"== {part}: {budget.elapsed() - start:.1f} s (total {budget.elapsed():.0f} s)", flush=True)
     except BudgetExceeded:  # between tasks
         checker.stopped = checker.stopped or "budget: the limit was reached between tasks"
