@@ -55,7 +55,11 @@ class Context:
         return out
 
     def barrier(self) -> None:
-        if self.distributed:
+        if not self.distributed:
+            return
+        if self.device.type == "cuda" and self.device.index is not None:
+            dist.barrier(device_ids=[self.device.index])  # NCCL: this process's GPU, not a guess
+        else:
             dist.barrier()
 
 
