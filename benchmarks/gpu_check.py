@@ -712,7 +712,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.extend([f"## {number}. {title} ({seconds:.0f} s)", ""])
 
     if "correctness" in parts:
-        header(1, "correctness", f"Correctness ({result.get('settings', {}).get('small')})")
+        st = result.get("settings", {})
+        title = f"{st.get('small')} at {st.get('small_size')} px, {st.get('steps')} steps of batch {st.get('small_batch')}"
+        header(1, "correctness", f"Correctness ({title})")
         lines += [
             "| check | update rel. diff | loss rel. diff | tolerance (update, loss) | result |",
             "|---|---|---|---|---|",
@@ -758,7 +760,7 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {_method(r)} | {r['epoch_images']} | {r['epoch_seconds_uncached']:.2f} | {r['epoch_seconds_cached']:.2f} "
                     f"| {r['epoch_seconds_uncached'] / r['epoch_seconds_cached']:.1f}× | {c.get('build_seconds', 0):.2f} "
-                    f"| {c.get('mib', 0):.0f}, {c.get('device', '-')} |"
+                    f"| {c.get('mib', 0):.1f}, {c.get('device', '-')} |"
                 )
         lines.append("")
     if "loader" in parts:
@@ -779,7 +781,9 @@ def markdown(result: dict[str, Any]) -> str:
             batch = min(r["batch"] for r in speed)
             lines += [
                 "",
-                f"A VTAB-1k epoch at batch {batch} with the default loader ({default['images_per_second']:.0f} img/s) is bound by:",
+                f"An uncached VTAB-1k epoch at batch {batch} with the default loader "
+                f"({default['images_per_second']:.0f} img/s) is bound by (with the prefix cache, decoding "
+                "happens once, when the cache is built):",
                 "",
             ]
             for r in (r for r in speed if r["batch"] == batch):
