@@ -86,7 +86,7 @@ class TrainConfig:
     )
     workers: int | None = field(
         default=None,
-        metadata={"help": "data-loading processes (default: 0 for in-memory data, else up to 4)"},
+        metadata={"help": "data processes (default: 8 on a GPU; CPU: 0 in memory, up to 4 for files)"},
     )
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
     cache: Literal["auto", "off", "memory", "disk"] = field(
