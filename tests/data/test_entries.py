@@ -169,3 +169,22 @@ def test_unreadable_list_files_are_named(vtab_root, fgvc_root):
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match=rf"^{path}: expected a json object"):
         describe("fgvc:flowers", fgvc_root)
+
+
+def test_the_cli_flag_allows_outside_images_for_data_check_and_train(vtab_root, capsys):
+    from vprompt.cli import main
+    from vprompt.engine.config import TrainConfig
+    from vprompt.engine.data import plan_data
+
+    write_image(vtab_root / "elsewhere" / "x.jpg", seed=7)
+    _set_line(vtab_root / "eurosat" / "test.txt", 1, "../elsewhere/x.jpg 3")
+    check = ["data", "check", "vtab1k:eurosat", "--root", str(vtab_root), "--split", "test"]
+    assert main(check) != 0
+    assert "outside the dataset folder" in "".join(capsys.readouterr())
+    assert main([*check, "--images-outside-root"]) == 0
+    options = dict(
+        data="vtab1k:eurosat", root=str(vtab_root), final=True, train_split="none", test_split="test"
+    )
+    with pytest.raises(DataError, match="outside the dataset folder"):
+        plan_data(TrainConfig(**options))
+    assert plan_data(TrainConfig(**options, images_outside_root=True)).info.name == "eurosat"
