@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
     c.add_argument("--image-column", default=None, help="hf: data: the image column")
     c.add_argument("--label-column", default=None, help="hf: data: the label column")
+    c.add_argument(
+        "--images-outside-root",
+        action="store_true",
+        help="accept split-list entries that point outside the dataset folder (refused by default)",
+    )
     c.set_defaults(func=cmd_check)
 
     p = data_sub.add_parser(
@@ -56,7 +61,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ..data.sources.hf import with_columns
 
     spec = with_columns(args.spec, args.image_column, args.label_column)
-    report = check_dataset(spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
+    report = check_dataset(
+        spec,
+        args.root,
+        splits=args.split,
+        full=not args.quick,
+        sample=args.sample,
+        allow_outside_root=args.images_outside_root,
+    )
     print(report.summary())
     return 0 if report.ok else 1
 
