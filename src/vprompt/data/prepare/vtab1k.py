@@ -48,7 +48,8 @@ class Splits:
 NATIVE = Splits()  # TFDS has train, validation and test
 
 
-def _plain(example: dict) -> int:
+def label_feature(example: dict) -> int:
+    """The example's own ``label`` feature."""
     return int(example["label"])
 
 
@@ -128,7 +129,7 @@ class VtabTask:
     source: str  # file in google-research/task_adaptation
     args: str  # the task's arguments in scripts/run_all_tasks.sh
     splits: Splits
-    label: Callable[[dict], int] = _plain
+    label: Callable[[dict], int] = label_feature
     pixel_scale: int = 1
     manual: bool = False  # TFDS cannot download it: the files must be put in its manual folder
 
