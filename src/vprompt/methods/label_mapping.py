@@ -108,7 +108,7 @@ class LabelMappingConfig(MethodConfig):
     num_classes: int = field(
         default=0, metadata={"help": "target classes (required with a label mapping: flm, ilm, rlm)"}
     )
-    seed: int = field(default=0, metadata={"help": "seed of the random label mapping (rlm)"})
+    mapping_seed: int = field(default=0, metadata={"help": "seed of the random label mapping (rlm)"})
 
 
 class LabelMappedMethod(Method):
@@ -184,7 +184,7 @@ class LabelMappedMethod(Method):
         self._num_source = num_source
         device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
         if cfg.mapping == "rlm":
-            mapping = random_mapping(num_source, cfg.num_classes, cfg.seed).to(device)
+            mapping = random_mapping(num_source, cfg.num_classes, cfg.mapping_seed).to(device)
             self._fitted = True
         else:  # -1: not fitted yet (a saved, fitted mapping loaded later is recognised by its values)
             mapping = torch.full((cfg.num_classes,), -1, dtype=torch.long, device=device)
