@@ -64,7 +64,9 @@ def error_line(e: BaseException) -> str:
             text = f"{e.strerror}: {e.filename}"
     if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
         text = [line for line in text.splitlines() if line.strip()][-1]
-        text = text.split(": ", 1)[1] if ": " in text and text.split(": ", 1)[0].isidentifier() else text
+        kind, _, rest = text.partition(": ")
+        if rest and all(part.isidentifier() for part in kind.split(".")):  # "pkg.module.DataError: ..."
+            text = rest
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
