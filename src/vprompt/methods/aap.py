@@ -13,7 +13,7 @@ where every part is chosen for what it buys at the smallest cost (``D`` channels
 - ``LN``: a layer normalisation over the channels at each position, without affine parameters. The
   generator then reads standardised features whatever the site: a CNN stem, a post-BatchNorm stage and
   a DINOv2 residual stream (channels with values in the hundreds) differ in scale by orders of magnitude,
-  and without it one learning rate could not fit every site and the hidden ReLUs would saturate. The
+  and without it the generator's step size and its hidden ReLUs would depend on the site's scale. The
   affine parameters are left out because they add nothing: a per-channel scale commutes with a kernel
   shared by all channels and is absorbed exactly by ``W1``; a shift only adds a bias to the hidden layer
   (VAPT's per-layer LayerNorm spends ``2·D`` parameters on them). Cost: no parameters, one pass.
