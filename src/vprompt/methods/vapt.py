@@ -47,6 +47,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable
+from .parts import FeatureProjector
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
 
 
@@ -67,19 +68,6 @@ class VAPTConfig(MethodConfig):
     dropout: float = field(
         default=0.1, metadata={"help": "dropout on the hidden activation of the feature projector"}
     )
-
-
-class FeatureProjector(nn.Module):
-    """``z + W2·ReLU(dropout(W1·z))`` with ``W1: D→hidden`` and ``W2: hidden→D``, no biases."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.fc2(F.relu(self.dropout(self.fc1(z))))
 
 
 class VAPT(Method):
