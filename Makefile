@@ -19,7 +19,7 @@ export PYTHONWARNINGS := ignore::FutureWarning
 
 setup: $(STAMP) $(FMNIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[offline,dev,ray]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
