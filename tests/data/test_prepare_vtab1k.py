@@ -291,3 +291,20 @@ def test_cli_prepare_then_check(tmp_path, monkeypatch, capsys):
     assert main(["data", "check", "vtab1k:dtd", "--root", str(tmp_path)]) == 0
     assert main(["data", "prepare", "vtab1k", "--out", str(tmp_path), "--tasks", "dtd", "--no-progress"]) == 0
     assert "dtd: skipped" in capsys.readouterr().out
+
+
+def test_a_package_one_builder_needs_fails_that_task_only(tmp_path):
+    def reader(spec, tfds_dir):
+        task = next(t for t in VTAB1K.values() if t.tfds == spec and t.name in SMALL)
+        fake = FakeReader(task, SMALL[task.name])
+        if task.name == "dtd":
+
+            def prepare():
+                raise ModuleNotFoundError("No module named 'cv2'")
+
+            fake.prepare = prepare
+        return fake
+
+    outcomes = prepare_vtab1k(tmp_path, ["dtd", "eurosat"], reader=reader, progress=False, log=lambda m: None)
+    assert [o.status for o in outcomes] == ["failed", "prepared"]
+    assert "needs a Python package: No module named 'cv2'" in outcomes[0].message

@@ -98,8 +98,8 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
             "failed",
             f"{final} exists but was not written by vprompt data prepare; move it away or choose another --out",
         )
+    source = reader(task.tfds, tfds_dir)  # no TensorFlow Datasets at all: ImportError, stops the command
     try:
-        source = reader(task.tfds, tfds_dir)
         if source.needs_manual_download():
             return Outcome(
                 task.name,
@@ -110,8 +110,8 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
         source.prepare()
         counts = source.counts()
         slices = task.slices(counts)
-    except ImportError:
-        raise
+    except ImportError as e:  # a package one builder needs
+        return Outcome(task.name, "failed", f"TFDS {task.tfds} needs a Python package: {e} (pip install it)")
     except Exception as e:  # TFDS raises many kinds (download errors, missing files, bad versions)
         return Outcome(task.name, "failed", f"TFDS {task.tfds}: {type(e).__name__}: {e}")
     staging = out / PARTIAL / task.name
