@@ -112,3 +112,17 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(capsys):
     line = error_line(ValueError("/data/bild-\udcff.jpg: cannot decode image"))
     line.encode("utf-8")  # printable
     assert "bild-\\udcff.jpg" in line
+
+
+def test_an_export_the_exporter_cannot_do_prints_one_line_not_the_graph(capfd, tmp_path):
+    """vp-expansive's antialiased resize has no ONNX op: the exporter used to dump ~700 lines of IR."""
+    run = tmp_path / "vpx"
+    vprompt.train(**dict(TINY, method="vp-expansive", epochs=1), output=run)
+    capfd.readouterr()
+    code = main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
+    out, err = capfd.readouterr()
+    assert out.count("\n") <= 1  # "wrote ..." at most, never the graph
+    if code == 2:
+        assert err.count("\n") == 1 and "cannot export vp-expansive to ONNX" in err
+    else:
+        assert code == 0 and (tmp_path / "m.onnx").is_file()

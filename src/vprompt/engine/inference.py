@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +37,21 @@ def predict(run_dir: str | Path, images: list[str | Path], top: int = 3) -> list
     ]
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence what the ONNX exporter prints (on a failure it dumps the whole graph to stdout, from C++ and
+    Python alike): both ``sys.stdout`` and file descriptor 1 go to a discarded file meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float | None:
     """Write the run's model (backbone, method and head) as ONNX with a dynamic batch axis.
 
@@ -45,7 +64,7 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float
     model = load_run(run_dir)
     example = torch.randn(2, *model.backbone.input_size)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         try:
             torch.onnx.export(
