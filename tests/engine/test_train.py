@@ -145,7 +145,10 @@ def test_label_mapping_run_uses_the_source_head(tiny, tmp_path):
         ),
         (dict(method="linear", backbone="vit_tiny_patch16_2244"), "vit_tiny_patch16_224"),
         (dict(method="linear", data="imagenet99"), "unknown dataset spec"),
-        (dict(method="linear", optimizer="lamb"), "unknown optimizer 'lamb'; choose one of: sgd, adamw"),
+        (
+            dict(method="linear", optimizer="lamb"),
+            "unknown optimizer 'lamb'; choose one of: sgd, adam, adamw",
+        ),
         (dict(method="linear", final=True, selection="best-val"), "needs a validation split"),
         (dict(method="linear", train_split="trainval"), "'val' is part of the training split 'trainval'"),
         (dict(method="linear", epochs=0), "epochs must be at least 1"),

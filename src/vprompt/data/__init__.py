@@ -46,13 +46,15 @@ def load(
     data_config: dict | None,
     protocol: str | None = None,
     train: bool | None = None,
+    preprocess: str = "protocol",
 ):
     """A ``torch.utils.data.Dataset`` of ``(image, label)`` for one split of ``spec``.
 
     ``split``: ``train``, ``val``, ``trainval`` or ``test`` (see ``describe(spec).splits``).
     ``protocol``: ``vtab``, ``fgvc`` or ``vp``; default from the spec's family (``default_protocol``).
     ``train``: use the protocol's training transform; default True for ``train``/``trainval``.
-    ``data_config``: the backbone's data config; ``None`` gives untransformed RGB PIL images (inspection).
+    ``data_config``: the model's data config; ``None`` gives untransformed RGB PIL images (inspection).
+    ``preprocess``: ``protocol`` or ``resize-crop`` (see :func:`build_transform`).
     Labels are checked when the split is loaded; an undecodable image raises :class:`DataError` naming the
     file when its item is read.
     """
@@ -61,7 +63,7 @@ def load(
     if data_config is not None:
         if train is None:
             train = split in _TRAIN_SPLITS
-        transform = build_transform(data_config, protocol or default_protocol(spec), train)
+        transform = build_transform(data_config, protocol or default_protocol(spec), train, preprocess)
     return source.dataset(split, transform)
 
 

@@ -119,6 +119,9 @@ VP_TORCHVISION: dict[str, tuple[str, int]] = {
     "svhn": ("SVHN", 10),
     "gtsrb": ("GTSRB", 43),
 }
+#: torchvision datasets whose images have one small size: class → side in pixels. GTSRB's photos vary
+#: (about 15–250 px); ILM-VP and the other VP papers resize them to 32 and treat GTSRB as a 32-px dataset.
+SMALL_IMAGE_SIZES: dict[str, int] = {"CIFAR10": 32, "CIFAR100": 32, "SVHN": 32, "GTSRB": 32, "MNIST": 28}
 _VP_ALIASES = {"flowers": "flowers102", "pets": "oxford_pets", "cars": "stanford_cars", "food": "food101"}
 
 # ------------------------------------------------------------------------------------------ others
@@ -150,6 +153,8 @@ class DatasetInfo:
 
     ``class_names`` are ``class_<i>`` where the names are not known (most VTAB tasks).
     ``expected_sizes`` maps split → required item count (VTAB-1k: 800/200/1000); empty when free.
+    ``image_size``: the side of the images when the dataset's images are small and of one size (CIFAR,
+    SVHN, GTSRB as the VP papers use it, Fashion-MNIST, synthetic), else ``None``.
     """
 
     spec: str
@@ -160,6 +165,7 @@ class DatasetInfo:
     splits: tuple[str, ...]
     root: Path | None = None
     expected_sizes: dict[str, int] = field(default_factory=dict)
+    image_size: int | None = None
 
 
 def _generic_names(n: int) -> tuple[str, ...]:
@@ -389,6 +395,7 @@ class TorchvisionSource(Source):
             names or _generic_names(num_classes),
             splits,
             self.root,
+            image_size=SMALL_IMAGE_SIZES.get(cls_name),
         )
 
     def _base(self, split: str):
@@ -495,6 +502,7 @@ class FashionMNISTSource(Source):
             FASHION_MNIST_CLASSES,
             with_held_out(("train", "test")),
             self.dir,
+            image_size=28,
         )
 
     @staticmethod
@@ -546,6 +554,7 @@ class SyntheticSource(Source):
             classes,
             _generic_names(classes),
             ("train", "val", "trainval", "test"),
+            image_size=size,
         )
 
     def _dataset(self, split, transform):

@@ -136,7 +136,10 @@ class DataPlan:
 def plan_data(config: TrainConfig) -> DataPlan:
     """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
     protocol = config.protocol or vdata.default_protocol(config.data)
-    vdata.get_protocol(protocol)  # unknown protocol: a clear error
+    if vdata.get_protocol(protocol).train_augments and config.preprocess != "protocol":  # unknown: an error
+        raise ValueError(
+            f"preprocess {config.preprocess!r} replaces a plain resize; protocol {protocol!r} has its own crops"
+        )
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
     info = vdata.preflight(config.data, config.root, wanted)
@@ -171,13 +174,22 @@ class RunData:
 
 
 def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_classes: int) -> RunData:
-    """The run's splits with the protocol's transforms, normalised with the backbone's mean and std."""
+    """The run's splits with the protocol's transforms for the model's ``data_config`` (its input size,
+    mean and std: the backbone's unless the method asks for another input)."""
     vdata.check_num_classes(plan.info, head_classes)
 
     def load(split: str | None, train: bool, size: int | None):
         if split is None:
             return None
-        ds = vdata.load(config.data, config.root, split, data_config, protocol=plan.protocol, train=train)
+        ds = vdata.load(
+            config.data,
+            config.root,
+            split,
+            data_config,
+            protocol=plan.protocol,
+            train=train,
+            preprocess=config.preprocess,
+        )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
         return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
 

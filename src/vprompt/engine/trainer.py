@@ -27,7 +27,7 @@ from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_s
 from .config import TrainConfig
 from .data import RunData, SeededItems, eval_loader, private_generator, train_loader
 from .distributed import Context
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, param_groups
 from .rundir import RunDir
 
 #: steps between checks of the loss for NaN/inf (each check waits for the device)
@@ -161,7 +161,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training split has {len(data.train)} images: not one batch")
-        self.optimizer = build_optimizer(self.params, config)
+        self.optimizer = build_optimizer(param_groups(model, config), config)
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
