@@ -192,3 +192,23 @@ def test_schedule_options_on_the_command_line(tmp_path):
     )
     # each epoch's row ends with the rate set for the next epoch: decays at epochs int(0.5·4) and int(0.75·4)
     assert [r["lr"] for r in RunDir(out).read_metrics()] == pytest.approx([0.1, 0.01, 0.001, 0.001])
+
+
+def test_runs_saved_before_these_options_existed_still_match():
+    from vprompt.engine.config import to_dict
+    from vprompt.engine.run import check_resumable, config_differences
+
+    new = ("schedule", "lr_milestones", "lr_decay", "warmup_steps", "schedule_step", "head_init")
+    new += ("preprocess", "recipe")
+    wanted = to_dict(TrainConfig(backbone="b", method="vp-pad", data="d"))
+    old = {k: v for k, v in wanted.items() if k not in new}
+    old["method_options"] = {"mapping": "ilm", "num_classes": 4, "seed": 0, "width": None}  # no interval
+    options = {"mapping": "ilm", "mapping_interval": 1}
+    assert config_differences(old, {**wanted, "method_options": options}) == []
+    assert config_differences(old, {**wanted, "schedule": "multistep"}) == [
+        "schedule: 'cosine' → 'multistep'"
+    ]
+    current = {**wanted, "method_options": {**old["method_options"], "mapping_interval": 1}}
+    check_resumable(old, current)
+    with pytest.raises(ValueError, match="head_init"):
+        check_resumable(old, {**current, "head_init": "vpt"})

@@ -106,11 +106,27 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
     return values
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the defaults of options added since it was written (an older run did not
+    have them, so it ran with what they default to)."""
+    from dataclasses import fields as dc_fields
+
+    from .config import config_fields, default_of
+
+    full = {name: default_of(f) for name, f in config_fields().items()} | saved
+    method = METHODS.get(saved.get("method", ""))
+    if method is not None and isinstance(saved.get("method_options"), dict):
+        defaults = {f.name: default_of(f) for f in dc_fields(method.config_class)}
+        full["method_options"] = defaults | saved["method_options"]
+    return full
+
+
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Options ``wanted`` asks for that a run's saved (resolved) config does not have, as
     ``"key: saved → wanted"``. Options left unset (``None``) take whatever the run resolved them to;
     method options are compared only where ``wanted`` gives them (the saved config has the defaults too).
     """
+    saved = with_defaults(saved)
     differ = []
     for key, value in wanted.items():
         if key in RESUME_FREE or key in ("resolved", "cache") or value is None:  # cache: speed only
@@ -124,6 +140,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    saved = with_defaults(saved)
     differ = [
         k for k in current if k not in RESUME_FREE and k != "resolved" and saved.get(k) != current.get(k)
     ]
