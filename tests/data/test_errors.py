@@ -109,7 +109,7 @@ def test_coop_errors(coop_root):
 
 
 def test_fashion_mnist_missing_everywhere(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(sources.fashion_mnist, "FASHION_MNIST_DEBIAN", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST idx files not found.*dataset-fashion-mnist"):
         load("fashion-mnist", None, "train", CONFIG)
 

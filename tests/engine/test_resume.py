@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -54,26 +53,38 @@ def test_resume_refuses_a_changed_config(tmp_path, monkeypatch):
         vprompt.train(**dict(TINY, method="linear", epochs=1, lr=0.1), output=tmp_path / "r", resume=True)
 
 
+#: runs the CLI in a child that stops itself (SIGSTOP) right after its first epoch's checkpoint and metrics
+#: are written, so the test waits on that event (waitpid) instead of on the clock
+_STOP_AFTER_FIRST_EPOCH = """
+import os, signal, sys
+from vprompt.engine.rundir import RunDir
+write_metrics = RunDir.write_metrics
+def write_then_stop(self, rows):
+    write_metrics(self, rows)
+    os.kill(os.getpid(), signal.SIGSTOP)
+RunDir.write_metrics = write_then_stop
+from vprompt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_process_resumes_to_the_same_result(tmp_path):
     """SIGKILL a real training process after its first checkpoint; resume; compare."""
-    options = dict(TINY, method="ap", method_options={"site": "block.4"}, data="synthetic:10x32", epochs=8)
-    args = [sys.executable, "-m", "vprompt", "train", "--output", str(tmp_path / "cut"), "--site", "block.4"]
+    options = dict(TINY, method="ap", method_options={"site": "block.4"}, data="synthetic:10x32", epochs=3)
+    args = [sys.executable, "-c", _STOP_AFTER_FIRST_EPOCH, "train", "--output", str(tmp_path / "cut")]
+    args += ["--site", "block.4"]
     for key, value in options.items():
         if key == "method_options":
             continue
         flag = "--" + key.replace("_", "-")
         args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run = RunDir(tmp_path / "cut")
-    deadline = time.time() + 120
-    while not (run.has_checkpoint() and run.read_metrics()) and time.time() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.02)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)  # the event: stopped after epoch 1, or exited
+    assert os.WIFSTOPPED(status), process.stderr.read().decode()
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not run.finished, "the run finished before it could be killed; make it longer"
-    done = len(run.read_metrics())
-    assert 1 <= done < 8
+    run = RunDir(tmp_path / "cut")
+    assert not run.finished and len(run.read_metrics()) == 1
     vprompt.train(**options, output=tmp_path / "cut", resume=True)
     vprompt.train(**options, output=tmp_path / "whole")
     same_weights(weights(tmp_path / "cut"), weights(tmp_path / "whole"))

@@ -71,8 +71,25 @@ def test_a_last_batch_too_small_to_share_is_dropped_everywhere():
 
 def test_validation_never_overlaps_training_even_by_file_name():
     config = TrainConfig(train_split="train800val200", val_split="val200")
-    with pytest.raises(ValueError, match="'val' is part of the training split 'trainval'"):
+    with pytest.raises(ValueError, match="training split 'trainval' and the validation split 'val' share"):
         resolve_splits(config, "vtab")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"train_split": "train", "val_split": "trainval"},  # val contains the training data
+        {"train_split": "trainval", "val_split": "val"},  # training contains the validation data
+        {"train_split": "train", "val_split": "train"},
+        {"final": True, "test_split": "trainval"},  # testing on the final training split
+        {"final": True, "train_split": "train", "test_split": "train"},
+        {"val_split": "test", "train_split": "train", "test_split": "test"},  # selecting on the test split
+        {"val_split": "val", "train_split": "train", "test_split": "trainval"},
+    ],
+)
+def test_no_two_roles_share_a_split_either_way(options):
+    with pytest.raises(ValueError, match="share images"):
+        resolve_splits(TrainConfig(**options), "vp")
 
 
 def test_evaluation_subsets_do_not_depend_on_the_seed():

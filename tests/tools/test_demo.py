@@ -40,3 +40,22 @@ def test_demo_trains_again_where_its_options_changed(tmp_path):
     run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.01)], log=logs.append)
     assert any("options changed (lr: 0.03 → 0.01): training again" in line for line in logs)
     assert RunDir(tmp_path / "runs" / "linear").read_config()["lr"] == 0.01
+
+
+def test_demo_fresh_deletes_only_its_own_run_files(tmp_path):
+    """`--fresh` used to delete all of <output>/runs, a user's results with it."""
+    from vprompt.tools.demo import Budget, run_demo
+
+    budget = Budget(train_size=20, eval_size=10, img_size=32, epochs=1, batch_size=10)
+    mine = tmp_path / "runs" / "mine" / "results.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a,b\n")
+    run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.03)], log=lambda _: None)
+    logs: list[str] = []
+    run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.03)], fresh=True, log=logs.append)
+    assert mine.read_text() == "a,b\n" and not any("reused" in line for line in logs)
+    # a user's file inside a demo run folder: the folder is refused, not deleted
+    (tmp_path / "runs" / "linear" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        run_demo(tmp_path, budget, methods=[("linear", {}, "sgd", 0.01)], log=lambda _: None)
+    assert (tmp_path / "runs" / "linear" / "notes.txt").read_text() == "keep me"

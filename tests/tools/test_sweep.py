@@ -109,11 +109,42 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
 def test_a_finished_run_with_other_options_is_not_passed_off_as_the_requested_one(tmp_path, monkeypatch):
     monkeypatch.setattr(executors, "train", FakeTrain(lambda c: {"val_accuracy": 50.0}))
     sweep.layers(TINY, tmp_path, sites=["block.1"], executor=QUIET)
-    result = sweep.layers({**TINY, "epochs": 3}, tmp_path, sites=["block.1"], executor=QUIET)
-    assert result["rows"][0]["status"] == "failed" and "epochs: 1 → 3" in result["failures"][0]["error"]
-    assert not (
-        tmp_path / "layers" / "full" / "block.1" / "error.txt"
-    ).exists()  # the finished run is untouched
+    results = {p: p.read_bytes() for p in tmp_path.glob("layers-*")}
+    with pytest.raises(
+        ValueError, match=r"finished runs made with other options: .*epochs: 1 → 3.*nothing was run"
+    ):
+        sweep.layers({**TINY, "epochs": 3}, tmp_path, sites=["block.1"], executor=QUIET)
+    assert results and all(p.read_bytes() == data for p, data in results.items())  # good results kept
+    assert not (tmp_path / "layers" / "full" / "block.1" / "error.txt").exists()  # the run is untouched
+
+
+def test_a_tune_rerun_with_other_options_keeps_its_good_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(executors, "train", FakeTrain(planted))
+    base = {**TINY, "method": "linear"}
+    sweep.tune(base, tmp_path, lrs=[0.1], wds=[0.0], seeds=1, executor=QUIET)
+    before = (tmp_path / "result.json").read_bytes(), (tmp_path / "result.md").read_bytes()
+    with pytest.raises(ValueError, match="other options"):
+        sweep.tune({**base, "epochs": 2}, tmp_path, lrs=[0.1], wds=[0.0], seeds=1, executor=QUIET)
+    assert ((tmp_path / "result.json").read_bytes(), (tmp_path / "result.md").read_bytes()) == before
+
+
+def test_a_failure_whose_message_is_not_utf8_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    bad_name = "bild-\udcff.jpg"  # a file name that is not valid UTF-8 (surrogate-escaped by the OS layer)
+
+    def train(config, output, resume=False):
+        if config["lr"] == 0.1:
+            raise ValueError(f"/data/{bad_name}: cannot decode image")
+        return FakeTrain(lambda c: {"val_accuracy": 50.0, "val_loss": 1.0, "test_accuracy": 40.0})(
+            config, output, resume
+        )
+
+    monkeypatch.setattr(executors, "train", train)
+    base = {**TINY, "method": "linear"}
+    result = sweep.tune(base, tmp_path, lrs=[0.1, 0.05], wds=[0.0], seeds=1, executor=QUIET)
+    assert [g["status"] for g in result["grid"]] == ["failed", "trained"]
+    failures = json.loads((tmp_path / "failures.json").read_text())
+    assert "cannot decode image" in failures[0]["error"]
+    assert "cannot decode image" in (tmp_path / "tune" / "lr0.1-wd0" / "error.txt").read_text()
 
 
 def planted(config):

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in [parser, *sub.choices.values()]:  # `--r` must not silently mean `--resume` or `--root`
+        command.allow_abbrev = False
     return parser
 
 
@@ -41,16 +43,32 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "accepts_method_options", False):
             return args.func(args, extra) or 0
         return args.func(args) or 0
-    except (
-        ValueError,
-        KeyError,
-        FileNotFoundError,
-        FileExistsError,
-        RuntimeError,
-    ) as e:  # MethodNotApplicable too
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"vprompt {args.command}: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"vprompt {args.command}: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, RuntimeError) as e:  # MethodNotApplicable, WriteError too
+        print(f"vprompt {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def error_line(e: BaseException) -> str:
+    """One printable line for an error: OS errors with their file, DataLoader-worker errors without the
+    worker's traceback, and file names that are not valid UTF-8 escaped instead of crashing the print."""
+    if isinstance(e, KeyError) and e.args:
+        text = f"missing {e.args[0]!r}"
+    elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError | FileExistsError) and e.strerror:
+        text = e.strerror + (f": {e.filename}" if e.filename and str(e.filename) not in e.strerror else "")
+    else:
+        text = str(e) or type(e).__name__
+        if isinstance(e, FileNotFoundError | FileExistsError) and e.strerror and e.filename:
+            text = f"{e.strerror}: {e.filename}"
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
+        text = [line for line in text.splitlines() if line.strip()][-1]
+        kind, _, rest = text.partition(": ")
+        if rest and all(part.isidentifier() for part in kind.split(".")):  # "pkg.module.DataError: ..."
+            text = rest
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _version() -> str:

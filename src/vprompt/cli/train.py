@@ -38,7 +38,9 @@ def method_options(method: str, extra: list[str]) -> dict:
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    parser = argparse.ArgumentParser(prog=f"vprompt train --method {method}", add_help=False)
+    parser = argparse.ArgumentParser(
+        prog=f"vprompt train --method {method}", add_help=False, allow_abbrev=False
+    )
     names = add_dataclass_options(parser, METHODS[method].config_class)
     args, rest = parser.parse_known_args(extra)
     if rest:
@@ -57,6 +59,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     config = as_config(values, {})
     config.method_options.update(method_options(config.method, extra))
     output = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}"
+    args.interrupt_hint = (
+        f"the last finished epoch is kept; continue with the same command plus --resume --output {output}"
+    )
     summary = train(config, output=output, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # torchrun: one report, from the main process

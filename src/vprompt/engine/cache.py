@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import WriteError, reason
 from ..methods import TunedModel
 from .data import private_generator
 from .distributed import Context
@@ -129,6 +130,21 @@ def build_cache(
             Path(directory).mkdir(parents=True, exist_ok=True)  # other processes may be ahead of rank 0
         folder = Path(tempfile.mkdtemp(prefix="vprompt-cache-", dir=directory))
         path = folder / f"{site}.bin"
+        nbytes = math.prod(shape) * torch.empty((), dtype=torch_dtype).element_size()
+        try:  # reserve the space now: a full disk under a memory map is a SIGBUS later, not an error
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, max(nbytes, 1))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            folder.rmdir()
+            raise WriteError(
+                e.errno,
+                f"--cache disk: cannot reserve {nbytes / 2**20:.0f} MiB in {folder.parent}: {reason(e)}"
+                " (or use --cache memory / off)",
+            ) from None
         features = torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=torch_dtype)
         features = features.view(shape)
         path.unlink()  # the mapping stays valid; the space is freed when the tensor is

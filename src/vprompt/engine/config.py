@@ -8,9 +8,11 @@ the run's options. :func:`resolve_config` checks everything a run needs before a
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -178,9 +180,56 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     options = dict(values.pop("method_options", None) or {})
     for key in [k for k in values if k not in known]:
         options[key] = values.pop(key)
+    hints = get_type_hints(TrainConfig)
+    values = {k: coerce(k, v, hints[k]) for k, v in values.items()}
     config = TrainConfig(**values)
     config.method_options = options
     return config
+
+
+def coerce(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the type of option ``name`` (YAML reads ``1e-2`` as a string, ``5`` as an int ...),
+    or a ValueError naming the option and what it expects."""
+    union = get_origin(annotation) in (Union, UnionType)
+    kinds = [a for a in get_args(annotation) if a is not type(None)] if union else [annotation]
+    if value is None:
+        if union and type(None) in get_args(annotation):
+            return None
+        raise ValueError(f"option {name!r} needs a value")
+    kind = kinds[0]
+    if get_origin(kind) is Literal:
+        if value in get_args(kind):
+            return value
+        expected = f"one of {', '.join(map(str, get_args(kind)))}"
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        expected = "true or false"
+    elif kind in (int, float):
+        expected = "an integer" if kind is int else "a number"
+        if not isinstance(value, bool) and isinstance(value, int | float | str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and (kind is float or number.is_integer()):
+                return kind(number)
+    elif kind is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        expected = "a string"
+    else:
+        return value
+    raise ValueError(f"option {name!r}: expected {expected}, got {value!r}")
+
+
+def _finite(config: TrainConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -207,10 +256,24 @@ def check_config(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    _finite(config, "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip")
     if config.lr <= 0:
         raise ValueError(f"lr must be positive, got {config.lr}")
     if config.weight_decay < 0 or config.warmup_epochs < 0 or not 0 <= config.label_smoothing < 1:
         raise ValueError("weight_decay and warmup_epochs must be >= 0, label_smoothing in [0, 1)")
+    if config.min_lr < 0 or config.min_lr > config.lr:
+        raise ValueError(f"min_lr must be in [0, lr] (the cosine decays from lr to it), got {config.min_lr}")
+    if config.warmup_epochs > config.epochs:
+        raise ValueError(f"warmup_epochs ({config.warmup_epochs}) is longer than the run ({config.epochs})")
+    if config.grad_clip is not None and config.grad_clip <= 0:
+        raise ValueError(
+            f"grad_clip must be positive (the largest gradient norm kept), got {config.grad_clip}; "
+            "leave it unset for no clipping"
+        )
+    if config.img_size is not None and config.img_size < 1:
+        raise ValueError(f"img_size must be a positive number of pixels, got {config.img_size}")
+    if config.workers is not None and config.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {config.workers}")
     check_schedule(config)
 
 

@@ -62,11 +62,14 @@ def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
             f"({'a final run trains on ' + train if config.final else 'val_split is none'}); use "
             "--selection final, or name one with --val-split (and --train-split so they do not overlap)"
         )
-    if val is not None and (val == train or val in _PARTS.get(train, ())):
-        raise ValueError(
-            f"the validation split {val!r} is part of the training split {train!r}; "
-            "validate on data the model does not train on"
-        )
+    roles = [("training", train), ("validation", val), ("test", test)]
+    for i, (role_a, a) in enumerate(roles):
+        for role_b, b in roles[i + 1 :]:
+            if a is not None and b is not None and _PARTS.get(a, {a}) & _PARTS.get(b, {b}):
+                raise ValueError(
+                    f"the {role_a} split {a!r} and the {role_b} split {b!r} share images; "
+                    f"{role_b} data must be data the model never trains or selects on"
+                )
     return Splits(train, val, test)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -9,12 +10,15 @@ import torch
 
 from ..data import build_transform
 from ..data.datasets import open_image
+from ..files import write_bytes
 from .run import class_names, load_run, run_config
 
 
 @torch.no_grad()
 def predict(run_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:
     """For each image, the ``top`` classes of the run's model as ``(class name, probability)``."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
     config = run_config(run_dir)
     model = load_run(run_dir)
     names = class_names(run_dir)
@@ -37,22 +41,29 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float
     Returns the largest difference between onnxruntime and PyTorch on a random batch of 3, or ``None``
     when onnxruntime is not installed.
     """
-    model = load_run(run_dir)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"--onnx {path} is a folder; give a file name such as {path / 'model.onnx'}")
+    model = load_run(run_dir)
     example = torch.randn(2, *model.input_size)
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        except Exception as e:  # the exporter's message carries the whole graph: keep its first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot export {model.method.name} to ONNX (opset {opset}): {first}") from None
+    write_bytes(path, buffer.getvalue())
     try:
         import onnxruntime
     except ImportError:

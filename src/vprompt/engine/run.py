@@ -9,6 +9,7 @@ vprompt.evaluate_run("runs/ap", split="test")   # {"accuracy": ..., ...}
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -165,6 +166,16 @@ def train(
     config = as_config(config, overrides)
     check_config(config)
     run = RunDir(output) if output is not None else None
+    if run is not None and int(os.environ.get("RANK", "0")) == 0:
+        run.claim()  # one process per run folder; refuses a folder of the user's own files
+    try:
+        return _train(config, run, resume)
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, Any]:
     if run is not None:
         if resume and run.finished:
             differ = config_differences(run.read_config(), to_dict(config))

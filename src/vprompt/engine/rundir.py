@@ -12,46 +12,73 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
+import pickle
 import platform
 import resource
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ..files import WriteError, atomic_write, ensure_dir, remove_stale_temps, write_text
+
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+LOCK = ".lock"
+ERROR = "error.txt"  # a sweep's record of a failed run
+#: everything vprompt itself puts into a run folder (anything else there is the user's)
+RUN_FILES = {CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINT, LOCK, ERROR}
+CHECKPOINT_FORMAT = "vprompt-checkpoint"
+CHECKPOINT_VERSION = 2
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """JSON with no NaN/inf in it (they are not JSON; a run that produced one has already failed)."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+class RunLocked(RuntimeError):
+    """Another process is using the run folder."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: damaged, truncated, not vprompt's, or holding code."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the file is damaged") from None
+
+
+def safe_torch_load(path: Path | io.BytesIO, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one clear error for anything that is not plain tensors and
+    containers (a pickle that would run code, a truncated or random file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{what}: refused to load, it holds Python objects that could run code (only tensors and "
+                "plain containers are read)"
+            ) from None
+        raise CheckpointError(f"{what}: damaged or not a checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{what}: damaged or not a checkpoint ({first})") from None
 
 
 class RunDir:
@@ -59,6 +86,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_file = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -70,6 +98,75 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).is_file()
 
+    # ------------------------------------------------------------------------- the folder itself
+    def foreign_entries(self) -> list[str]:
+        """Entries of the folder that vprompt did not write (the user's files)."""
+        if not self.path.is_dir():
+            return []
+        theirs = []
+        for entry in sorted(os.listdir(self.path)):
+            temp = entry.startswith(".") and entry.endswith(".tmp")
+            if entry not in RUN_FILES and not temp and not entry.startswith("vprompt-cache-"):
+                theirs.append(entry)
+        if not theirs and (self.path / CONFIG).is_file():
+            with contextlib.suppress(Exception):
+                config = yaml.safe_load((self.path / CONFIG).read_text())
+                if isinstance(config, dict) and "resolved" in config:
+                    return []
+            theirs.append(f"{CONFIG} (not a vprompt run config)")
+        return theirs
+
+    def claim(self) -> None:
+        """Create the folder if needed and take its lock (one process per run folder); remove temporary files
+        that an interrupted write left. A folder that holds other files than a run's is refused."""
+        if self.path.exists() and not self.path.is_dir():
+            raise WriteError(errno.ENOTDIR, f"--output {self.path} is a file, not a folder; choose another")
+        foreign = self.foreign_entries()
+        if foreign:
+            raise FileExistsError(
+                f"{self.path} is not a vprompt run folder (it holds {', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}); choose another --output, nothing was written"
+            )
+        ensure_dir(self.path, "run folder")
+        try:
+            f = open(self.path / LOCK, "a")  # noqa: SIM115 - held open for the run's lifetime
+        except OSError as e:
+            raise WriteError(e.errno, f"cannot write into the run folder {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise RunLocked(
+                f"{self.path} is in use by another vprompt process; wait for it or choose another --output"
+            ) from None
+        self._lock_file = f
+        remove_stale_temps(self.path)
+        remove_stale_temps(self.path / ADAPTER)
+
+    def clear(self) -> None:
+        """Delete this run's own files so that it can be trained again; a user's files in the folder are
+        never deleted (the folder is refused instead)."""
+        foreign = self.foreign_entries()
+        if foreign:
+            raise FileExistsError(
+                f"{self.path} holds files that are not a vprompt run's ({', '.join(foreign[:3])}); "
+                "not deleting it: move them or choose another folder"
+            )
+        if not self.path.is_dir():
+            return
+        for entry in os.listdir(self.path):
+            target = self.path / entry
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif entry != LOCK:
+                target.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
     # ---------------------------------------------------------------------------------- config
     def write_config(self, config: dict[str, Any]) -> None:
         write_text(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
@@ -78,18 +175,28 @@ class RunDir:
         path = self.path / CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"{self.path} is not a vprompt run directory (no {CONFIG})")
-        return yaml.safe_load(path.read_text())
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{path}: not a valid run config ({first})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: not a valid run config (expected a mapping)")
+        return config
 
     # --------------------------------------------------------------------------------- metrics
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite the whole metrics file (so a resumed run never keeps rows of epochs it redid)."""
-        write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(self.path / METRICS, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / METRICS
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON lines ({e}); the file is damaged") from None
 
     # --------------------------------------------------------------------------------- summary
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -99,14 +206,46 @@ class RunDir:
         path = self.path / SUMMARY
         if not path.is_file():
             raise FileNotFoundError(f"{self.path} has no {SUMMARY}: the run has not finished")
-        return json.loads(path.read_text())
+        summary = _read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: not a run summary (expected a JSON object)")
+        return summary
 
     # ------------------------------------------------------------------------------ checkpoint
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        """Plain tensors and containers only (loadable with ``weights_only=True``), wrapped with a SHA-256
+        of the payload so that a damaged file is detected on load, never resumed from."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        wrapper = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+        }
+        atomic_write(self.path / CHECKPOINT, lambda f: torch.save(wrapper, f))
 
     def load_checkpoint(self) -> dict[str, Any]:
-        return torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=False)
+        path = self.path / CHECKPOINT
+        hint = f"delete {path} to start the run over"
+        try:
+            wrapper = safe_torch_load(path, str(path))
+            ok = isinstance(wrapper, dict) and wrapper.get("format") == CHECKPOINT_FORMAT
+            if not ok or wrapper.get("version") != CHECKPOINT_VERSION:
+                raise CheckpointError(f"{path}: not a vprompt checkpoint of this version")
+            payload = wrapper["payload"]
+            if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+                raise CheckpointError(f"{path}: damaged checkpoint (no payload)")
+            data = payload.numpy().tobytes()
+            if hashlib.sha256(data).hexdigest() != wrapper.get("sha256"):
+                raise CheckpointError(f"{path}: damaged checkpoint (checksum mismatch)")
+            state = safe_torch_load(io.BytesIO(data), str(path))
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: damaged checkpoint (no state)")
+            return state
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {hint}") from None
 
 
 def environment(device: torch.device) -> dict[str, Any]:

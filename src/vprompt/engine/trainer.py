@@ -110,7 +110,18 @@ def evaluate(
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain containers (a checkpoint loads with ``weights_only=True``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {
+        "kind": kind,
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
+    version, internal, gauss_next = random.getstate()
+    python_state = {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": python_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -118,8 +129,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], key, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -249,13 +263,26 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state; a state that does not fit this run is a clear error."""
+        try:
+            progress = Progress(**state["progress"], best_state=state["best_state"])
+            rng = list(state["rng"])
+            fits = 0 <= progress.epoch <= self.config.epochs and len(progress.metrics) == progress.epoch
+            fits = fits and progress.updates == progress.epoch * self.steps_per_epoch
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"the checkpoint does not hold a vprompt training state ({e})") from None
+        if not fits:
+            raise ValueError(
+                f"the checkpoint does not fit this run: it claims {progress.epoch} finished epochs and "
+                f"{progress.updates} steps ({len(progress.metrics)} metric rows) for a run of "
+                f"{self.config.epochs} epochs × {self.steps_per_epoch} steps"
+            )
         self.model.load_trainable_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.precision.scaler and state["scaler"]:
             self.precision.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"], best_state=state["best_state"])
+        self.progress = progress
         self.schedule.step_update(self.progress.updates)
-        rng = state["rng"]
         if len(rng) != self.ctx.world:
             raise ValueError(f"the checkpoint was written by {len(rng)} processes; resume it with as many")
         set_rng_state(rng[self.ctx.rank])
@@ -333,8 +360,30 @@ class Trainer:
             kept = f"epoch {epoch}" if epoch else "none yet"
             raise NonFiniteLossError(
                 f"the training loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); "
-                f"stopped. The last good checkpoint (after {kept}) is kept; lower --lr or set --grad-clip"
+                f"stopped. {self.nonfinite_advice(kept)}"
             )
+
+    def nonfinite_advice(self, kept: str) -> str:
+        where = f" in {self.run.path}" if self.run is not None else ""
+        return (
+            f"The last good checkpoint (after {kept}) is kept{where}; to train again, rerun with a lower "
+            "--lr (or --grad-clip) and a new --output (or delete the run folder first)"
+        )
+
+    def check_trained_state(self, val: dict[str, float] | None) -> None:
+        """After an epoch: the trained weights and the validation loss must be finite (an update on the last
+        step can blow up the weights without any training loss showing it)."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
+        if val is not None:
+            finite = finite and math.isfinite(val["loss"])
+        if not self.ctx.all_sum([float(not finite)])[0]:
+            return
+        epoch = self.progress.epoch
+        kept = f"epoch {epoch}" if epoch else "none yet"
+        raise NonFiniteLossError(
+            f"the trained weights or the validation loss became NaN or infinite in epoch {epoch + 1}; "
+            f"stopped. {self.nonfinite_advice(kept)}"
+        )
 
     def evaluate(self, dataset) -> dict[str, float]:
         if self.val_cache is not None and dataset is self.data.val:
@@ -364,12 +413,14 @@ class Trainer:
                 row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
                 p.train_seconds += row["epoch_seconds"]
                 last = p.epoch + 1 == cfg.epochs
+                val = None
                 if self.data.val is not None and ((p.epoch + 1) % cfg.eval_every == 0 or last):
                     val = self.evaluate(self.data.val)
                     row |= {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                    if cfg.selection == "best-val" and val["accuracy"] > p.best_accuracy:
-                        p.best_accuracy, p.best_epoch = val["accuracy"], p.epoch + 1
-                        p.best_state = copy.deepcopy(self.model.trainable_state_dict())
+                self.check_trained_state(val)
+                if val is not None and cfg.selection == "best-val" and val["accuracy"] > p.best_accuracy:
+                    p.best_accuracy, p.best_epoch = val["accuracy"], p.epoch + 1
+                    p.best_state = copy.deepcopy(self.model.trainable_state_dict())
                 p.metrics.append(row)
                 p.epoch += 1
                 if self.run is not None:

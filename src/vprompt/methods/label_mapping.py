@@ -8,7 +8,7 @@ target class to one source class instead of training a new head:
   unused source class (:func:`greedy_mapping`);
 - ``ilm`` (iterative label mapping, ILM-VP): the same, recomputed at the start of every epoch (every
   ``mapping_interval`` epochs: ILM-VP's ``--mapping-interval``);
-- ``rlm`` (random label mapping): distinct source classes drawn once, from ``seed``;
+- ``rlm`` (random label mapping): distinct source classes drawn once, from ``mapping_seed``;
 - ``first``: target class ``k`` is source class ``k`` (Bahng et al.'s ``output[:, indices]`` with
   ``indices = range(K)``, ``main_vision.py``);
 - ``linear``: no mapping, a new linear head is trained instead.
@@ -112,7 +112,7 @@ class LabelMappingConfig(MethodConfig):
     num_classes: int = field(
         default=0, metadata={"help": "target classes (required with a label mapping: flm, ilm, rlm)"}
     )
-    seed: int = field(default=0, metadata={"help": "seed of the random label mapping (rlm)"})
+    mapping_seed: int = field(default=0, metadata={"help": "seed of the random label mapping (rlm)"})
     mapping_interval: int = field(
         default=1, metadata={"help": "ilm: refit the mapping every N epochs (ILM-VP's --mapping-interval)"}
     )
@@ -196,7 +196,7 @@ class LabelMappedMethod(Method):
         self._num_source = num_source
         device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
         if cfg.mapping == "rlm":
-            mapping = random_mapping(num_source, cfg.num_classes, cfg.seed).to(device)
+            mapping = random_mapping(num_source, cfg.num_classes, cfg.mapping_seed).to(device)
             self._fitted = True
         elif cfg.mapping == "first":
             mapping = torch.arange(cfg.num_classes, device=device)

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import nn
 
 from ..backbones import Backbone
+from ..files import ensure_dir, write_bytes, write_text
 from .base import Method
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -131,10 +133,10 @@ class TunedModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``adapter.safetensors`` (trainable state only) and ``adapter_config.json``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        directory = ensure_dir(directory, "adapter folder")
+        state = {k: v.detach().contiguous() for k, v in self.trainable_state_dict().items()}
+        write_bytes(directory / WEIGHTS_FILE, save(state))
+        write_text(directory / CONFIG_FILE, json.dumps(self.config_dict(), indent=2) + "\n")
         return directory
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -185,9 +187,24 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the adapter config is damaged") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not an adapter config (expected a JSON object)")
     if config.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported adapter format {config.get('format')!r}")
+    backbone = config.get("backbone")
+    problems = [
+        k
+        for k, kind in (("method", str), ("options", dict), ("backbone", dict))
+        if not isinstance(config.get(k), kind)
+    ]
+    if isinstance(backbone, dict) and not isinstance(backbone.get("build_args"), dict):
+        problems.append("backbone.build_args")
+    if problems:
+        raise ValueError(f"{path}: damaged adapter config (missing or wrong: {', '.join(problems)})")
     return config
 
 
@@ -195,4 +212,7 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
-    return load_file(str(path))
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: damaged or not a safetensors file ({e})") from None

@@ -13,7 +13,6 @@ Runs go to ``<output>/runs/<method>``; finished runs are reused, so running the 
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,8 +70,9 @@ def run_demo(
 
     output = Path(output)
     runs = output / "runs"
-    if fresh and runs.exists():
-        shutil.rmtree(runs)
+    if fresh:  # only the demo's own runs; anything else under <output>/runs is left alone
+        for method, *_ in methods or METHODS:
+            RunDir(runs / method).clear()
     rows = []
     for method, options, optimizer, lr in methods or METHODS:
         start = time.perf_counter()
@@ -97,7 +97,7 @@ def run_demo(
             changed = config_differences(run.read_config(), to_dict(as_config(None, settings)))
             if changed:
                 log(f"  {method:<8} options changed ({', '.join(changed)}): training again")
-                shutil.rmtree(run.path)
+                run.clear()
         reused = run.finished
         summary = train(settings, output=run.path, resume=True)
         rows.append({"method": method, "options": options, "lr": lr, **summary})

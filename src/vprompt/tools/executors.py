@@ -9,6 +9,7 @@ runs one Ray task per job on a local Ray instance or on the cluster at ``address
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,9 +19,8 @@ from typing import Any
 
 from ..engine import train
 from ..engine.run import config_differences
-from ..engine.rundir import RunDir, write_json, write_text
+from ..engine.rundir import ERROR, RunDir, write_json, write_text
 
-ERROR = "error.txt"
 FAILURES = "failures.json"
 ENGINES = ("local", "ray")
 
@@ -80,6 +80,25 @@ def run_job(job: Job) -> Outcome:
     return outcome
 
 
+def check_reusable(jobs: Sequence[Job]) -> None:
+    """Refuse, before anything runs or is written, a sweep whose folder holds finished runs made with other
+    options (its earlier results stay as they are)."""
+    clashes = []
+    for job in jobs:
+        run = RunDir(job.output)
+        if run.finished:
+            with contextlib.suppress(ValueError, OSError):  # an unreadable run fails on its own later
+                differ = config_differences(run.read_config(), job.config)
+                if differ:
+                    clashes.append(f"{run.path} ({', '.join(differ[:2])})")
+    if clashes:
+        more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+        raise ValueError(
+            f"this sweep's folder holds finished runs made with other options: {clashes[0]}{more}; nothing "
+            "was run or overwritten. Use another --output for the new options (or delete those runs)"
+        )
+
+
 def describe(outcome: Outcome) -> str:
     """One line about an outcome, for the sweep's log."""
     if not outcome.ok:
@@ -115,6 +134,7 @@ class Executor:
         names = [j.output for j in jobs]
         if len(set(names)) != len(names):
             raise ValueError("two jobs of one sweep share a run directory")
+        check_reusable(jobs)
         if not jobs:
             return []
         return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..engine.rundir import CONFIG, SUMMARY, write_text
+from ..engine.rundir import CONFIG, SUMMARY, RunDir, write_text
 from . import plots
 from .executors import ERROR
 from .tables import markdown, mean_std, pm, write_csv
@@ -62,9 +62,10 @@ def configuration(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_run(path: Path) -> Run:
-    summary = json.loads((path / SUMMARY).read_text())
+    run = RunDir(path)
+    summary = run.read_summary()
     if (path / CONFIG).is_file():
-        config = yaml.safe_load((path / CONFIG).read_text()) or {}
+        config = run.read_config()
     else:  # only the summary: its own record of the run's options
         keys = ("backbone", "method", "method_options", "data", "protocol", "final", "selection", "epochs")
         config = {k: summary.get(k) for k in keys}
@@ -83,9 +84,12 @@ def find_runs(dirs: list[str | Path]) -> tuple[list[Run], list[dict[str, str]], 
                 continue
             seen.add(run.resolve())
             if (run / SUMMARY).is_file():
-                finished.append(read_run(run))
+                try:
+                    finished.append(read_run(run))
+                except (ValueError, OSError, yaml.YAMLError, UnicodeDecodeError) as e:  # one bad run
+                    failed.append({"run": str(run), "error": f"unreadable run files: {e}"})
             elif (run / ERROR).is_file():
-                lines = (run / ERROR).read_text().strip().splitlines() or [""]
+                lines = (run / ERROR).read_text(errors="replace").strip().splitlines() or [""]
                 failed.append({"run": str(run), "error": lines[-1]})
             else:
                 unfinished.append(str(run))

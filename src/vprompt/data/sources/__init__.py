@@ -1,0 +1,47 @@
+"""Dataset specs (``family:argument`` strings) and where each family's files live on disk.
+
+One file per family, each registering itself with :func:`~.base.register_source`; :func:`resolve` parses a
+spec and hands it to its family. Adding a source is adding one file here and importing it below.
+
+Split names are logical: ``train``, ``val``, ``trainval``, ``test`` (plus ``all`` for a class folder without
+split lists). VTAB-1k also accepts its file names ``train800``, ``val200``, ``train800val200``.
+See the README's Data section for the exact folder layouts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import fashion_mnist, fgvc, folder, synthetic, torchvision, vp, vtab1k  # noqa: F401  (registers)
+from .base import SOURCES, USAGE, DatasetInfo, Source, held_out_indices, register_source, with_held_out
+from .coop import COOP
+from .fashion_mnist import FASHION_MNIST_DEBIAN
+from .fgvc import FGVC
+from .vp import VP_TORCHVISION
+from .vtab1k import VTAB_SPLIT_FILES, VTAB_TASKS
+
+
+def resolve(spec: str, root: str | os.PathLike | None = None) -> Source:
+    """Parse a dataset spec and locate its files under ``root``; raises ValueError/FileNotFoundError."""
+    family, _, arg = spec.strip().partition(":")
+    factory = SOURCES.get(family.lower())
+    if factory is None:
+        raise ValueError(f"unknown dataset spec {spec!r}; use {', '.join(USAGE.values())}")
+    return factory(spec, arg, Path(root).expanduser() if root is not None else None)
+
+
+__all__ = [
+    "COOP",
+    "FASHION_MNIST_DEBIAN",
+    "FGVC",
+    "VP_TORCHVISION",
+    "VTAB_SPLIT_FILES",
+    "VTAB_TASKS",
+    "DatasetInfo",
+    "Source",
+    "held_out_indices",
+    "register_source",
+    "resolve",
+    "with_held_out",
+]

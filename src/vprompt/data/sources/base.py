@@ -1,0 +1,112 @@
+"""What every data source shares: :class:`DatasetInfo`, the :class:`Source` interface, the held-out
+validation split of train/test-only data, and the registry that maps a spec's family to its source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import take
+
+#: Datasets that ship only train and test get a validation split: this fraction of the training set,
+#: drawn once with a fixed seed; ``train`` is the rest and ``trainval`` the whole training set.
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_SEED = 0
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: its spec, class count and names, splits, root, and the split sizes it must have.
+
+    ``class_names`` are ``class_<i>`` where the names are not known (most VTAB tasks).
+    ``expected_sizes`` maps split → required item count (VTAB-1k: 800/200/1000); empty when free.
+    ``image_size``: the side of the images when the dataset's images are small and of one size (CIFAR,
+    SVHN, GTSRB as the VP papers use it, Fashion-MNIST, synthetic), else ``None``.
+    """
+
+    spec: str
+    family: str
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    splits: tuple[str, ...]
+    root: Path | None = None
+    expected_sizes: dict[str, int] = field(default_factory=dict)
+    image_size: int | None = None
+
+
+def generic_names(n: int) -> tuple[str, ...]:
+    return tuple(f"class_{i}" for i in range(n))
+
+
+def need_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    return path
+
+
+def held_out_indices(n: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices of a training set of ``n`` items: a fixed random 10% is held out for val."""
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(n)
+    n_val = max(1, round(n * HELD_OUT_FRACTION)) if n > 1 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def with_held_out(splits: tuple[str, ...]) -> tuple[str, ...]:
+    """Native splits plus a derived ``val`` / ``trainval`` where the data has ``train`` but no ``val``."""
+    if "train" in splits and "val" not in splits:
+        return ("train", "val", "trainval", *(s for s in splits if s != "train"))
+    return splits
+
+
+class Source:
+    """A resolved spec: ``info`` plus ``dataset(split, transform)``; subclasses implement ``_dataset``.
+
+    A source whose data has only train (and test) lists its splits through :func:`with_held_out` and sets
+    ``held_out = True``: ``val`` is then a fixed 10% of the native training set, ``train`` the rest and
+    ``trainval`` all of it.
+    """
+
+    info: DatasetInfo
+    held_out: bool = False
+
+    def dataset(self, split: str, transform: Callable | None = None):
+        split = self.canonical_split(split)
+        if self.held_out and split in ("train", "val", "trainval"):
+            full = self._dataset("train", transform)
+            if split == "trainval":
+                return full
+            train, val = held_out_indices(len(full))
+            return take(full, train if split == "train" else val)
+        return self._dataset(split, transform)
+
+    def canonical_split(self, split: str) -> str:
+        if split not in self.info.splits:
+            raise ValueError(
+                f"{self.info.spec} has no split {split!r} (splits: {', '.join(self.info.splits)})"
+            )
+        return split
+
+    def _dataset(self, split: str, transform):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+#: family name (and aliases) → factory ``(spec, argument, root) -> Source``; see :func:`register_source`.
+SOURCES: dict[str, Callable[[str, str, Path | None], Source]] = {}
+#: family → usage shown in the error for an unknown spec, e.g. ``vtab1k:<task>``.
+USAGE: dict[str, str] = {}
+
+
+def register_source(*names: str, usage: str):
+    """Register a source factory under one or more family names (the part of a spec before ``:``)."""
+
+    def wrap(factory):
+        for name in names:
+            SOURCES[name] = factory
+        USAGE[names[0]] = usage
+        return factory
+
+    return wrap

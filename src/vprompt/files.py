@@ -1,0 +1,119 @@
+"""Writing vprompt's files safely: atomically, with the user's umask, and with one clear error when it fails.
+
+Every file a run, an adapter or a sweep writes goes through :func:`atomic_write`: the bytes go to a temporary
+file in the same folder, are flushed to disk, then renamed over the target. A failure (full disk, no
+permission, a read-only folder, an interruption) leaves the previous version intact and raises
+:class:`WriteError`, an ``OSError`` whose message says what failed, where, and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+#: Temporary files are named ``.<target name>.<random>.tmp`` (found and removed by :func:`remove_stale_temps`).
+TEMP_SUFFIX = ".tmp"
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device; free some space",
+    errno.EDQUOT: "disk quota exceeded; free some space",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "permission denied; choose a folder you can write to",
+    errno.EROFS: "the file system is read-only; choose another folder",
+    errno.ENOTDIR: "a parent of it is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give a file name",
+}
+
+
+class WriteError(OSError):
+    """A file could not be written; the previous version (if any) is intact."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def reason(error: BaseException) -> str:
+    """A short human reason for an OS-level failure, with the usual remedy."""
+    code = getattr(error, "errno", None)
+    if code in _REASONS:
+        return _REASONS[code]
+    text = str(error)
+    if "No space left" in text or "file write failed" in text:  # torch's and safetensors' wording
+        return _REASONS[errno.ENOSPC]
+    if getattr(error, "strerror", None):
+        return error.strerror
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Create ``path`` (and its parents) or raise a :class:`WriteError` that names it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot create the {what} {path}: {reason(e)}") from None
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename it into place.
+
+    The file gets the mode a plain ``open()`` would give (0666 minus the umask), not ``mkstemp``'s 0600.
+    """
+    path = Path(path)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {reason(e)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        raise WriteError(
+            getattr(e, "errno", None) or errno.EIO,
+            f"cannot write {path}: {reason(e)}; the previous version is intact",
+        ) from e
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that an interrupted :func:`atomic_write` (e.g. ``kill -9``) left in ``folder``.
+
+    Call it only while holding the folder's lock (no other writer can be mid-write).
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f".*{TEMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
