@@ -202,7 +202,7 @@ def test_runs_saved_before_these_options_existed_still_match():
     new += ("preprocess", "recipe")
     wanted = to_dict(TrainConfig(backbone="b", method="vp-pad", data="d"))
     old = {k: v for k, v in wanted.items() if k not in new}
-    old["method_options"] = {"mapping": "ilm", "num_classes": 4, "seed": 0, "width": None}  # no interval
+    old["method_options"] = {"mapping": "ilm", "num_classes": 4, "mapping_seed": 0, "width": None}
     options = {"mapping": "ilm", "mapping_interval": 1}
     assert config_differences(old, {**wanted, "method_options": options}) == []
     assert config_differences(old, {**wanted, "schedule": "multistep"}) == [

@@ -166,11 +166,11 @@ def test_unknown_method_option_in_a_recipe_fails_when_the_method_is_resolved(tmp
 
 def test_a_run_records_its_recipe(tmp_path):
     out = tmp_path / "run"
-    vprompt.train(**TINY, recipe="vpt-vtab", method="vpt-shallow", lr=0.05, output=out)
+    vprompt.train(**TINY, recipe="vpt-vtab", method="vpt-shallow", lr=0.05, warmup_epochs=1, output=out)
     config = RunDir(out).read_config()
     assert config["recipe"] == "vpt-vtab"
     assert (config["optimizer"], config["head_init"], config["schedule_step"]) == ("sgd", "vpt", "epoch")
-    assert config["warmup_epochs"] == 10 and config["lr_scale"] is True
+    assert config["warmup_epochs"] == 1 and config["lr_scale"] is True
     record = config["resolved"]["recipe"]
     assert record["name"] == "vpt-vtab" and record["file"] == "vpt-vtab.yaml"
     assert "KMnP/vpt:tune_vtab.py" in record["sources"]
@@ -179,7 +179,6 @@ def test_a_run_records_its_recipe(tmp_path):
         "lr_scale": True,
         "weight_decay": 0.0001,
         "schedule": "cosine",
-        "warmup_epochs": 10,
         "schedule_step": "epoch",
         "head_init": "vpt",
         "selection": "final",
@@ -189,6 +188,7 @@ def test_a_run_records_its_recipe(tmp_path):
     assert record["overridden"] == {
         "backbone": {"recipe": "vit_base_patch16_224.orig_in21k", "used": "vit_tiny_patch16_224"},
         "img_size": {"recipe": 224, "used": 32},
+        "warmup_epochs": {"recipe": 10, "used": 1},
         "epochs": {"recipe": 100, "used": 2},
         "batch_size": {"recipe": 128, "used": 16},
     }
