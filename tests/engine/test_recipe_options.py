@@ -88,6 +88,7 @@ def test_adam_and_optimizer_choices():
     [
         (dict(schedule="multistep"), "needs lr_milestones"),
         (dict(schedule="multistep", lr_milestones=[0.7, 0.5]), "increasing fractions"),
+        (dict(schedule="multistep", lr_milestones=["half"]), "increasing fractions"),
         (dict(schedule="multistep", lr_milestones=[0.5], min_lr=0.001), "min_lr"),
         (dict(lr_milestones=[0.5]), "lr_milestones are for schedule 'multistep'"),
         (dict(lr_decay=0.5), "lr_decay is for schedule 'multistep'"),

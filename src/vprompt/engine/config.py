@@ -285,7 +285,8 @@ def check_schedule(config: TrainConfig) -> None:
             raise ValueError(
                 "schedule 'multistep' needs lr_milestones (fractions of the epochs, e.g. 0.5 0.72)"
             )
-        if any(not 0 < f < 1 for f in milestones) or list(milestones) != sorted(milestones):
+        numbers = all(isinstance(f, int | float) and not isinstance(f, bool) for f in milestones)
+        if not numbers or any(not 0 < f < 1 for f in milestones) or list(milestones) != sorted(milestones):
             raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {list(milestones)}")
         if not 0 < config.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {config.lr_decay}")
