@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+import torch
 from tiny_runs import TINY, same_weights, weights
 
 import vprompt
-from vprompt.engine.cache import CacheRefused
+from vprompt.data import load
+from vprompt.engine.cache import CacheRefused, build_cache, cache_device
+from vprompt.engine.distributed import Context
 from vprompt.methods.ap import ActivationPrompt
 
 CASES = [  # (method, options, extra run options, the site the cache holds)
@@ -55,3 +60,35 @@ def test_a_method_that_misstates_its_first_site_gets_no_cache(tmp_path, monkeypa
     )
     assert summary["cache"]["site"] is None
     assert "something trained acts before site 'block.9'" in summary["cache"]["why"]
+
+
+def test_an_in_memory_cache_stays_on_the_gpu_when_it_fits():
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert cache_device("memory", 500, gpu, free_bytes=1000) == gpu  # up to half the free memory
+    assert cache_device("memory", 501, gpu, free_bytes=1000) == cpu
+    assert cache_device("disk", 10, gpu, free_bytes=1000) == cpu  # a memory map lives on the host
+    assert cache_device("memory", 10, cpu) == cpu
+
+
+def test_the_cache_is_computed_under_the_run_autocast():
+    """The cached activations are the ones the uncached run computes: under the same mixed precision."""
+    bb = vprompt.backbone("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32)
+    model = vprompt.attach(bb, "ap", site="block.8")
+    data = load("synthetic:4x32", None, "train", bb.data_config, protocol="vp")  # 64 images
+    entered = []
+
+    @contextlib.contextmanager
+    def autocast():
+        entered.append(torch.is_grad_enabled())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+
+    cache = build_cache(model, "block.8", data, Context(), 16, "float32", "memory", autocast=autocast)
+    assert entered == [False] * 4  # once per batch of 16, without gradients
+    assert cache.device == torch.device("cpu") and cache.features.shape == (64, 5, 192)
+    x, _ = data[3]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = bb.site("block.8").capture(bb.model, x[None])
+    torch.testing.assert_close(cache.features[3:4], expected.float(), rtol=0, atol=0)
+    features, labels = cache.batch([3, 0], torch.device("cpu"))
+    assert torch.equal(features[0], cache.features[3]) and labels.tolist() == [data[3][1], data[0][1]]

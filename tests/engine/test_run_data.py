@@ -7,7 +7,16 @@ import torch
 
 from vprompt.data import load
 from vprompt.engine.config import TrainConfig
-from vprompt.engine.data import EpochBatches, SeededItems, load_data, plan_data, resolve_splits
+from vprompt.engine.data import (
+    EpochBatches,
+    SeededItems,
+    eval_loader,
+    load_data,
+    loader_options,
+    plan_data,
+    resolve_splits,
+    train_loader,
+)
 from vprompt.engine.distributed import Context
 
 CONFIG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
@@ -102,3 +111,34 @@ def test_evaluation_subsets_do_not_depend_on_the_seed():
     (train0, val0, test0), (train1, val1, test1) = subsets(0), subsets(1)
     assert (val0, test0) == (val1, test1)  # every seed is judged on the same images
     assert train0 != train1  # while the training subset follows the seed
+
+
+def test_loaders_use_workers_and_pinned_memory_by_default_on_a_gpu(monkeypatch, tmp_path):
+    """On a GPU every loader decodes in worker processes into pinned memory; on a CPU in-memory data
+    stays in the main process and image files get up to 4 workers. An explicit --workers wins."""
+    from vprompt.data.datasets import ImageListDataset, Sample
+    from vprompt.engine import data as engine_data
+
+    monkeypatch.setattr(engine_data.os, "cpu_count", lambda: 16)
+    synthetic = load("synthetic:2x16", None, "train", CONFIG, protocol="vp")
+    files = ImageListDataset([Sample(tmp_path / "a.jpg", 0)], 1, "list.txt")
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loader_options(synthetic, None, gpu) == {
+        "num_workers": engine_data.GPU_WORKERS,
+        "pin_memory": True,
+    }
+    assert loader_options(files, None, gpu)["num_workers"] == 8
+    assert loader_options(synthetic, None, cpu) == {"num_workers": 0, "pin_memory": False}
+    assert loader_options(files, None, cpu)["num_workers"] == 4
+    assert (
+        loader_options(synthetic, 3, gpu)["num_workers"] == 3
+        and loader_options(files, 0, cpu)["num_workers"] == 0
+    )
+    monkeypatch.setattr(engine_data.os, "cpu_count", lambda: 2)
+    assert loader_options(synthetic, None, gpu)["num_workers"] == 1  # one core left for the main process
+    # the run's loaders take these options (building them touches no GPU)
+    ctx = Context(device=gpu)
+    loader, _ = train_loader(synthetic, TrainConfig(batch_size=4), ctx, augments=False)
+    assert loader.pin_memory and loader.num_workers == 1 and loader.persistent_workers
+    evaluation = eval_loader(synthetic, 8, ctx, None)
+    assert evaluation.pin_memory and evaluation.num_workers == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_runs import TINY, weights
+from tiny_runs import TINY, same_weights, weights
 
 import vprompt
 from vprompt.cli import main
@@ -147,10 +147,13 @@ def test_label_mapping_run_uses_the_source_head(tiny, tmp_path):
         (dict(method="linear", data="imagenet99"), "unknown dataset spec"),
         (
             dict(method="linear", optimizer="lamb"),
-            "unknown optimizer 'lamb'; choose one of: sgd, adam, adamw",
+            "option 'optimizer': expected one of sgd, adam, adamw, got 'lamb'",
         ),
         (dict(method="linear", final=True, selection="best-val"), "needs a validation split"),
-        (dict(method="linear", train_split="trainval"), "'val' is part of the training split 'trainval'"),
+        (
+            dict(method="linear", train_split="trainval"),
+            "training split 'trainval' and the validation split 'val' share images",
+        ),
         (dict(method="linear", epochs=0), "epochs must be at least 1"),
         (dict(method="vpt-deep", backbone="resnet18"), "family 'resnet'"),
     ],
@@ -216,3 +219,43 @@ def test_resuming_a_finished_run_with_other_options_is_refused(tiny, tmp_path):
     assert vprompt.train(**again, method_options={"site": "block.1"})["epochs"] == 1  # same: reused
     with pytest.raises(ValueError, match=r"other options \(method_options.site: 'block.1' → 'block.2'\)"):
         vprompt.train(**again, method_options={"site": "block.2"})
+
+
+def test_the_gradient_scaler_unscales_before_clipping(tiny, tmp_path, monkeypatch):
+    """fp16 training: scale the loss, unscale the gradients, clip them, step, update — in that order
+    (clipping scaled gradients would clip at the wrong norm). A disabled scaler runs the same path on a
+    CPU and changes nothing, so the weights equal a run without one."""
+    events = []
+
+    class Recording(torch.amp.GradScaler):
+        def scale(self, outputs):
+            events.append("scale")
+            return super().scale(outputs)
+
+        def unscale_(self, optimizer):
+            events.append("unscale")
+            return super().unscale_(optimizer)
+
+        def step(self, optimizer, *args, **kwargs):
+            events.append("step")
+            return super().step(optimizer, *args, **kwargs)
+
+        def update(self, new_scale=None):
+            events.append("update")
+            return super().update(new_scale)
+
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(*args, **kwargs):
+        events.append("clip")
+        return clip(*args, **kwargs)
+
+    run = dict(tiny, method="ap", method_options={"site": "block.5"}, epochs=1, grad_clip=0.5)
+    vprompt.train(**run, output=tmp_path / "plain")
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    scaled = trainer_module.Precision(None, "cpu", Recording("cpu", enabled=False))
+    monkeypatch.setattr(trainer_module.Precision, "choose", classmethod(lambda cls, name, device: scaled))
+    vprompt.train(**run, output=tmp_path / "scaled")
+    steps = 4  # 64 training images, batch 16
+    assert events == ["scale", "unscale", "clip", "step", "update"] * steps
+    same_weights(weights(tmp_path / "scaled"), weights(tmp_path / "plain"))

@@ -46,3 +46,15 @@ def test_bench_command_writes_table_json_and_plot(tmp_path, capsys):
     assert rows[0]["step_vs_linear"] == 1.0 and rows[1]["trainable_parameters_without_head"] == 12 * 2 * 192
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "| vpt-deep(num_prompts=2) | " in capsys.readouterr().out
+
+
+def test_measure_in_mixed_precision_and_compiled():
+    """Steps run in the precision asked (``auto``: fp32 on a CPU, bf16 on a GPU), with the fp16 gradient
+    scaler where it applies, and optionally through torch.compile (its first, compiling step apart)."""
+    assert measure(TINY_VIT, "linear", {}, batch=2, img_size=32, steps=1, warmup=1)["precision"] == "fp32"
+    row = measure(TINY_VIT, "ap", {}, batch=2, img_size=32, steps=2, warmup=1, precision="fp16")
+    assert row["precision"] == "fp16" and row["train_images_per_second"] > 0
+    compiled = measure(
+        TINY_VIT, "linear", {}, batch=2, img_size=32, steps=1, warmup=1, compile_backend="eager"
+    )
+    assert compiled["compile"] == "eager" and compiled["first_step_seconds"] > 0

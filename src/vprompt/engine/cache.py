@@ -4,7 +4,9 @@ When nothing trained acts before a method's first site (:meth:`Method.first_site
 ``block.9``) and the training images are transformed deterministically (the VTAB protocol), the
 activations there are the same every epoch. They are computed once, held in memory or memory-mapped
 on disk (in float32, float16 or bfloat16), and every later step runs only the rest of the network
-(:meth:`Backbone.forward_from`). For methods that act from the input on, the cached "activation" is
+(:meth:`Backbone.forward_from`). On a GPU an in-memory cache that fits is kept on the GPU itself
+(:func:`cache_device`), so a batch is an index into it, not a copy from the host; the activations are
+computed under the run's autocast, as the uncached run computes them. For methods that act from the input on, the cached "activation" is
 the preprocessed image: decoding and resizing then happen once too.
 
 Whether a cache is valid is checked, not assumed: the activation captured at the site, with gradients
@@ -13,10 +15,12 @@ enabled and the method in training mode, must not depend on any trainable tensor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +29,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import WriteError, reason
 from ..methods import TunedModel
-from .data import private_generator
-from .distributed import Context
+from .data import loader_options, private_generator
+from .distributed import Context, synchronize
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``auto`` keeps a cache in memory up to this many bytes (and never more than a quarter of the RAM)
 AUTO_MEMORY_LIMIT = 4 * 2**30
+#: an in-memory cache of a GPU run stays on the GPU when it takes at most this share of its free memory
+DEVICE_SHARE = 0.5
 
 
 class CacheRefused(ValueError):
@@ -82,8 +88,12 @@ class FeatureCache:
     def nbytes(self) -> int:
         return self.features.numel() * self.features.element_size()
 
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
     def batch(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.features.device)
         x = self.features[index].to(device, non_blocking=True).float()
         return x, self.labels[index].to(device, non_blocking=True)
 
@@ -108,6 +118,18 @@ def choose_storage(requested: str, nbytes: int) -> str | None:
     return "memory" if nbytes <= min(AUTO_MEMORY_LIMIT, ram_bytes() // 4) else None
 
 
+def cache_device(
+    storage: str, nbytes: int, device: torch.device, free_bytes: int | None = None
+) -> torch.device:
+    """Where an in-memory cache lives: on the run's GPU when it takes at most :data:`DEVICE_SHARE` of
+    the GPU's free memory (``free_bytes``, measured when not given), else in host memory."""
+    if storage != "memory" or device.type != "cuda":
+        return torch.device("cpu")
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return device if nbytes <= DEVICE_SHARE * free_bytes else torch.device("cpu")
+
+
 @torch.no_grad()
 def build_cache(
     model: TunedModel,
@@ -118,9 +140,11 @@ def build_cache(
     dtype: str,
     storage: str,
     directory: str | Path | None = None,
-    workers: int = 0,
+    workers: int | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> FeatureCache:
-    """Capture the raw activation at ``site`` for every item of ``dataset`` (in order)."""
+    """Capture the raw activation at ``site`` for every item of ``dataset`` (in order), under
+    ``autocast`` (the run's mixed precision); ``workers`` as for the run's loaders (None: default)."""
     start = time.perf_counter()
     bb = model.backbone
     shape = (len(dataset), *model.site_shape(site))
@@ -150,20 +174,27 @@ def build_cache(
         path.unlink()  # the mapping stays valid; the space is freed when the tensor is
         folder.rmdir()
     else:
-        features = torch.empty(shape, dtype=torch_dtype)
-    labels = torch.empty(len(dataset), dtype=torch.long)
+        where = cache_device(storage, math.prod(shape) * torch_dtype.itemsize, ctx.device)
+        features = torch.empty(shape, dtype=torch_dtype, device=where)
+    labels = torch.empty(len(dataset), dtype=torch.long, device=features.device)
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=private_generator()
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        generator=private_generator(),
+        **loader_options(dataset, workers, ctx.device),
     )
     position = 0
     try:
         for x, y in loader:
-            activation = bb.site(site).capture(bb.model, x.to(ctx.device, non_blocking=True))
-            features[position : position + len(y)] = activation.to("cpu", torch_dtype)
-            labels[position : position + len(y)] = y
+            with autocast():
+                activation = bb.site(site).capture(bb.model, x.to(ctx.device, non_blocking=True))
+            features[position : position + len(y)] = activation.to(features.device, torch_dtype)
+            labels[position : position + len(y)] = y.to(features.device)
             position += len(y)
     finally:
         model.train(was_training)
+    synchronize(ctx.device)
     return FeatureCache(site, features, labels, time.perf_counter() - start, storage)

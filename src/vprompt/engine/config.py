@@ -45,6 +45,12 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------ data
     data: str = field(default="", metadata={"help": "dataset spec: vtab1k:<task>, fashion-mnist, ..."})
     root: str | None = field(default=None, metadata={"help": "data root (see the README's Data section)"})
+    images_outside_root: bool = field(
+        default=False,
+        metadata={
+            "help": "accept split-list entries that point outside the dataset folder (refused by default)"
+        },
+    )
     protocol: str | None = field(
         default=None, metadata={"help": "vtab, fgvc or vp (default: from the dataset family)"}
     )
@@ -132,7 +138,7 @@ class TrainConfig:
     )
     workers: int | None = field(
         default=None,
-        metadata={"help": "data-loading processes (default: 0 for in-memory data, else up to 4)"},
+        metadata={"help": "data processes (default: 8 on a GPU; CPU: 0 in memory, up to 4 for files)"},
     )
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
     cache: Literal["auto", "off", "memory", "disk"] = field(

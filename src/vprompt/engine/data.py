@@ -145,7 +145,7 @@ def plan_data(config: TrainConfig) -> DataPlan:
         )
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
-    info = vdata.preflight(config.data, config.root, wanted)
+    info = vdata.preflight(config.data, config.root, wanted, allow_outside_root=config.images_outside_root)
     return DataPlan(info, protocol, splits)
 
 
@@ -192,6 +192,7 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
             protocol=plan.protocol,
             train=train,
             preprocess=config.preprocess,
+            allow_outside_root=config.images_outside_root,
         )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
         return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
@@ -210,30 +211,47 @@ def private_generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def default_workers(dataset: Dataset, requested: int | None) -> int:
-    """Worker processes: as asked, else 0 for data held in memory and up to 4 for image files."""
+#: worker processes a GPU run starts by default (data decoding and resizing then keep up with the GPU)
+GPU_WORKERS = 8
+
+
+def default_workers(dataset: Dataset, requested: int | None, device: torch.device | None = None) -> int:
+    """Worker processes: as asked; else, on a GPU, up to :data:`GPU_WORKERS` (every dataset decodes or
+    transforms images per item, which the GPU would wait for); on a CPU, 0 for data held in memory and
+    up to 4 for image files (workers there compete with the training threads)."""
     if requested is not None:
         return requested
+    spare = (os.cpu_count() or 1) - 1
+    if device is not None and device.type == "cuda":
+        return max(0, min(GPU_WORKERS, spare))
     base = dataset
     while hasattr(base, "base") and not isinstance(base, ImageListDataset):
         base = base.base
     if not isinstance(base, ImageListDataset):
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(4, spare))
+
+
+def loader_options(dataset: Dataset, requested: int | None, device: torch.device) -> dict:
+    """``num_workers`` and ``pin_memory`` for a DataLoader feeding ``device``: pinned host memory on a
+    GPU, so that the batches' ``to(device, non_blocking=True)`` copies overlap with compute."""
+    return {
+        "num_workers": default_workers(dataset, requested, device),
+        "pin_memory": device.type == "cuda",
+    }
 
 
 def train_loader(
     dataset: Dataset, config: TrainConfig, ctx: Context, augments: bool
 ) -> tuple[DataLoader, EpochBatches]:
     sampler = EpochBatches(len(dataset), config.batch_size, ctx, config.seed, shuffle=True)
-    workers = default_workers(dataset, config.workers)
+    options = loader_options(dataset, config.workers, ctx.device)
     loader = DataLoader(
         SeededItems(dataset, config.seed, augments),
         batch_sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=options["num_workers"] > 0,
         generator=private_generator(config.seed),
+        **options,
     )
     return loader, sampler
 
@@ -246,7 +264,6 @@ def eval_loader(dataset: Dataset, batch_size: int, ctx: Context, workers: int | 
         shard,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=default_workers(dataset, workers),
-        pin_memory=ctx.device.type == "cuda",
         generator=private_generator(),
+        **loader_options(dataset, workers, ctx.device),
     )

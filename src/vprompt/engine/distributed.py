@@ -55,7 +55,11 @@ class Context:
         return out
 
     def barrier(self) -> None:
-        if self.distributed:
+        if not self.distributed:
+            return
+        if self.device.type == "cuda" and self.device.index is not None:
+            dist.barrier(device_ids=[self.device.index])  # NCCL: this process's GPU, not a guess
+        else:
             dist.barrier()
 
 
@@ -81,6 +85,12 @@ def setup(device: str = "auto") -> Context:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Context(rank=rank, world=world, device=dev)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a GPU runs asynchronously; timings need this)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def teardown(ctx: Context) -> None:

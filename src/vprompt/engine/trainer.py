@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from ..methods import TunedModel
 from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
-from .data import RunData, SeededItems, eval_loader, private_generator, train_loader
-from .distributed import Context
+from .data import RunData, SeededItems, eval_loader, loader_options, private_generator, train_loader
+from .distributed import Context, synchronize
 from .optim import build_optimizer, build_schedule, param_groups
 from .rundir import RunDir
 
@@ -85,17 +85,18 @@ def evaluate(
     and images per second. With ``site``, the batches hold raw activations there instead of images."""
     was_training = model.training
     model.eval()
-    correct = loss = count = 0.0
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+    sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss, correct: no sync per batch
+    count = 0
+    synchronize(ctx.device)
     start = time.perf_counter()
     for x, y in batches:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with precision.autocast():
             logits = model(x) if site is None else model.forward_from(site, x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+        sums[1] += (logits.argmax(-1) == y).sum()
         count += len(y)
+    loss, correct = sums.tolist()  # waits for the device
     seconds = time.perf_counter() - start
     model.train(was_training)
     correct, loss, count, seconds = ctx.all_sum([correct, loss, count, seconds])
@@ -209,7 +210,6 @@ class Trainer:
         site, storage = self.cache_plan
         cfg = self.config
         directory = self.run.path if self.run is not None else None
-        workers = 0 if cfg.workers is None else cfg.workers
 
         def build(dataset):
             return build_cache(
@@ -221,7 +221,8 @@ class Trainer:
                 cfg.cache_dtype,
                 storage,
                 directory,
-                workers,
+                cfg.workers,
+                self.precision.autocast,  # the activations the uncached run computes
             )
 
         self.train_cache = build(self.data.train)
@@ -235,6 +236,7 @@ class Trainer:
         return {
             "site": self.train_cache.site,
             "storage": self.train_cache.storage,
+            "device": str(self.train_cache.device),
             "dtype": self.config.cache_dtype,
             "mib": sum(c.nbytes for c in caches) / 2**20,
             "build_seconds": sum(c.seconds for c in caches),
@@ -295,7 +297,8 @@ class Trainer:
         items = SeededItems(self.data.train, self.config.seed, self.data.augments)
         keys = [(self.progress.epoch, i) for i in range(len(items))]
         subset = torch.utils.data.Subset(items, keys)
-        return DataLoader(subset, batch_size=self.eval_batch, generator=private_generator())
+        options = loader_options(self.data.train, self.config.workers, self.ctx.device)
+        return DataLoader(subset, batch_size=self.eval_batch, generator=private_generator(), **options)
 
     def train_epoch(self, bar) -> dict[str, float]:
         cfg, ctx, model = self.config, self.ctx, self.model
@@ -308,6 +311,7 @@ class Trainer:
         correct = torch.zeros((), device=ctx.device)
         finite = torch.ones((), dtype=torch.bool, device=ctx.device)
         seen = 0
+        synchronize(ctx.device)  # time this epoch's work only
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.train_batches()):
             global_n = min(batch, size - step * batch)
@@ -344,6 +348,7 @@ class Trainer:
                     )
             if bar is not None:
                 bar.update(1)
+        synchronize(ctx.device)
         seconds = time.perf_counter() - start
         loss_total, correct_total, seen_total = ctx.all_sum([loss_sum.item(), correct.item(), seen])
         return {

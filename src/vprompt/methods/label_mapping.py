@@ -75,7 +75,8 @@ def count_pairs(model: nn.Module, loader: Iterable, num_source: int, num_target:
         model.eval()
         with torch.no_grad():
             for batch in loader:
-                images, labels = batch[0].to(device), batch[1].to(device).long()
+                images = batch[0].to(device, non_blocking=True)
+                labels = batch[1].to(device, non_blocking=True).long()
                 logits = source_model(images)
                 if logits.shape[-1] != num_source:
                     raise ValueError(

@@ -2,9 +2,11 @@
 
 For every method, in a fresh process (so that peak memory means something on a CPU): trainable
 parameters (and % of the total), the train-step time (median and spread over repeated steps), peak
-memory (the CUDA allocator's peak on a GPU; the peak resident set size on a CPU, also given above the
-built model), inference throughput, and optionally the time of a training epoch on synthetic images
-with and without the frozen-prefix cache.
+memory (the CUDA allocator's peak on a GPU, reset for each method; the peak resident set size on a
+CPU, also given above the built model), inference throughput, and optionally the time of a training
+epoch on synthetic images with and without the frozen-prefix cache. Steps run in the precision a
+training run would use (``auto``: bf16 autocast on a GPU that has it, fp32 on a CPU), optionally
+through ``torch.compile``.
 
 Methods are given as ``name`` or ``name:option=value:option=value`` (``ap:site=block.9:shape=channel``);
 ``ap`` without a site is put three quarters deep.
@@ -12,6 +14,7 @@ Methods are given as ``name`` or ``name:option=value:option=value`` (``ap:site=b
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -108,30 +111,52 @@ def measure(
     pretrained: bool = False,
     device: str = "cpu",
     threads: int | None = None,
+    precision: str = "auto",
+    compile_backend: str | None = None,
 ) -> dict[str, Any]:
-    """Everything about one method, measured in this process (call it in a fresh one for memory)."""
+    """Everything about one method, measured in this process (call it in a fresh one for memory on a
+    CPU; on a GPU the allocator's peak is reset after the model is built, and what earlier calls left
+    is freed first). ``compile_backend``: train through ``torch.compile(model, backend=...)``; the
+    first warm-up step (which compiles) is reported as ``first_step_seconds``."""
+    from ..engine.trainer import Precision
+
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    if dev.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
     start_rss = rss_mib()
     model, options = build(backbone, method, options, img_size, pretrained, dev)
     built_rss = rss_mib()
     if dev.type == "cuda":
+        _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         built_cuda = torch.cuda.memory_allocated(dev) / 2**20
+    amp = Precision.choose(precision, dev)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *model.input_size, generator=g).to(dev)  # what the data pipeline delivers
     y = torch.randint(0, 10, (batch,), generator=g).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     model.train()
+    forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        with amp.autocast():
+            logits = forward(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        if amp.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            amp.scaler.scale(loss).backward()
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
 
-    step_times = time_steps(train_step, steps, warmup, dev)
+    first = time_steps(train_step, 1, 0, dev)[0]
+    step_times = time_steps(train_step, steps, max(0, warmup - 1), dev)
     if dev.type == "cuda":
         peak, above = torch.cuda.max_memory_allocated(dev) / 2**20, None
         above = peak - built_cuda
@@ -141,8 +166,12 @@ def measure(
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         above = max(0.0, peak - built_rss)  # the two counters round differently by a few pages
     model.eval()
-    with torch.no_grad():
-        infer_times = time_steps(lambda: model(x), steps, max(1, warmup // 2), dev)
+
+    def infer():
+        with torch.no_grad(), amp.autocast():
+            model(x)
+
+    infer_times = time_steps(infer, steps, max(1, warmup // 2), dev)
     return {
         "method": method,
         "options": options,
@@ -151,6 +180,8 @@ def measure(
         "total_parameters": model.total_parameters(),
         "trainable_percent": 100.0 * model.trainable_parameters() / model.total_parameters(),
         "step_seconds": quartiles(step_times),
+        "first_step_seconds": first,
+        "train_images_per_second": batch / statistics.median(step_times),
         "peak_memory_mib": peak,
         "memory_above_model_mib": above,
         "model_mib": built_rss - start_rss if dev.type == "cpu" else None,
@@ -158,6 +189,8 @@ def measure(
         "batch": batch,
         "input_size": list(model.backbone.input_size),
         "device": device,
+        "precision": amp.name,
+        "compile": compile_backend,
         "threads": torch.get_num_threads(),
     }
 
@@ -171,6 +204,8 @@ def epoch_times(
     pretrained: bool,
     data: str | None = None,
     device: str = "auto",
+    batch: int = 32,
+    precision: str = "auto",
 ) -> dict:
     """Seconds of a training epoch on ``images`` images (synthetic unless ``data`` names a dataset),
     with the frozen-prefix cache (its build time reported apart) and without. The second of two epochs
@@ -194,9 +229,10 @@ def epoch_times(
                 train_size=images,
                 val_split="none",
                 epochs=2,
-                batch_size=32,
+                batch_size=batch,
                 cache=cache,
                 device=device,
+                precision=precision,
                 progress=False,
                 output=Path(out) / "run",
             )

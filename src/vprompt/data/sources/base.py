@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import take
+from ..datasets import ImageListDataset, take
+from ..entries import check_inside
 
 #: Datasets that ship only train and test get a validation split: this fraction of the training set,
 #: drawn once with a fixed seed; ``train`` is the rest and ``trainval`` the whole training set.
@@ -72,16 +73,27 @@ class Source:
 
     info: DatasetInfo
     held_out: bool = False
+    #: The dataset folder: every image a list names must lie inside it (see :mod:`..entries`).
+    dir: Path | None = None
+    #: Accept list entries outside ``dir`` (set by :func:`~vprompt.data.resolve`).
+    allow_outside_root: bool = False
 
     def dataset(self, split: str, transform: Callable | None = None):
         split = self.canonical_split(split)
         if self.held_out and split in ("train", "val", "trainval"):
-            full = self._dataset("train", transform)
+            full = self._checked("train", transform)
             if split == "trainval":
                 return full
             train, val = held_out_indices(len(full))
             return take(full, train if split == "train" else val)
-        return self._dataset(split, transform)
+        return self._checked(split, transform)
+
+    def _checked(self, split: str, transform):
+        """``_dataset``, with every listed image checked to lie inside the dataset folder."""
+        ds = self._dataset(split, transform)
+        if isinstance(ds, ImageListDataset) and not self.allow_outside_root and self.dir is not None:
+            check_inside(ds.samples, self.dir)
+        return ds
 
     def canonical_split(self, split: str) -> str:
         if split not in self.info.splits:
