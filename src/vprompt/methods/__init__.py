@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import Backbone, create_backbone
+from .aap import AdaptiveActivationPrompt
 from .adapter import Adapter
-from .ap import ActivationPrompt
+from .ap import ActivationPrompt, APConfig
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
 from .lora import LoRA
@@ -27,6 +28,7 @@ _METHODS: list[type[Method]] = [
     LinearProbe,
     FullFineTuning,
     ActivationPrompt,
+    AdaptiveActivationPrompt,
     PadPrompt,
     ExpansivePrompt,
     VPTShallow,
@@ -40,6 +42,8 @@ _METHODS: list[type[Method]] = [
 
 #: name -> method class, in the order ``vprompt methods`` lists them
 METHODS: dict[str, type[Method]] = {m.name: m for m in _METHODS}
+#: methods acting at one site with AP's ``site`` and ``shape`` options (what ``sweep layers`` moves)
+SITE_METHODS: list[str] = [m.name for m in _METHODS if issubclass(m.config_class, APConfig)]
 
 
 def method_config(name: str, **options: Any) -> MethodConfig:
@@ -84,6 +88,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None) -> Tun
 
 __all__ = [
     "METHODS",
+    "SITE_METHODS",
     "Method",
     "MethodConfig",
     "MethodNotApplicable",

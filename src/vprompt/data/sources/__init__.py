@@ -13,7 +13,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import fashion_mnist, fgvc, folder, synthetic, torchvision, vp, vtab1k  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    fashion_mnist,
+    fgvc,
+    folder,
+    mnist5k,
+    synthetic,
+    textile,
+    torchvision,
+    vp,
+    vtab1k,
+)
 from .base import SOURCES, USAGE, DatasetInfo, Source, held_out_indices, register_source, with_held_out
 from .coop import COOP
 from .fashion_mnist import FASHION_MNIST_DEBIAN

@@ -56,6 +56,24 @@ def held_out_indices(n: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+#: Data that ships as one pool of images gets a test split: this fraction of every class, drawn once
+#: with a fixed seed (the same on every machine); the rest is the training set (with a held-out ``val``).
+TEST_FRACTION = 0.2
+TEST_SEED = 0
+
+
+def fixed_test_indices(labels: np.ndarray) -> tuple[list[int], list[int]]:
+    """``(train, test)`` indices of a single pool: a fixed random :data:`TEST_FRACTION` of each class is test."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(TEST_SEED)
+    test = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        test += rng.permutation(members)[: round(len(members) * TEST_FRACTION)].tolist()
+    chosen = set(test)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(test)
+
+
 def with_held_out(splits: tuple[str, ...]) -> tuple[str, ...]:
     """Native splits plus a derived ``val`` / ``trainval`` where the data has ``train`` but no ``val``."""
     if "train" in splits and "val" not in splits:
