@@ -49,7 +49,7 @@ def test_yaml_values_are_coerced_to_the_option_types():
         ("lr", "fast", "a number"),
         ("epochs", 2.5, "an integer"),
         ("epochs", True, "an integer"),
-        ("optimizer", "rmsprop", "one of sgd, adamw"),
+        ("optimizer", "rmsprop", "one of sgd, adam, adamw"),
         ("progress", 3, "true or false"),
         ("data", ["a"], "a string"),
     ],

@@ -147,7 +147,7 @@ def test_label_mapping_run_uses_the_source_head(tiny, tmp_path):
         (dict(method="linear", data="imagenet99"), "unknown dataset spec"),
         (
             dict(method="linear", optimizer="lamb"),
-            "option 'optimizer': expected one of sgd, adamw, got 'lamb'",
+            "option 'optimizer': expected one of sgd, adam, adamw, got 'lamb'",
         ),
         (dict(method="linear", final=True, selection="best-val"), "needs a validation split"),
         (

@@ -265,11 +265,7 @@ def test_expansive_prompt_matches_ilm_vp(reference):
     check_expansive(reference, "even")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ILM-VP puts the odd padding pixel on the top/left (issue #14 item 2); remove this mark with that fix",
-)
-def test_expansive_prompt_matches_ilm_vp_for_an_odd_padding(reference):
+def test_expansive_prompt_matches_ilm_vp_for_an_odd_padding(reference):  # the extra pixel: top/left
     check_expansive(reference, "odd")
 
 

@@ -319,3 +319,29 @@ def test_mapping_trains_the_prompt_not_the_source_head(source_bb, method):
     assert not source_bb.training  # the frozen backbone stays in eval mode
     model.zero_grad(set_to_none=True)
     model.detach()
+
+
+# ------------------------------------------------------------------ label mappings: first K, interval
+def test_first_k_mapping_reads_the_first_source_classes(source_bb):
+    model = pad(source_bb, mapping="first", num_classes=4)
+    assert model.method.is_fitted() and model.method.mapping.tolist() == [0, 1, 2, 3]
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.backbone(x)[:, :4])  # Bahng et al.: output[:, range(K)]
+    model.method.on_epoch_start(model, loader(), epoch=0)  # never refitted
+    assert model.method.mapping.tolist() == [0, 1, 2, 3]
+
+
+def test_ilm_refits_every_mapping_interval_epochs(source_bb, monkeypatch):
+    model = pad(source_bb, mapping="ilm", num_classes=4, mapping_interval=3)
+    fitted = []
+    original = model.method.fit_mapping
+    monkeypatch.setattr(model.method, "fit_mapping", lambda m, d: fitted.append(1) or original(m, d))
+    for epoch in range(7):
+        before = len(fitted)
+        model.method.on_epoch_start(model, loader(n=1), epoch)
+        assert len(fitted) - before == (1 if epoch % 3 == 0 else 0), epoch
+    with pytest.raises(MethodNotApplicable, match="mapping_interval"):
+        pad(source_bb, mapping="flm", num_classes=4, mapping_interval=2)
+    with pytest.raises(MethodNotApplicable, match="mapping_interval"):
+        pad(source_bb, mapping="ilm", num_classes=4, mapping_interval=0)

@@ -10,13 +10,14 @@ from . import bench as _bench
 from . import data as _data
 from . import demo as _demo
 from . import methods as _methods
+from . import recipes as _recipes
 from . import report as _report
 from . import runs as _runs
 from . import sweep as _sweep
 from . import train as _train
 
 #: Modules that contribute sub-commands; each has ``register(subparsers)``.
-COMMAND_MODULES = (_backbones, _methods, _data, _train, _runs, _sweep, _report, _bench, _demo)
+COMMAND_MODULES = (_backbones, _methods, _recipes, _data, _train, _runs, _sweep, _report, _bench, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,9 @@ def add_dataclass_options(parser, cls, skip: tuple[str, ...] = (), title: str | 
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is Literal:
             kwargs["choices"] = typing.get_args(tp)
+        elif typing.get_origin(tp) is list:
+            item = typing.get_args(tp)[0]
+            kwargs.update(nargs="+", type=item, metavar={int: "N", float: "X"}.get(item, "VALUE"))
         else:
             kwargs["type"] = tp if tp in (int, float, str) else str
             kwargs["metavar"] = {int: "N", float: "X"}.get(tp, "VALUE")

@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("family", choices=FAMILIES, help="benchmark family")
     _common(k, skip=("lr", "weight_decay", "data", "final"))
     k.add_argument("--datasets", nargs="+", default=None, help="a subset of the family's datasets")
+    k.add_argument(
+        "--fixed",
+        action="store_true",
+        help="no tuning: each dataset's own lr and weight decay (the recipe's per-dataset values, or the config's)",
+    )
     _grid(k, tune_note=" (more than one lr × wd combination: tune each dataset on validation)")
     k.set_defaults(func=cmd_suite, accepts_method_options=True)
 
@@ -93,7 +98,7 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         nargs="+",
         default=None,
         metavar="X",
-        help=f"learning rates, by spaces or commas (default: the config's){tune_note}",
+        help=f"learning rates, by spaces or commas (default: the recipe's grid, else the config's){tune_note}",
     )
     p.add_argument(
         "--wd",
@@ -102,9 +107,18 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         nargs="+",
         default=None,
         metavar="X",
-        help="weight decays (default: the config's, else 0)",
+        help="weight decays (default: the recipe's grid, else the config's)",
     )
-    p.add_argument("--seeds", type=int, default=5, help="final runs, seeds 0..N-1 (default: 5)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="final runs, seeds 0..N-1 (default: the recipe's seeds, else 5)",
+    )
+    seeds.add_argument(
+        "--seed-list", type=int, nargs="+", default=None, metavar="S", help="final runs with these seeds"
+    )
 
 
 def floats(values: list[str] | None) -> list[float] | None:
@@ -117,7 +131,9 @@ def floats(values: list[str] | None) -> list[float] | None:
         raise ValueError(f"not a number list: {' '.join(values)}") from e
 
 
-def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed):
+def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed) -> dict:
+    """The run options as given (YAML, then the command line, then method options): a dict, so that a
+    recipe can fill the rest per dataset."""
     from ..engine.config import read_yaml
     from ..engine.run import as_config
     from .train import method_options
@@ -125,10 +141,15 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed):
     values = read_yaml(args.config) if args.config else {}
     values.update(given(args, args.train_fields))
     values.update(fixed)
-    config = as_config(values, {})
+    config = as_config(values, {})  # checks the recipe and finds the method (perhaps the recipe's)
     if extra is not None:
-        config.method_options.update(method_options(config.method, extra))
-    return config
+        options = method_options(config.method, extra)
+        values["method_options"] = {**(values.get("method_options") or {}), **options}
+    return values
+
+
+def _seeds(args: argparse.Namespace):
+    return args.seed_list if args.seed_list is not None else args.seeds
 
 
 def _executor(args: argparse.Namespace):
@@ -161,9 +182,14 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
     from ..tools import sweep
 
     config = _config(args, extra)
-    lrs = floats(args.lr) or [config.lr]
-    wds = floats(args.wd) or [config.weight_decay]
-    result = sweep.tune(config, args.output, lrs=lrs, wds=wds, seeds=args.seeds, executor=_executor(args))
+    result = sweep.tune(
+        config,
+        args.output,
+        lrs=floats(args.lr),
+        wds=floats(args.wd),
+        seeds=_seeds(args),
+        executor=_executor(args),
+    )
     return _finish(args.output, args.output / "result.md", result["failures"])
 
 
@@ -178,7 +204,8 @@ def cmd_suite(args: argparse.Namespace, extra: list[str]) -> int:
         datasets=args.datasets,
         lrs=floats(args.lr),
         wds=floats(args.wd),
-        seeds=args.seeds,
+        seeds=_seeds(args),
+        fixed=args.fixed,
         executor=_executor(args),
     )
     return _finish(args.output, args.output / "suite.md", result["failures"])

@@ -48,6 +48,7 @@ def load(
     data_config: dict | None,
     protocol: str | None = None,
     train: bool | None = None,
+    preprocess: str = "protocol",
     *,
     allow_outside_root: bool = False,
 ):
@@ -56,7 +57,8 @@ def load(
     ``split``: ``train``, ``val``, ``trainval`` or ``test`` (see ``describe(spec).splits``).
     ``protocol``: ``vtab``, ``fgvc`` or ``vp``; default from the spec's family (``default_protocol``).
     ``train``: use the protocol's training transform; default True for ``train``/``trainval``.
-    ``data_config``: the backbone's data config; ``None`` gives untransformed RGB PIL images (inspection).
+    ``data_config``: the model's data config; ``None`` gives untransformed RGB PIL images (inspection).
+    ``preprocess``: ``protocol`` or ``resize-crop`` (see :func:`build_transform`).
     Labels are checked when the split is loaded; an undecodable image raises :class:`DataError` naming the
     file when its item is read (also from a DataLoader worker: the message arrives exact).
     ``allow_outside_root``: accept split-list entries that lie outside the dataset folder (refused by
@@ -67,7 +69,7 @@ def load(
     if data_config is not None:
         if train is None:
             train = split in _TRAIN_SPLITS
-        transform = build_transform(data_config, protocol or default_protocol(spec), train)
+        transform = build_transform(data_config, protocol or default_protocol(spec), train, preprocess)
     return source.dataset(split, transform)
 
 

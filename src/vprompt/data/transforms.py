@@ -18,8 +18,12 @@ protocol   tuning (train → eval)       final (train → eval)        transform
 Datasets that ship only train and test (Fashion-MNIST, CIFAR, ...) hold out a fixed 10% of their
 training set as ``val``; ``trainval`` is then the whole training set, as the VP papers train on.
 
-For ``vp`` (visual prompting) the image is resized to the backbone's input size; expansive prompts that
-shrink the image and pad it with a learned border do that inside the method, not here.
+The input size is the one the *model* takes: the backbone's, unless the method asks for another (the
+expansive prompt of ILM-VP takes its inner image, so the image is resized once, straight to that size).
+
+``preprocess="resize-crop"`` replaces the resize of ``vtab`` and ``vp`` by Bahng et al.'s
+``Resize(256)`` → ``CenterCrop(224)`` (shorter side to ``round(s·256/224)``, centre crop ``s``), in
+training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -108,12 +112,25 @@ def _config(data_config: dict) -> tuple[tuple[int, int], tuple, tuple, T.Interpo
     return size, tuple(data_config["mean"]), tuple(data_config["std"]), _INTERPOLATION[interp]
 
 
-def build_transform(data_config: dict, protocol: str = "vp", train: bool = False) -> T.Compose:
+PREPROCESSES = ("protocol", "resize-crop")
+
+
+def build_transform(
+    data_config: dict, protocol: str = "vp", train: bool = False, preprocess: str = "protocol"
+) -> T.Compose:
     """The image transform for ``protocol`` (training or evaluation), normalised with the backbone's mean/std."""
     proto = get_protocol(protocol)
+    if preprocess not in PREPROCESSES:
+        raise ValueError(f"unknown preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESSES)}")
+    if preprocess == "resize-crop" and proto.train_augments:
+        raise ValueError(
+            f"preprocess 'resize-crop' replaces a plain resize; protocol {proto.name!r} has its own crops"
+        )
     (h, w), mean, std, interp = _config(data_config)
     steps: list = [ToRGB()]
-    if proto.name == "fgvc":
+    if preprocess == "resize-crop":
+        steps += [T.Resize(round(min(h, w) * 256 / 224), interpolation=interp), T.CenterCrop((h, w))]
+    elif proto.name == "fgvc":
         resize = round(min(h, w) * 256 / 224)  # shorter side, as VPT's Resize(256) for 224 inputs
         if train:
             steps += [

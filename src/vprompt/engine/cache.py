@@ -57,7 +57,7 @@ def cache_site(model: TunedModel, augments: bool, protocol: str) -> tuple[str | 
     was_training = model.training
     model.train()  # dropout and friends as in training
     try:
-        probe = torch.zeros(1, *bb.input_size, device=next(model.parameters()).device)
+        probe = torch.zeros(1, *model.input_size, device=next(model.parameters()).device)
         with torch.enable_grad():
             activation = bb.site(site).capture(bb.model, probe)
     finally:
@@ -107,7 +107,7 @@ class FeatureCache:
 
 
 def estimate_bytes(model: TunedModel, site: str, items: int, dtype: str) -> int:
-    shape = model.backbone.site(site).shape
+    shape = model.site_shape(site)
     return items * math.prod(shape) * torch.empty((), dtype=DTYPES[dtype]).element_size()
 
 
@@ -147,7 +147,7 @@ def build_cache(
     ``autocast`` (the run's mixed precision); ``workers`` as for the run's loaders (None: default)."""
     start = time.perf_counter()
     bb = model.backbone
-    shape = (len(dataset), *bb.site(site).shape)
+    shape = (len(dataset), *model.site_shape(site))
     torch_dtype = DTYPES[dtype]
     if storage == "disk":
         if directory is not None:

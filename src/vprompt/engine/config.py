@@ -17,7 +17,11 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 SELECTIONS = ("final", "best-val")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "multistep")
+SCHEDULE_STEPS = ("step", "epoch")
+HEAD_INITS = ("default", "vpt")
+PREPROCESSES = ("protocol", "resize-crop")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHES = ("auto", "off", "memory", "disk")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
@@ -34,6 +38,10 @@ class TrainConfig:
     method: str = field(default="", metadata={"help": "adaptation method (see `vprompt methods`)"})
     method_options: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "the method's own options (see `vprompt methods --options`)"}
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "a named recipe (see `vprompt recipes`) giving defaults; explicit options win"},
     )
     # ------------------------------------------------------------------------------------ data
     data: str = field(
@@ -74,11 +82,18 @@ class TrainConfig:
     eval_size: int | None = field(
         default=None, metadata={"help": "validate and test on class-balanced subsets of this many images"}
     )
+    preprocess: Literal["protocol", "resize-crop"] = field(
+        default="protocol",
+        metadata={
+            "help": "protocol: the protocol's transforms; resize-crop: resize the shorter side to s·256/224, "
+            "then centre-crop s, in training and evaluation (Bahng et al.; vtab and vp protocols)"
+        },
+    )
     # ---------------------------------------------------------------------------- optimisation
     epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=32, metadata={"help": "global batch size (split across processes)"})
-    optimizer: Literal["sgd", "adamw"] = field(
-        default="sgd", metadata={"help": "sgd (momentum 0.9) or adamw"}
+    optimizer: Literal["sgd", "adam", "adamw"] = field(
+        default="sgd", metadata={"help": "sgd (momentum 0.9), adam or adamw"}
     )
     lr: float = field(default=0.01, metadata={"help": "peak learning rate (before --lr-scale)"})
     lr_scale: bool = field(
@@ -89,6 +104,37 @@ class TrainConfig:
     min_lr: float = field(default=0.0, metadata={"help": "learning rate at the end of the cosine"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy"})
     grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
+    schedule: Literal["cosine", "multistep"] = field(
+        default="cosine",
+        metadata={
+            "help": "after the warm-up: cosine to --min-lr, or multistep (× --lr-decay at each milestone)"
+        },
+    )
+    lr_milestones: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "multistep: decay points as fractions of the epochs (epoch int(f·epochs), as ILM-VP), "
+            "e.g. 0.5 0.72"
+        },
+    )
+    lr_decay: float = field(default=0.1, metadata={"help": "multistep: factor at each milestone"})
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "linear warm-up in optimisation steps (instead of --warmup-epochs)"}
+    )
+    schedule_step: Literal["step", "epoch"] = field(
+        default="step",
+        metadata={
+            "help": "update the learning rate every step, or once per epoch (as the VPT, VAPT and ILM-VP "
+            "code: constant within an epoch)"
+        },
+    )
+    head_init: Literal["default", "vpt"] = field(
+        default="default",
+        metadata={
+            "help": "default (the backbone's) or vpt: the VPT code base's head, Kaiming-normal fan-out "
+            "weights and bias -log(99), and weight decay on every trainable tensor except the head's bias"
+        },
+    )
     selection: Literal["final", "best-val"] = field(
         default="final",
         metadata={"help": "which weights are kept: the final epoch's, or the best on validation"},
@@ -220,6 +266,10 @@ def check_config(config: TrainConfig) -> None:
         "cache": CACHES,
         "cache_dtype": CACHE_DTYPES,
         "log": LOGGERS,
+        "schedule": SCHEDULES,
+        "schedule_step": SCHEDULE_STEPS,
+        "head_init": HEAD_INITS,
+        "preprocess": PREPROCESSES,
     }
     for name, valid in choices.items():
         if getattr(config, name) not in valid:
@@ -247,6 +297,34 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"img_size must be a positive number of pixels, got {config.img_size}")
     if config.workers is not None and config.workers < 0:
         raise ValueError(f"workers must be >= 0, got {config.workers}")
+    check_schedule(config)
+
+
+def check_schedule(config: TrainConfig) -> None:
+    """The schedule's options fit together: nothing given is silently ignored."""
+    if config.schedule == "multistep":
+        milestones = config.lr_milestones
+        if not milestones:
+            raise ValueError(
+                "schedule 'multistep' needs lr_milestones (fractions of the epochs, e.g. 0.5 0.72)"
+            )
+        numbers = all(isinstance(f, int | float) and not isinstance(f, bool) for f in milestones)
+        if not numbers or any(not 0 < f < 1 for f in milestones) or list(milestones) != sorted(milestones):
+            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {list(milestones)}")
+        if not 0 < config.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {config.lr_decay}")
+        if config.min_lr:
+            raise ValueError("min_lr is the end of the cosine; schedule 'multistep' does not use it")
+    else:
+        if config.lr_milestones:
+            raise ValueError("lr_milestones are for schedule 'multistep'; the cosine schedule has none")
+        if config.lr_decay != 0.1:
+            raise ValueError("lr_decay is for schedule 'multistep'; the cosine schedule does not use it")
+    if config.warmup_steps is not None:
+        if config.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {config.warmup_steps}")
+        if config.warmup_epochs:
+            raise ValueError("give the warm-up in epochs or in steps, not both")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

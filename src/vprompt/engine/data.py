@@ -146,7 +146,10 @@ def data_spec(config: TrainConfig) -> str:
 def plan_data(config: TrainConfig) -> DataPlan:
     """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
     protocol = config.protocol or vdata.default_protocol(config.data)
-    vdata.get_protocol(protocol)  # unknown protocol: a clear error
+    if vdata.get_protocol(protocol).train_augments and config.preprocess != "protocol":  # unknown: an error
+        raise ValueError(
+            f"preprocess {config.preprocess!r} replaces a plain resize; protocol {protocol!r} has its own crops"
+        )
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
     info = vdata.preflight(
@@ -183,7 +186,8 @@ class RunData:
 
 
 def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_classes: int) -> RunData:
-    """The run's splits with the protocol's transforms, normalised with the backbone's mean and std."""
+    """The run's splits with the protocol's transforms for the model's ``data_config`` (its input size,
+    mean and std: the backbone's unless the method asks for another input)."""
     vdata.check_num_classes(plan.info, head_classes)
 
     def load(split: str | None, train: bool, size: int | None):
@@ -196,6 +200,7 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
             data_config,
             protocol=plan.protocol,
             train=train,
+            preprocess=config.preprocess,
             allow_outside_root=config.images_outside_root,
         )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed

@@ -26,7 +26,9 @@ def predict(run_dir: str | Path, images: list[str | Path], top: int = 3) -> list
     config = run_config(run_dir)
     model = load_run(run_dir)
     names = class_names(run_dir)
-    transform = build_transform(model.backbone.data_config, config.protocol or "vp", train=False)
+    transform = build_transform(
+        model.data_config, config.protocol or "vp", train=False, preprocess=config.preprocess
+    )
     batch = torch.stack([transform(open_image(Path(p))) for p in images])
     probs = model(batch).softmax(-1)
     k = min(top, probs.shape[-1])
@@ -62,7 +64,7 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float
     if path.is_dir():
         raise ValueError(f"--onnx {path} is a folder; give a file name such as {path / 'model.onnx'}")
     model = load_run(run_dir)
-    example = torch.randn(2, *model.backbone.input_size)
+    example = torch.randn(2, *model.input_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
@@ -86,7 +88,7 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, *model.backbone.input_size)
+    x = torch.randn(3, *model.input_size)
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     with torch.no_grad():
         return float((got - model(x)).abs().max())

@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
+from .. import recipes
 from ..backbones import create_backbone
 from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
 from .config import TrainConfig, check_config, make_config, read_yaml, to_dict
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
+from .heads import init_head
 from .optim import peak_lr
 from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, reset_peak_memory
 from .tracking import open_tracker
@@ -32,23 +34,35 @@ RESUME_FREE = {"progress", "workers", "device", "root", "log"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a config object, a dict or a YAML path, with ``overrides`` on top."""
-    if isinstance(config, TrainConfig):
+    """A :class:`TrainConfig` from a config object, a dict or a YAML path, with ``overrides`` on top.
+
+    A dict or YAML file that names a ``recipe`` takes the recipe's values for whatever it does not give
+    (explicit options win). A :class:`TrainConfig` is complete as it is: its ``recipe`` is a label.
+    """
+    complete = isinstance(config, TrainConfig)
+    if complete:
         values = to_dict(config)
     elif isinstance(config, str | Path):
         values = read_yaml(config)
     else:
         values = dict(config or {})
     values.pop("resolved", None)  # written by runs for the record; derived, never read back
-    options = {**values.pop("method_options", {}), **overrides.pop("method_options", {})}
-    return make_config({**values, **overrides, "method_options": options})
+    options = {**(values.pop("method_options", None) or {}), **overrides.pop("method_options", {})}
+    values = {**values, **overrides, "method_options": options}
+    return make_config(values if complete else recipes.apply(values))
 
 
-def build_model(config: TrainConfig, num_classes: int) -> TunedModel:
-    """The backbone with the method attached, for a task of ``num_classes`` classes (seeded)."""
+def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedModel:
+    """The backbone with the method attached, for a task of ``num_classes`` classes (seeded).
+
+    ``data_info`` (the dataset's :class:`~vprompt.data.DatasetInfo`) fills method defaults that depend on
+    the data (vp-expansive's inner size); the head is initialised as ``config.head_init`` says.
+    """
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
+    if data_info is not None:
+        METHODS[config.method].for_data(options, data_info)
     backbone_classes = METHODS[config.method].task_head(options, num_classes)
     backbone = create_backbone(
         config.backbone,
@@ -59,7 +73,9 @@ def build_model(config: TrainConfig, num_classes: int) -> TunedModel:
         init_seed=config.seed,
     )
     torch.manual_seed(config.seed)  # the method's own initialisation
-    return attach(backbone, METHODS[config.method](options))
+    model = attach(backbone, METHODS[config.method](options))
+    init_head(model, config.head_init, config.seed)
+    return model
 
 
 def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: Context) -> dict[str, Any]:
@@ -69,12 +85,14 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
     values["img_size"] = bb.input_size[-1]
     values["protocol"] = data.plan.protocol
     values["method_options"] = model.method.config.to_dict()
-    dc = bb.data_config
+    dc = model.data_config
     values["resolved"] = {
         "data": data.describe(),
         "normalisation": {"mean": list(dc["mean"]), "std": list(dc["std"])},
         "input_size": list(bb.input_size),
+        "data_input_size": list(dc["input_size"]),  # what the transforms deliver (the method's choice)
         "interpolation": dc.get("interpolation"),
+        "preprocess": config.preprocess,
         "peak_lr": peak_lr(config),
         "lr_scaled_by_batch_over_256": config.lr_scale,
         "selection": config.selection,
@@ -84,7 +102,25 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "precision": Precision.choose(config.precision, ctx.device).name,
         "backbone_build_args": bb.build_args,
     }
+    recipe = recipes.record(values)
+    if recipe is not None:
+        values["resolved"]["recipe"] = recipe
     return values
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the defaults of options added since it was written (an older run did not
+    have them, so it ran with what they default to)."""
+    from dataclasses import fields as dc_fields
+
+    from .config import config_fields, default_of
+
+    full = {name: default_of(f) for name, f in config_fields().items()} | saved
+    method = METHODS.get(saved.get("method", ""))
+    if method is not None and isinstance(saved.get("method_options"), dict):
+        defaults = {f.name: default_of(f) for f in dc_fields(method.config_class)}
+        full["method_options"] = defaults | saved["method_options"]
+    return full
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -92,6 +128,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     ``"key: saved → wanted"``. Options left unset (``None``) take whatever the run resolved them to;
     method options are compared only where ``wanted`` gives them (the saved config has the defaults too).
     """
+    saved = with_defaults(saved)
     differ = []
     for key, value in wanted.items():
         if key in RESUME_FREE or key in ("resolved", "cache") or value is None:  # cache: speed only
@@ -105,6 +142,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    saved = with_defaults(saved)
     differ = [
         k for k in current if k not in RESUME_FREE and k != "resolved" and saved.get(k) != current.get(k)
     ]
@@ -154,8 +192,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
     ctx = setup(config.device)
     trainer = None
     try:
-        model = build_model(config, plan.info.num_classes)
-        data = load_data(config, plan, model.backbone.data_config, model.num_classes)
+        model = build_model(config, plan.info.num_classes, plan.info)
+        data = load_data(config, plan, model.data_config, model.num_classes)
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
         trainer = Trainer(model, data, config, ctx, run)
         resolved = resolved_config(config, model, data, ctx)
@@ -253,7 +291,7 @@ def evaluate_run(
     model = load_run(run_dir, str(ctx.device))
     # one split, read like a validation split: evaluation transforms, no training split
     only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
-    data = load_data(only, plan_data(only), model.backbone.data_config, model.num_classes)
+    data = load_data(only, plan_data(only), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     result = evaluate(model, loader, ctx, Precision.choose(config.precision, ctx.device))
     return {"split": split, "data": config.data, **result}

@@ -27,7 +27,7 @@ from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_s
 from .config import TrainConfig
 from .data import RunData, SeededItems, eval_loader, loader_options, private_generator, train_loader
 from .distributed import Context, synchronize
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, param_groups
 from .rundir import RunDir
 from .tracking import Tracker
 
@@ -177,7 +177,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training split has {len(data.train)} images: not one batch")
-        self.optimizer = build_optimizer(self.params, config)
+        self.optimizer = build_optimizer(param_groups(model, config), config)
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()

@@ -85,6 +85,16 @@ class Method(nn.Module):
         """
         return num_classes
 
+    @classmethod
+    def for_data(cls, config: MethodConfig, info: Any) -> None:
+        """Fill options whose defaults depend on the dataset (``info``: its :class:`DatasetInfo`)."""
+
+    def data_config(self, backbone: Backbone) -> dict[str, Any]:
+        """What the data pipeline must deliver to this model: a timm-style data config (input size, mean,
+        std, interpolation). The backbone's by default; a method that needs its images at another size
+        (ILM-VP's inner image) says so here, and the transforms are derived from it."""
+        return backbone.data_config
+
     def map_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Map the backbone's logits to the task's classes (identity, or a label mapping)."""
         return logits

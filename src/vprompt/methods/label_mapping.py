@@ -6,8 +6,11 @@ target class to one source class instead of training a new head:
 - ``flm`` (frequency label mapping): before training, run the prompted model over the training set,
   count ``[source argmax × true target]`` pairs, and greedily give each target class its most frequent
   unused source class (:func:`greedy_mapping`);
-- ``ilm`` (iterative label mapping, ILM-VP): the same, recomputed at the start of every epoch;
-- ``rlm`` (random label mapping): distinct source classes drawn once, from ``seed``;
+- ``ilm`` (iterative label mapping, ILM-VP): the same, recomputed at the start of every epoch (every
+  ``mapping_interval`` epochs: ILM-VP's ``--mapping-interval``);
+- ``rlm`` (random label mapping): distinct source classes drawn once, from ``mapping_seed``;
+- ``first``: target class ``k`` is source class ``k`` (Bahng et al.'s ``output[:, indices]`` with
+  ``indices = range(K)``, ``main_vision.py``);
 - ``linear``: no mapping, a new linear head is trained instead.
 
 :class:`LabelMappedMethod` is the base of the VP methods: it adds these options' behaviour (checks at
@@ -27,8 +30,8 @@ from torch import nn
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable
 
-Mapping = Literal["linear", "flm", "ilm", "rlm"]
-MAPPINGS: tuple[str, ...] = ("linear", "flm", "ilm", "rlm")
+Mapping = Literal["linear", "flm", "ilm", "rlm", "first"]
+MAPPINGS: tuple[str, ...] = ("linear", "flm", "ilm", "rlm", "first")
 #: mappings fitted from data (the others are fixed at attach)
 FITTED: tuple[str, ...] = ("flm", "ilm")
 
@@ -103,13 +106,17 @@ class LabelMappingConfig(MethodConfig):
         default="linear",
         metadata={
             "help": "head: linear (a new linear head, trained) or a label mapping onto the source "
-            "classifier: flm (frequency, fitted once), ilm (refitted every epoch), rlm (random)"
+            "classifier: flm (frequency, fitted once), ilm (refitted every epoch), rlm (random), "
+            "first (target k → source k)"
         },
     )
     num_classes: int = field(
         default=0, metadata={"help": "target classes (required with a label mapping: flm, ilm, rlm)"}
     )
     mapping_seed: int = field(default=0, metadata={"help": "seed of the random label mapping (rlm)"})
+    mapping_interval: int = field(
+        default=1, metadata={"help": "ilm: refit the mapping every N epochs (ILM-VP's --mapping-interval)"}
+    )
 
 
 class LabelMappedMethod(Method):
@@ -153,6 +160,11 @@ class LabelMappedMethod(Method):
                 f"unknown mapping {cfg.mapping!r}; choose one of: {', '.join(MAPPINGS)}"
             )
         self._fitted = False
+        if cfg.mapping_interval < 1 or (cfg.mapping_interval != 1 and cfg.mapping != "ilm"):
+            raise MethodNotApplicable(
+                f"mapping_interval={cfg.mapping_interval}: it is the refitting interval of mapping 'ilm' "
+                f"(at least 1); mapping {cfg.mapping!r} has none"
+            )
         if not self.uses_mapping:
             if not backbone.new_head:
                 raise MethodNotApplicable(
@@ -187,6 +199,9 @@ class LabelMappedMethod(Method):
         if cfg.mapping == "rlm":
             mapping = random_mapping(num_source, cfg.num_classes, cfg.mapping_seed).to(device)
             self._fitted = True
+        elif cfg.mapping == "first":
+            mapping = torch.arange(cfg.num_classes, device=device)
+            self._fitted = True
         else:  # -1: not fitted yet (a saved, fitted mapping loaded later is recognised by its values)
             mapping = torch.full((cfg.num_classes,), -1, dtype=torch.long, device=device)
         self.register_buffer("mapping", mapping, persistent=True)
@@ -201,8 +216,9 @@ class LabelMappedMethod(Method):
         return counts
 
     def on_epoch_start(self, model: nn.Module, loader: Iterable, epoch: int) -> None:
-        mapping = self.config.mapping
-        if mapping == "ilm" or (mapping == "flm" and (epoch == 0 or not self.is_fitted())):
+        mapping, interval = self.config.mapping, self.config.mapping_interval
+        refit = mapping == "ilm" and (epoch % interval == 0 or not self.is_fitted())
+        if refit or (mapping == "flm" and (epoch == 0 or not self.is_fitted())):
             self.fit_mapping(model, loader)
 
     def is_fitted(self) -> bool:

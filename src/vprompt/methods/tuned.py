@@ -53,6 +53,20 @@ class TunedModel(nn.Module):
         """The output for a raw activation at ``site`` (see :meth:`Backbone.forward_from`)."""
         return self.method.map_logits(self.backbone.forward_from(site, activation))
 
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The data config the inputs must follow (the backbone's unless the method asks otherwise)."""
+        return self.method.data_config(self.backbone)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """The ``(C, H, W)`` of the images this model takes (see :attr:`data_config`)."""
+        return tuple(self.data_config["input_size"])
+
+    def site_shape(self, name: str) -> tuple[int, ...]:
+        """The activation shape at site ``name`` (without batch) for this model's inputs."""
+        return self.input_size if name == "input" else self.backbone.site(name).shape
+
     def train(self, mode: bool = True) -> TunedModel:
         self.training = mode
         self.backbone.eval()

@@ -3,9 +3,11 @@
 - ``vp-pad`` (Bahng et al., "Exploring Visual Prompts for Adapting Large-Scale Models", 2022): a border
   of learned pixels, ``width`` wide, *added* to the normalised input image; the interior is untouched.
 - ``vp-expansive`` (ILM-VP style, Chen et al., "Understanding and Improving Visual Prompting: A
-  Label-Mapping Perspective", CVPR 2023): the image is shrunk to ``inner_size``, zero-padded (centred)
-  to the backbone's input size, and ``sigmoid(θ)`` is added on the border only; the prompt lives in
-  pixel space, so the backbone's normalisation is applied after it.
+  Label-Mapping Perspective", CVPR 2023): the image comes at ``inner_size`` (the method asks the data
+  pipeline for it, :meth:`ExpansivePrompt.data_config`, so the source image is resized once, straight to
+  that size, as ILM-VP's loaders do), is zero-padded to the backbone's input size (an odd extra pixel on
+  the top and left, as ILM-VP's ``ExpansiveVisualPrompt``), and ``sigmoid(θ)`` is added on the border
+  only; the prompt lives in pixel space, so the backbone's normalisation is applied after it.
 
 Both hook the ``input`` site (every backbone has one) and can train a new linear head or map onto the
 backbone's own classifier (``mapping``: flm / ilm / rlm, see :mod:`.label_mapping`).
@@ -27,6 +29,10 @@ from .label_mapping import LabelMappedMethod, LabelMappingConfig
 PAD_WIDTH_AT_224 = 30
 #: vp-expansive's inner image side at a 224-px input (ILM-VP); scaled with the input size
 INNER_AT_224 = 128
+#: datasets whose images are this small or smaller are fed at their own size (ILM-VP: CIFAR, SVHN, GTSRB at 32)
+SMALL_IMAGES = 32
+#: how the data pipeline resizes images to the inner size: ILM-VP's ``transforms.Resize`` default
+INNER_INTERPOLATION = "bilinear"
 
 
 @dataclass
@@ -42,8 +48,9 @@ class ExpansiveConfig(LabelMappingConfig):
     inner_size: int | None = field(
         default=None,
         metadata={
-            "help": "side the image is resized to before padding (default: 128 at 224, scaled with the "
-            "input size; ILM-VP uses 32 for 32-px datasets)"
+            "help": "side the image is resized to (once, by the data pipeline) before padding (default, as "
+            "ILM-VP: a small dataset's own size, 32 for CIFAR/SVHN/GTSRB; else 128 at 224, scaled with the "
+            "input size)"
         },
     )
 
@@ -103,12 +110,32 @@ class ExpansivePrompt(LabelMappedMethod):
     config_class = ExpansiveConfig
     config: ExpansiveConfig
 
+    @classmethod
+    def for_data(cls, config: ExpansiveConfig, info) -> None:
+        """A dataset of small images (``info.image_size`` ≤ 32) is fed at its own size, as ILM-VP."""
+        size = getattr(info, "image_size", None)
+        if config.inner_size is None and size is not None and size <= SMALL_IMAGES:
+            config.inner_size = size
+
+    def inner_size(self, backbone: Backbone) -> int:
+        _, height, width = backbone.input_size
+        inner = self.config.inner_size
+        return round(INNER_AT_224 * min(height, width) / 224) if inner is None else inner
+
+    def data_config(self, backbone: Backbone) -> dict:
+        """The backbone's data config at the inner size: the image is resized once, straight to it."""
+        inner = self.inner_size(backbone)
+        channels = backbone.input_size[0]
+        return {
+            **backbone.data_config,
+            "input_size": (channels, inner, inner),
+            "interpolation": INNER_INTERPOLATION,
+        }
+
     def attach(self, backbone: Backbone) -> None:
         self.attach_head(backbone)
         channels, height, width = backbone.input_size
-        inner = self.config.inner_size
-        if inner is None:
-            inner = round(INNER_AT_224 * min(height, width) / 224)
+        inner = self.inner_size(backbone)
         if not 0 < inner < min(height, width):
             raise MethodNotApplicable(
                 f"vp-expansive inner_size {inner} must be smaller than the {height}×{width} backbone input "
@@ -118,7 +145,8 @@ class ExpansivePrompt(LabelMappedMethod):
         std = torch.tensor(backbone.data_config["std"], dtype=torch.float32).view(1, -1, 1, 1)
         if mean.shape[1] != channels or std.shape[1] != channels:
             raise MethodNotApplicable(f"backbone mean/std do not have {channels} channels")
-        top, left = (height - inner) // 2, (width - inner) // 2
+        # ILM-VP: left/top padding int((out - in + 1) / 2), right/bottom int((out - in) / 2)
+        top, left = (height - inner + 1) // 2, (width - inner + 1) // 2
         #: (left, right, top, bottom) zero padding around the inner image, as F.pad takes it
         self.padding = (left, width - inner - left, top, height - inner - top)
         self.inner = inner
@@ -134,6 +162,7 @@ class ExpansivePrompt(LabelMappedMethod):
     def prompt_input(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self.mean.to(x.dtype), self.std.to(x.dtype)
         pixels = x * std + mean
+        # the data pipeline delivers the inner size; other inputs (e.g. at the backbone's size) are shrunk
         if tuple(pixels.shape[-2:]) != (self.inner, self.inner):
             pixels = F.interpolate(
                 pixels, size=(self.inner, self.inner), mode="bilinear", align_corners=False, antialias=True

@@ -135,7 +135,7 @@ def measure(
         built_cuda = torch.cuda.memory_allocated(dev) / 2**20
     amp = Precision.choose(precision, dev)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *model.backbone.input_size, generator=g).to(dev)
+    x = torch.randn(batch, *model.input_size, generator=g).to(dev)  # what the data pipeline delivers
     y = torch.randint(0, 10, (batch,), generator=g).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)

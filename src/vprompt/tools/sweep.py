@@ -6,6 +6,9 @@ sweep.tune(config, "out", lrs=[...], wds=[...])      lr × wd grid on validation
 sweep.suite("vtab1k", config, "out")                 one method over a benchmark family: <out>/<dataset>/...
 
 ``config`` is anything :func:`vprompt.train` takes (a dict, a :class:`~vprompt.TrainConfig`, a YAML path).
+When it names a ``recipe``, the recipe's tuning grid and seeds are the defaults of ``lrs``, ``wds`` and
+``seeds``, and a suite gives each dataset its own recipe values (pass a dict or YAML for that: a
+:class:`~vprompt.TrainConfig` is taken as complete).
 Run directories are named after what varies, so running a sweep again reuses its finished runs, resumes
 its interrupted ones and retries its failed ones (listed in ``<out>/failures.json``). The tuning rule is
 in :mod:`.tuning`.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import recipes
 from ..data import describe
 from ..data.sources import COOP, FGVC, VP_TORCHVISION, VTAB_TASKS
 from ..engine.config import check_config, make_config, to_dict
@@ -168,23 +172,43 @@ def _write_layers(out: str | Path, method: str, shape: str, rows: list[dict]) ->
     return files
 
 
+#: final runs when neither the call nor a recipe says how many
+DEFAULT_SEEDS = 5
+
+
+def grid(
+    base: dict[str, Any],
+    lrs: list[float] | None,
+    wds: list[float] | None,
+    seeds: int | list[int] | None,
+) -> tuple[list[float], list[float], int | list[int]]:
+    """The grid and seeds: as given, else the recipe's, else the config's lr and weight decay and 5 seeds."""
+    tune = recipes.tuning(base.get("recipe"))
+    lrs = list(lrs or tune.get("lrs") or [base["lr"]])
+    wds = list(wds if wds else tune.get("wds") or [base["weight_decay"]])
+    return lrs, wds, seeds if seeds is not None else tune.get("seeds", DEFAULT_SEEDS)
+
+
 def tune(
     config: Any,
     out: str | Path,
     *,
-    lrs: list[float],
-    wds: list[float] = (0.0,),
-    seeds: int = 5,
+    lrs: list[float] | None = None,
+    wds: list[float] | None = None,
+    seeds: int | list[int] | None = None,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Grid ``lrs × wds`` on the tuning split, pick by validation, run ``seeds`` final runs (seeds 0..N-1).
+    """Grid ``lrs × wds`` on the tuning split, pick by validation, run the final runs (``seeds``: a count
+    N for seeds 0..N-1, or the seeds). Defaults: the recipe's grid and seeds, else the config's lr and
+    weight decay and 5 seeds.
 
     Returns the result (also ``<out>/result.{json,md}``): the grid, the chosen point, each final run and
     the test accuracy's mean ± sample std over the seeds.
     """
     base = base_config(config)
     check_base(base)
-    plan = Plan(base, Path(out), list(lrs), list(wds), seeds)
+    lrs, wds, seeds = grid(base, lrs, wds, seeds)
+    plan = Plan(base, Path(out), lrs, wds, seeds)
     result = run_plans([plan], executor)[0]
     write_failures(out, result["failures"])
     return result
@@ -199,14 +223,16 @@ def suite(
     datasets: list[str] | None = None,
     lrs: list[float] | None = None,
     wds: list[float] | None = None,
-    seeds: int = 5,
+    seeds: int | list[int] | None = None,
+    fixed: bool = False,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """One method over the datasets of ``family`` (``vtab1k``, ``fgvc``, ``vp``; ``datasets``: a subset).
 
-    With more than one (lr, wd) combination every dataset is tuned (:func:`tune`'s protocol); otherwise
-    the given (or the config's) lr and weight decay are used as they are. Writes ``<out>/<dataset>/...``
-    and ``<out>/suite.{md,csv,json}``.
+    With more than one (lr, wd) combination (given, or the recipe's grid) every dataset is tuned
+    (:func:`tune`'s protocol); otherwise, or with ``fixed``, each dataset's own lr and weight decay (the
+    config's, or the recipe's for that dataset) are used as they are. Writes ``<out>/<dataset>/...`` and
+    ``<out>/suite.{md,csv,json}``.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown suite {family!r}; choose one of: {', '.join(FAMILIES)}")
@@ -216,11 +242,19 @@ def suite(
         raise ValueError(
             f"{family} has no dataset {', '.join(unknown)}; its datasets: {', '.join(FAMILIES[family])}"
         )
-    base = base_config(config, data=f"{family}:{names[0]}")
-    check_base(base, data=False)  # a missing dataset fails its own runs only
-    lrs, wds = list(lrs or [base["lr"]]), list(wds or [base["weight_decay"]])
-    tuned = len(lrs) * len(wds) > 1
-    plans = [Plan({**base, "data": f"{family}:{n}"}, Path(out) / n, lrs, wds, seeds, tuned) for n in names]
+    bases = [base_config(config, data=f"{family}:{n}") for n in names]  # each with its recipe values
+    check_base(bases[0], data=False)  # a missing dataset fails its own runs only
+    plans = []
+    for n, base in zip(names, bases, strict=True):
+        if fixed:
+            if lrs is not None or wds is not None:
+                raise ValueError("a fixed suite uses each dataset's own lr and weight decay; give no grid")
+            point = [base["lr"]], [base["weight_decay"]], grid(base, None, None, seeds)[2]
+        else:
+            point = grid(base, lrs, wds, seeds)
+        tuned = not fixed and len(point[0]) * len(point[1]) > 1
+        plans.append(Plan(base, Path(out) / n, *point, tuned))
+    tuned = any(p.tuned for p in plans)
     results = run_plans(plans, executor)
     failed = [
         {**f, "run": f"{n}/{f['run']}"} for n, r in zip(names, results, strict=True) for f in r["failures"]

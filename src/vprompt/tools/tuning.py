@@ -6,7 +6,8 @@ validation loss, then to the earlier point in grid order (learning rates in the 
 weight decays in the order given). Only ``val_*`` results are read: tuning runs never touch the test
 split, and the final runs' test accuracy is only reported (mean ± sample std over the seeds).
 
-A :class:`Plan` holds one dataset's runs: ``<out>/tune/lr<lr>-wd<wd>`` then ``<out>/final/seed<k>``.
+A :class:`Plan` holds one dataset's runs: ``<out>/tune/lr<lr>-wd<wd>`` then ``<out>/final/seed<k>``, one
+per seed (``seeds``: a count N for seeds 0..N-1, or the seeds themselves, e.g. VPT's 42 44 82 100 800).
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ class Plan:
     out: Path
     lrs: list[float]
     wds: list[float]
-    seeds: int
+    seeds: int | list[int]
     tuned: bool = True
 
     def __post_init__(self):
-        if not self.lrs or not self.wds or self.seeds < 1:
+        if isinstance(self.seeds, int):
+            self.seeds = list(range(self.seeds))
+        self.seeds = [int(s) for s in self.seeds]
+        if not self.lrs or not self.wds or not self.seeds:
             raise ValueError("a tuning plan needs learning rates, weight decays and at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"the final seeds repeat: {self.seeds}")
 
     def points(self) -> list[tuple[float, float]]:
         return [(lr, wd) for lr in self.lrs for wd in self.wds]
@@ -78,7 +84,7 @@ class Plan:
                 weight_decay=wd,
                 seed=s,
             )
-            for s in range(self.seeds)
+            for s in self.seeds
         ]
 
     def choose(self, grid: list[Outcome]) -> dict | None:
@@ -109,7 +115,7 @@ class Plan:
                     "run": o.name,
                     "test_accuracy": (o.summary or {}).get("test_accuracy"),
                 }
-                for seed, o in enumerate(final)
+                for seed, o in zip(self.seeds, final, strict=False)
             ],
             "test_accuracy": dict(zip(("mean", "std"), mean_std(tests), strict=True)) | {"n": len(tests)}
             if tests

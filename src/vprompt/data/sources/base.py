@@ -24,6 +24,8 @@ class DatasetInfo:
 
     ``class_names`` are ``class_<i>`` where the names are not known (most VTAB tasks).
     ``expected_sizes`` maps split → required item count (VTAB-1k: 800/200/1000); empty when free.
+    ``image_size``: the side of the images when the dataset's images are small and of one size (CIFAR,
+    SVHN, GTSRB as the VP papers use it, Fashion-MNIST, synthetic), else ``None``.
     """
 
     spec: str
@@ -34,6 +36,7 @@ class DatasetInfo:
     splits: tuple[str, ...]
     root: Path | None = None
     expected_sizes: dict[str, int] = field(default_factory=dict)
+    image_size: int | None = None
 
 
 def generic_names(n: int) -> tuple[str, ...]:

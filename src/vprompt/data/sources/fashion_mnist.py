@@ -58,6 +58,7 @@ class FashionMNISTSource(Source):
             FASHION_MNIST_CLASSES,
             with_held_out(("train", "test")),
             self.dir,
+            image_size=28,
         )
 
     @staticmethod

@@ -29,6 +29,7 @@ class SyntheticSource(Source):
             classes,
             generic_names(classes),
             ("train", "val", "trainval", "test"),
+            image_size=size,
         )
 
     def _dataset(self, split, transform):

@@ -10,6 +10,9 @@ from .base import DatasetInfo, Source, generic_names, need_dir, register_source,
 
 #: classes whose ``split=`` takes only these values (the rest of the split= classes take train/val/test)
 _SPLIT_VALUES = {name: ("train", "test") for name in ("SVHN", "GTSRB", "Food101", "StanfordCars", "STL10")}
+#: torchvision datasets whose images have one small size: class → side in pixels. GTSRB's photos vary
+#: (about 15–250 px); ILM-VP and the other VP papers resize them to 32 and treat GTSRB as a 32-px dataset.
+SMALL_IMAGE_SIZES: dict[str, int] = {"CIFAR10": 32, "CIFAR100": 32, "SVHN": 32, "GTSRB": 32, "MNIST": 28}
 
 
 class TorchvisionSource(Source):
@@ -55,6 +58,7 @@ class TorchvisionSource(Source):
             names or generic_names(num_classes),
             splits,
             self.root,
+            image_size=SMALL_IMAGE_SIZES.get(cls_name),
         )
 
     def _base(self, split: str):

@@ -1,0 +1,235 @@
+"""Recipes as data: every shipped recipe loads, cites its sources, sets only what the engine supports;
+explicit options win; runs record the recipe; sweeps take its grid and seeds."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import vprompt
+from vprompt import recipes
+from vprompt.cli import main
+from vprompt.engine.config import check_config, make_config
+from vprompt.engine.run import as_config
+from vprompt.engine.rundir import RunDir
+from vprompt.methods import METHODS, method_config
+from vprompt.tools import sweep
+
+SHIPPED = [
+    "bahng-vp",
+    "ilm-vp",
+    "ilm-vp-full",
+    "ilm-vp-linear",
+    "vapt-fgvc",
+    "vapt-vtab",
+    "vpt-fgvc",
+    "vpt-vtab",
+]
+#: a tiny run for recipes to sit under (random ViT-Tiny at 32 px, synthetic data)
+TINY = dict(
+    backbone="vit_tiny_patch16_224",
+    random_init=True,
+    img_size=32,
+    data="synthetic:4x32",
+    epochs=2,
+    batch_size=16,
+    progress=False,
+)
+
+
+def test_the_shipped_recipes():
+    assert recipes.names() == SHIPPED
+    for name in SHIPPED:
+        recipe = recipes.load(name)
+        assert recipe.name == name and recipe.summary and recipe.paper
+        assert recipe.sources and all(s["repo"] and s["file"] and s.get("gives") for s in recipe.sources)
+        assert all(m in METHODS for m in recipe.methods), name
+        for method in recipe.methods:  # every value passes the engine's checks
+            values = recipe.values(method, "vtab1k:dtd")
+            config = make_config({**values, "backbone": "b", "data": "d", "method_options": {}})
+            check_config(config)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recipe_method_options_are_the_methods_own(name):
+    recipe = recipes.load(name)
+    for method, options in recipe.methods.items():
+        config = method_config(method, **options)  # unknown option: an error here
+        assert {k: getattr(config, k) for k in options} == options
+
+
+def test_the_papers_values():
+    vtab, fgvc = recipes.load("vpt-vtab"), recipes.load("vpt-fgvc")
+    for r in (vtab, fgvc):
+        v = r.values("vpt-deep")
+        assert (v["optimizer"], v["lr_scale"], v["schedule"], v["warmup_epochs"], v["epochs"]) == (
+            "sgd",
+            True,
+            "cosine",
+            10,
+            100,
+        )
+        assert v["batch_size"] == 128 and v["weight_decay"] == 1e-4 and v["head_init"] == "vpt"
+        assert r.tune["wds"] == [0.01, 0.001, 0.0001, 0.0] and r.tune["seeds"] == [42, 44, 82, 100, 800]
+    assert vtab.tune["lrs"] == [50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05]
+    assert fgvc.tune["lrs"] == vtab.tune["lrs"][:-1]  # FGVC: the same without 0.05
+    assert vtab.values("vpt-deep")["method_options"] == {"dropout": 0.1}
+    assert vtab.values("vpt-shallow")["method_options"] == {"dropout": 0.0}
+    vapt = recipes.load("vapt-fgvc")
+    assert vapt.values("vapt")["batch_size"] == 64
+    assert vapt.values("vapt")["method_options"]["prompt_dropout"] == 0.1
+    per_dataset = {
+        d: (vapt.values(None, d)["lr"], vapt.values(None, d)["weight_decay"]) for d in vapt.datasets
+    }
+    assert per_dataset == {
+        "fgvc:cub": (50, 1e-3),
+        "fgvc:nabirds": (50, 1e-4),
+        "fgvc:flowers": (50, 1e-3),
+        "fgvc:dogs": (25, 1e-3),
+        "fgvc:cars": (10, 1e-4),
+    }
+    ilm = recipes.load("ilm-vp").values()
+    assert (ilm["optimizer"], ilm["lr"], ilm["epochs"], ilm["lr_milestones"]) == (
+        "adam",
+        0.01,
+        200,
+        [0.5, 0.72],
+    )
+    assert ilm["method_options"] == {"mapping": "ilm", "mapping_interval": 1}
+    assert recipes.load("ilm-vp").values(None, "vp:dtd")["batch_size"] == 64
+    assert recipes.load("ilm-vp-linear").values()["lr"] == 0.1
+    full = recipes.load("ilm-vp-full").values()
+    assert (full["lr"], full["weight_decay"], full["schedule"]) == (1e-4, 5e-4, "cosine")
+    bahng = recipes.load("bahng-vp").values()
+    assert (bahng["lr"], bahng["warmup_steps"], bahng["epochs"], bahng["preprocess"]) == (
+        40,
+        1000,
+        1000,
+        "resize-crop",
+    )
+    assert bahng["method_options"] == {"width": 30, "mapping": "first"}
+
+
+def test_explicit_options_win_and_the_method_is_checked():
+    config = as_config({"recipe": "vpt-vtab", "method": "vpt-deep", "lr": 0.5, "epochs": 3}, {})
+    assert config.lr == 0.5 and config.epochs == 3  # given
+    assert config.batch_size == 128 and config.head_init == "vpt"  # the recipe's
+    assert config.method_options == {"dropout": 0.1}
+    given = as_config({"recipe": "vpt-vtab", "method": "vpt-deep", "method_options": {"dropout": 0.0}}, {})
+    assert given.method_options == {"dropout": 0.0}
+    assert as_config({"recipe": "ilm-vp"}, {}).method == "vp-expansive"  # its only method
+    with pytest.raises(ValueError, match="is for vpt-deep, vpt-shallow, not 'vapt'"):
+        as_config({"recipe": "vpt-vtab", "method": "vapt"}, {})
+    with pytest.raises(ValueError, match="several methods"):
+        as_config({"recipe": "vpt-vtab"}, {})
+    with pytest.raises(ValueError, match="unknown recipe 'vpt'; choose one of: bahng-vp"):
+        as_config({"recipe": "vpt", "method": "vpt-deep"}, {})
+    # per-dataset values, under explicit ones
+    cub = as_config({"recipe": "vapt-fgvc", "data": "fgvc:cub"}, {})
+    assert (cub.lr, cub.weight_decay) == (50, 1e-3)
+    assert as_config({"recipe": "vapt-fgvc", "data": "fgvc:cub", "lr": 1.0}, {}).lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown recipe key"),
+        ({"options": {"lr": "1e-4"}}, "lr: '1e-4' is not a"),
+        ({"options": {"data": "vtab1k:dtd"}}, "cannot set 'data'"),
+        ({"options": {"warmup": 3}}, "cannot set 'warmup'"),
+        ({"options": {"schedule": "linear"}}, "schedule: 'linear' is not a"),
+        ({"sources": [{"repo": "KMnP/vpt"}]}, "repo and a file"),
+        ({"tune": {"lrs": []}}, "non-empty list"),
+        ({"tune": {"grid": [1]}}, "unknown tune key"),
+        ({"datasets": {"fgvc:cub": {"lrr": 1.0}}}, "cannot set 'lrr'"),
+    ],
+)
+def test_bad_recipes_are_errors(change, message):
+    data = {**yaml.safe_load(recipes.text("vpt-vtab")), **change}
+    with pytest.raises(ValueError, match=message):
+        recipes.parse(data, "test.yaml")
+
+
+def test_unknown_method_option_in_a_recipe_fails_when_the_method_is_resolved(tmp_path, monkeypatch):
+    data = yaml.safe_load(recipes.text("ilm-vp-linear"))
+    data["methods"] = {"linear": {"depth": 3}}
+    bad = recipes.parse(data, "test.yaml")
+    monkeypatch.setattr(recipes, "load", lambda name: bad)
+    with pytest.raises(ValueError, match="method 'linear' has no option 'depth'"):
+        vprompt.train(**TINY, recipe="ilm-vp-linear", output=tmp_path / "run")
+
+
+def test_a_run_records_its_recipe(tmp_path):
+    out = tmp_path / "run"
+    vprompt.train(**TINY, recipe="vpt-vtab", method="vpt-shallow", lr=0.05, warmup_epochs=1, output=out)
+    config = RunDir(out).read_config()
+    assert config["recipe"] == "vpt-vtab"
+    assert (config["optimizer"], config["head_init"], config["schedule_step"]) == ("sgd", "vpt", "epoch")
+    assert config["warmup_epochs"] == 1 and config["lr_scale"] is True
+    record = config["resolved"]["recipe"]
+    assert record["name"] == "vpt-vtab" and record["file"] == "vpt-vtab.yaml"
+    assert "KMnP/vpt:tune_vtab.py" in record["sources"]
+    assert record["set"] == {
+        "optimizer": "sgd",
+        "lr_scale": True,
+        "weight_decay": 0.0001,
+        "schedule": "cosine",
+        "schedule_step": "epoch",
+        "head_init": "vpt",
+        "selection": "final",
+        "method": "vpt-shallow",
+        "method_options.dropout": 0.0,
+    }
+    assert record["overridden"] == {
+        "backbone": {"recipe": "vit_base_patch16_224.orig_in21k", "used": "vit_tiny_patch16_224"},
+        "img_size": {"recipe": 224, "used": 32},
+        "warmup_epochs": {"recipe": 10, "used": 1},
+        "epochs": {"recipe": 100, "used": 2},
+        "batch_size": {"recipe": 128, "used": 16},
+    }
+    assert config["resolved"]["peak_lr"] == pytest.approx(0.05 * 16 / 256)
+
+
+def test_sweeps_take_the_recipes_grid_and_seeds(tmp_path):
+    base = sweep.base_config({**TINY, "recipe": "vpt-vtab", "method": "vpt-deep"})
+    lrs, wds, seeds = sweep.grid(base, None, None, None)
+    assert len(lrs) == 10 and len(wds) == 4 and seeds == [42, 44, 82, 100, 800]
+    assert sweep.grid(base, [0.1], None, 2) == ([0.1], [0.01, 0.001, 0.0001, 0.0], 2)
+    plain = sweep.base_config({**TINY, "method": "linear", "lr": 0.3})
+    assert sweep.grid(plain, None, None, None) == ([0.3], [0.0], 5)
+    # a suite gives each dataset its own recipe values
+    cub = sweep.base_config({**TINY, "recipe": "vapt-fgvc"}, data="fgvc:cub")
+    cars = sweep.base_config({**TINY, "recipe": "vapt-fgvc"}, data="fgvc:cars")
+    assert (cub["lr"], cars["lr"]) == (50, 10)
+    # the command line: the recipe's seeds name the final runs
+    out = tmp_path / "sweep"
+    args = ["sweep", "tune", "--recipe", "ilm-vp-linear", "--output", str(out), "--lr", "0.1", "--wd", "0"]
+    tiny = [
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        "--img-size",
+        "32",
+        "--data",
+        "synthetic:4x32",
+    ]
+    tiny += ["--epochs", "2", "--batch-size", "16", "--no-progress"]
+    assert main(args + tiny) == 0
+    assert sorted(p.name for p in (out / "final").iterdir()) == ["seed7"]
+    result = yaml.safe_load((out / "result.json").read_text())
+    assert [f["seed"] for f in result["final"]] == [7] and result["chosen"]["lr"] == 0.1
+    run = RunDir(out / "final" / "seed7").read_config()
+    assert (run["optimizer"], run["schedule"], run["lr_milestones"]) == ("adam", "multistep", [0.5, 0.72])
+    assert run["resolved"]["recipe"]["set"]["schedule_step"] == "epoch"
+
+
+def test_vprompt_recipes_lists_and_shows(capsys):
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in listing
+    assert "vpt-deep, vpt-shallow" in listing
+    assert main(["recipes", "ilm-vp"]) == 0
+    assert capsys.readouterr().out == recipes.text("ilm-vp")
+    assert main(["recipes", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
