@@ -262,7 +262,7 @@ def test_ilm_mapping_is_the_greedy_mapping_of_the_prompted_model(source_bb):
 
 def test_rlm_is_distinct_and_seeded(source_bb):
     def mapping(seed):
-        model = pad(source_bb, mapping="rlm", num_classes=50, seed=seed)
+        model = pad(source_bb, mapping="rlm", num_classes=50, mapping_seed=seed)
         result = model.method.mapping.clone()
         model.detach()
         return result

@@ -53,6 +53,30 @@ class TunedModel(nn.Module):
         """The output for a raw activation at ``site`` (see :meth:`Backbone.forward_from`)."""
         return self.method.map_logits(self.backbone.forward_from(site, activation))
 
+    # ------------------------------------------------------- timm's verbs, with the method attached
+
+    def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """timm's ``forward_features`` of the adapted backbone (prompt tokens already removed)."""
+        return self._timm_verb("forward_features")(x, **kwargs)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's ``forward_head``; the logits go through the method's label mapping, if any."""
+        out = self._timm_verb("forward_head")(x, pre_logits=pre_logits)
+        return out if pre_logits else self.method.map_logits(out)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's ``forward_intermediates`` (prompt tokens removed from every intermediate)."""
+        return self._timm_verb("forward_intermediates")(x, *args, **kwargs)
+
+    def _timm_verb(self, name: str):
+        fn = getattr(self.backbone.model, name, None)
+        if fn is None:
+            raise AttributeError(
+                f"backbone {self.backbone.name!r} ({type(self.backbone.model).__name__}) has no {name}; "
+                "it is a timm model verb"
+            )
+        return fn
+
     def train(self, mode: bool = True) -> TunedModel:
         self.training = mode
         self.backbone.eval()
