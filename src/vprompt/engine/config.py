@@ -226,5 +226,20 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"workers must be >= 0, got {config.workers}")
 
 
+def data_location(config: TrainConfig) -> dict[str, str | None]:
+    """The run's ``data`` and ``root`` as paths that work from any working directory.
+
+    ``root`` becomes absolute; so does a ``folder:<path>`` read relative to the working directory (one
+    relative to ``root`` stays relative to the now absolute root). Runs record this in their config, and
+    ``eval``, ``predict``, ``export`` and ``train --resume RUN`` read the data from there.
+    """
+    root = str(Path(config.root).expanduser().resolve()) if config.root else None
+    data = config.data
+    family, _, path = data.partition(":")
+    if family == "folder" and path and root is None and not Path(path).expanduser().is_absolute():
+        data = f"folder:{Path(path).expanduser().resolve()}"
+    return {"data": data, "root": root}
+
+
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     return asdict(config)
