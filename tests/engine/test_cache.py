@@ -17,6 +17,8 @@ from vprompt.methods.ap import ActivationPrompt
 CASES = [  # (method, options, extra run options, the site the cache holds)
     ("ap", {"site": "block.8"}, {}, "block.8"),
     ("ap", {"site": "stage.2", "shape": "channel"}, {"backbone": "resnet18"}, "stage.2"),
+    ("aap", {"site": "block.8"}, {}, "block.8"),  # the generator's dropout still runs every step
+    ("aap", {"site": "stage.2", "shape": "spatial"}, {"backbone": "resnet18"}, "stage.2"),
     ("linear", {}, {}, "pre_logits"),
     ("vpt-deep", {"num_prompts": 2}, {}, "embed"),  # prompt dropout still runs every step
     ("lora", {"r": 2}, {}, "input"),  # the preprocessed images

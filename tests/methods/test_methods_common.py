@@ -38,6 +38,9 @@ CASES = [
     ("ap", {"site": "stage.2", "shape": "channel"}, resnet, False),
     ("ap", {"site": "block.1", "shape": "spatial"}, swin, False),
     ("ap", {"site": "embed", "shape": "channel"}, vit, False),
+    ("aap", {"site": "block.1"}, vit, False),
+    ("aap", {"site": "stage.2", "shape": "channel", "hidden": 4}, resnet, False),
+    ("aap", {"site": "block.1", "shape": "spatial", "kernel": 5}, swin, False),
     ("vp-pad", {"width": 4}, vit, False),
     ("vp-pad", {"mapping": "rlm", "num_classes": 4, "width": 4}, vit, True),
     ("vp-expansive", {"inner_size": 16, "mapping": "ilm", "num_classes": 4}, resnet, True),
@@ -174,7 +177,9 @@ REAL_CASES = [
     ("dinov2", "lora", {}),
     ("dinov2", "adapter", {}),
     ("dinov2", "vp-pad", {}),
+    ("dinov2", "aap", {"site": "block.8", "shape": "channel"}),
     ("efficientnet", "ap", {"site": "stage.4"}),
+    ("efficientnet", "aap", {"site": "stage.4"}),
     ("efficientnet", "norm", {}),
     ("efficientnet", "bitfit", {}),
     ("efficientnet", "lora", {}),
@@ -203,7 +208,7 @@ def test_real_backbone_trains_exactly_its_parameters(real_backbones, kind, metho
     trainable = {n.removeprefix("backbone.") for n, p in model.named_parameters() if p.requires_grad}
     data = batches(bb, n=2)
     x = data[0][0]
-    if method in ("ap", "vapt", "adapter", "lora"):  # zero-initialised: starts as the bare backbone
+    if method in ("ap", "aap", "vapt", "adapter", "lora"):  # zero-initialised: starts as the bare backbone
         with torch.no_grad():
             torch.testing.assert_close(model.eval()(x), bb(x), rtol=0, atol=0)
     got_grad = train_steps(model, data)

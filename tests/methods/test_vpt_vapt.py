@@ -156,7 +156,8 @@ def test_prompts_are_inserted_replaced_and_stripped(method, factory):
 def test_vapt_prompts_are_zero_at_init_in_train_mode_too():
     bb = dinov2_reg()
     seen, handles = capture(bb)
-    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, dropout=0.5))).train()
+    config = VAPTConfig(num_prompts=NP, prompt_dropout=0.5, conv_dropout=0.5, dropout=0.5)
+    model = TunedModel(bb, VAPT(config)).train()
     model(torch.randn(2, *bb.input_size))
     prefix = prefix_of(bb)
     assert torch.count_nonzero(seen["enter"][1][:, prefix : prefix + NP]) == 0
@@ -164,8 +165,13 @@ def test_vapt_prompts_are_zero_at_init_in_train_mode_too():
         h.remove()
 
 
-def literal_vapt_prompts(method: VAPT, layer: int, previous: torch.Tensor, prefix: int) -> torch.Tensor:
-    """SPEC §2.1 step 2 exactly as written, from the previous block's output ``[prefix, P, X]``."""
+def literal_vapt_prompts(
+    method: VAPT, layer: int, previous: torch.Tensor, prefix: int, feature_projector: bool = True
+) -> torch.Tensor:
+    """SPEC §2.1 step 2 exactly as written (eval mode), from the previous block's output ``[prefix, P, X]``.
+
+    ``feature_projector=False`` stops before the feature projector (returns the token projector's z).
+    """
     n, (h, w), dim = method.config.num_prompts, method.geometry.grid, method.geometry.dim
     norm = method.norms[layer - 1]
     tokens = F.layer_norm(drop(previous, prefix, n), (dim,), norm.weight, norm.bias)  # LN([CLS, X])
@@ -176,6 +182,8 @@ def literal_vapt_prompts(method: VAPT, layer: int, previous: torch.Tensor, prefi
     assert maps.shape[-2:] == (h - k + 1, w - k + 1)
     projector = method.projectors[layer - 1]
     z = F.linear(maps.flatten(2), projector.weight, projector.bias).transpose(1, 2)  # (B, N_p, D)
+    if not feature_projector:
+        return z
     mlp = method.feature_projector
     return z + F.linear(F.relu(F.linear(z, mlp.fc1.weight)), mlp.fc2.weight)
 
@@ -219,7 +227,8 @@ def test_vapt_prompt_matches_the_literal_computation(factory, kernel):
 def test_vapt_dropout2d_drops_whole_channels():
     bb = vit()
     seen, handles = capture(bb)
-    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, dropout=0.5)))
+    config = VAPTConfig(num_prompts=NP, prompt_dropout=0.0, conv_dropout=0.5, dropout=0.0)
+    model = TunedModel(bb, VAPT(config))
     m = model.method
     randomise(m)
     with torch.no_grad():
@@ -237,6 +246,122 @@ def test_vapt_dropout2d_drops_whole_channels():
     assert bool((zero | kept).all()) and zero.any() and kept.any()
     for h in handles:
         h.remove()
+
+
+def test_vapt_defaults_are_the_official_training_options():
+    config = VAPTConfig()
+    assert (config.prompt_dropout, config.conv_dropout, config.dropout) == (0.1, 0.1, 0.1)
+    model = TunedModel(vit(), VAPT(VAPTConfig(num_prompts=NP, dropout=0.3)))
+    assert model.method.feature_projector.dropout.p == 0.3  # `dropout` is the projector's hidden dropout
+    model.detach()
+
+
+def vapt_model(bb, **dropouts) -> TunedModel:
+    """VAPT with randomised parameters (non-zero adaptive prompts) and the given dropout rates (else 0)."""
+    rates = {"prompt_dropout": 0.0, "conv_dropout": 0.0, "dropout": 0.0, **dropouts}
+    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, **rates)))
+    randomise(model.method)
+    return model
+
+
+def test_vapt_without_dropout_trains_deterministically():
+    bb = vit()
+    x = torch.randn(2, *bb.input_size)
+    model = vapt_model(bb)
+    with torch.no_grad():
+        torch.testing.assert_close(model.train()(x), model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option", ["prompt_dropout", "conv_dropout", "dropout"])
+def test_each_vapt_dropout_acts_in_training_only(option):
+    bb = vit()
+    x = torch.randn(4, *bb.input_size)
+    plain = vapt_model(bb)
+    with torch.no_grad():
+        reference = plain.eval()(x)
+        state = {k: v.clone() for k, v in plain.method.state_dict().items()}
+        plain.detach()
+        dropped = vapt_model(bb, **{option: 0.5})  # the same parameters, one dropout switched on
+        dropped.method.load_state_dict(state)
+        torch.testing.assert_close(dropped.eval()(x), reference, rtol=0, atol=0)  # eval: no dropout at all
+        assert not torch.equal(dropped.train()(x), reference)
+
+
+def test_vapt_prompt_dropout_drops_elements_of_p0():
+    bb = vit()
+    seen, handles = capture(bb)
+    model = vapt_model(bb, prompt_dropout=0.5).train()
+    with torch.no_grad():
+        model(torch.randn(4, *bb.input_size))
+        slots = seen["enter"][0][:, 1 : 1 + NP]  # P0 as it enters block 0
+        p0 = model.method.prompt.expand_as(slots)
+    zero, kept = slots == 0, torch.isclose(slots, 2 * p0, rtol=1e-6, atol=0)
+    assert bool((zero | kept).all()) and zero.any() and kept.any()
+    assert not torch.equal(zero[0], zero[1])  # a mask per sample
+    for h in handles:
+        h.remove()
+
+
+def test_vapt_prompt_dropout_one_removes_p0_in_training():
+    """With ``prompt_dropout=1`` (the other dropouts 0) P0 contributes exactly zero in training."""
+    bb = vit()
+    x = torch.randn(2, *bb.input_size)
+    model = vapt_model(bb, prompt_dropout=1.0)
+    with torch.no_grad():
+        trained = model.train()(x)
+        kept = model.eval()(x)
+        model.method.prompt.zero_()
+        without_p0 = model(x)
+    torch.testing.assert_close(trained, without_p0, rtol=0, atol=0)
+    assert not torch.equal(kept, without_p0)
+
+
+def test_vapt_dropout_one_makes_the_feature_projector_the_identity():
+    """``dropout`` is the projector's hidden dropout: at 1 the prompts are the token projector's z."""
+    bb = vit()
+    seen, handles = capture(bb)
+    model = vapt_model(bb, dropout=1.0).train()
+    with torch.no_grad():
+        model(torch.randn(2, *bb.input_size))
+    m, prefix = model.method, prefix_of(bb)
+    for layer in range(1, len(blocks(bb))):
+        previous = seen["raw"][f"block.{layer - 1}"]
+        got = seen["enter"][layer][:, prefix : prefix + NP]
+        z = literal_vapt_prompts(m, layer, previous, prefix, feature_projector=False)
+        torch.testing.assert_close(got, z, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, literal_vapt_prompts(m, layer, previous, prefix), rtol=1e-3, atol=1e-3)
+    for h in handles:
+        h.remove()
+
+
+def test_vapt_kernels_are_standard_normal():
+    """Each layer's K×K kernel is drawn N(0, 1) (``torch.randn``, as the official code), right after P0."""
+    bb = vprompt.backbone(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=64,
+        patch_size=4,
+        depth=12,
+        embed_dim=24,
+        num_heads=2,
+    )  # 16×16 grid: 11 layers of 16×16 kernels = 2,816 draws
+    torch.manual_seed(123)
+    model = TunedModel(bb, VAPT(VAPTConfig(num_prompts=NP, kernel=16)))
+    kernels = model.method.kernels.detach()
+    assert kernels.shape == (11, 1, 1, 16, 16)
+    assert abs(float(kernels.mean())) < 0.1 and 0.95 < float(kernels.std()) < 1.05
+    assert float(kernels.abs().max()) > 3  # far outside the U(±1/K) of a default Conv2d init
+    torch.manual_seed(123)
+    torch.empty(NP, 24).uniform_()  # P0's VPT init comes first
+    torch.testing.assert_close(kernels, torch.randn(11, 1, 1, 16, 16), rtol=0, atol=0)
+    model.detach()
+
+
+@pytest.mark.parametrize("option", ["prompt_dropout", "conv_dropout", "dropout"])
+def test_vapt_dropout_out_of_range_is_refused(option):
+    with pytest.raises(MethodNotApplicable, match=f"vapt {option} must be in \\[0, 1\\], got 1.5"):
+        TunedModel(vit(), VAPT(VAPTConfig(**{option: 1.5})))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -137,6 +137,24 @@ def test_suite_and_layers(fake, tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert [c["method_options"]["site"] for c in fake.calls[-2:]] == ["embed", "block.3"]
+    # the same sweep for aap, with aap's own options
+    argv = [
+        *argv[:-1],
+        str(tmp_path / "layers-aap"),
+        "--method",
+        "aap",
+        "--hidden",
+        "4",
+        "--shape",
+        "channel",
+    ]
+    assert main(argv) == 0
+    assert [c["method"] for c in fake.calls[-2:]] == ["aap", "aap"]
+    assert [c["method_options"] for c in fake.calls[-2:]] == [
+        {"hidden": 4, "site": s, "shape": "channel"} for s in ("embed", "block.3")
+    ]
+    assert (tmp_path / "layers-aap" / "layers" / "aap-channel" / "block.3" / "summary.json").is_file()
+    assert "# AAP layer preference (shape channel)" in capsys.readouterr().out
 
 
 def test_errors_are_one_line(tmp_path, capsys):
@@ -158,9 +176,12 @@ def test_errors_are_one_line(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert "unknown option --nope 1 for method 'ap'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:  # no abbreviations: --site is not --sites
-        main(["sweep", "layers", *TINY_ARGS, "--site", "embed", "--output", str(tmp_path)])
-    assert exit_.value.code == 2 and "unrecognized arguments: --site embed" in capsys.readouterr().err
+    # no abbreviations: --site is not --sites (nor a method option the sweep would override)
+    assert main(["sweep", "layers", *TINY_ARGS, "--site", "embed", "--output", str(tmp_path)]) == 2
+    assert "gives every run its site from --sites; --site is not an option" in capsys.readouterr().err
+    argv = ["sweep", "layers", *TINY_ARGS, "--method", "vpt-deep", "--output", str(tmp_path)]
+    assert main(argv) == 2
+    assert "sweep layers moves a site method (ap, aap), not 'vpt-deep'" in capsys.readouterr().err
 
 
 def test_report_command(fake, tmp_path, capsys):

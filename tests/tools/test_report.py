@@ -102,6 +102,22 @@ def test_labels_name_what_sets_configurations_apart():
     ) == {"lr": 0.1, "site": "embed"}
 
 
+def test_layer_series_put_aap_next_to_ap():
+    def run(method, site, accuracy, **options):
+        config = {"data": "d", "method": method, "lr": 0.1, "site": site, "shape": "full", **options}
+        summary = {"seed": 0, "val_accuracy": accuracy}
+        return report.Run(Path(f"{method}-{site}"), summary, report.configuration(config))
+
+    runs = [run("ap", "block.1", 50.0), run("ap", "block.3", 60.0)]
+    runs += [run("aap", "block.1", 55.0, hidden=8), run("aap", "block.3", 65.0, hidden=8)]
+    runs += [run("vapt", "block.1", 99.0)]  # not a site method: no series
+    series = report.layer_series(report.group_runs(runs))
+    assert series == {
+        "split=val method=aap": [("block.1", 55.0, 0.0), ("block.3", 65.0, 0.0)],
+        "split=val method=ap": [("block.1", 50.0, 0.0), ("block.3", 60.0, 0.0)],
+    }
+
+
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no run directories"):
         report.write_report([tmp_path], tmp_path / "report")

@@ -47,6 +47,28 @@ def test_layers_default_sites_are_embed_and_every_block(tmp_path, monkeypatch):
         sweep.layers(TINY, tmp_path, sites=["block.99"], executor=QUIET)
 
 
+def test_layers_sweeps_aap_through_the_same_sweep(tmp_path):
+    config = {**TINY, "method_options": {"hidden": 2}}
+    result = sweep.layers(config, tmp_path, sites=["block.2", "embed"], method="aap", executor=QUIET)
+    assert [r["site"] for r in result["rows"]] == ["embed", "block.2"]
+    for r in result["rows"]:
+        summary = RunDir(tmp_path / "layers" / "aap-full" / r["site"]).read_summary()
+        assert summary["method"] == "aap" and r["accuracy"] == summary["val_accuracy"]
+        assert summary["method_options"] == {
+            "site": r["site"],
+            "shape": "full",
+            "hidden": 2,
+            "kernel": 3,
+            "dropout": 0.1,
+        }
+        # ViT-Tiny (D = 192) at 32 px: 5 tokens; AP's 5×192 plus the 3×3 kernel and 2·192·2 projector
+        assert r["trainable_parameters_without_head"] == 5 * 192 + 9 + 2 * 192 * 2
+    assert {p.name for p in tmp_path.iterdir()} >= {"layers-aap-full.md", "layers-aap-full.png"}
+    assert "# AAP layer preference (shape full)" in (tmp_path / "layers-aap-full.md").read_text()
+    with pytest.raises(ValueError, match=r"moves a site method \(ap, aap\), not 'vapt'"):
+        sweep.layers(TINY, tmp_path, method="vapt", executor=QUIET)
+
+
 def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     config = {**TINY, "epochs": 2}
     sites = ["block.3", "block.4", "block.5"]

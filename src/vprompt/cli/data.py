@@ -24,12 +24,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode only a sample of images per split (what training runs do)",
     )
     c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
+    c.add_argument(
+        "--images-outside-root",
+        action="store_true",
+        help="accept split-list entries that point outside the dataset folder (refused by default)",
+    )
     c.set_defaults(func=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..data import check_dataset
 
-    report = check_dataset(args.spec, args.root, splits=args.split, full=not args.quick, sample=args.sample)
+    report = check_dataset(
+        args.spec,
+        args.root,
+        splits=args.split,
+        full=not args.quick,
+        sample=args.sample,
+        allow_outside_root=args.images_outside_root,
+    )
     print(report.summary())
     return 0 if report.ok else 1

@@ -26,12 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="sweep", metavar="SWEEP", required=True)
 
     k = kinds.add_parser(
-        "layers", allow_abbrev=False, help="AP at each site of a backbone: accuracy and cost per depth"
+        "layers",
+        allow_abbrev=False,
+        help="AP (or AAP) at each site of a backbone: accuracy and cost per depth",
     )
     _common(k, skip=("method",))
+    k.add_argument(
+        "--method",
+        default="ap",
+        help="the site method to move through the network: ap (default) or aap; its own options "
+        "(e.g. aap's --hidden) may follow",
+    )
     k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
-    k.add_argument("--shape", choices=SHAPES, default="full", help="AP prompt shape (default: full)")
-    k.set_defaults(func=cmd_layers)
+    k.add_argument("--shape", choices=SHAPES, default="full", help="prompt shape (default: full)")
+    k.set_defaults(func=cmd_layers, accepts_method_options=True)
 
     k = kinds.add_parser(
         "tune", allow_abbrev=False, help="lr × wd grid on validation, then final runs with several seeds"
@@ -137,11 +145,15 @@ def _finish(out: Path, text_file: Path, failures: list) -> int:
     return 1 if failures else 0
 
 
-def cmd_layers(args: argparse.Namespace) -> int:
+def cmd_layers(args: argparse.Namespace, extra: list[str]) -> int:
     from ..tools import sweep
 
-    config = _config(args, method="ap")
-    result = sweep.layers(config, args.output, sites=args.sites, shape=args.shape, executor=_executor(args))
+    if any(a == "--site" or a.startswith("--site=") for a in extra):
+        raise ValueError("sweep layers gives every run its site from --sites; --site is not an option here")
+    config = _config(args, extra, method=args.method)
+    result = sweep.layers(
+        config, args.output, sites=args.sites, shape=args.shape, method=args.method, executor=_executor(args)
+    )
     return _finish(args.output, Path(result["files"]["md"]), result["failures"])
 
 

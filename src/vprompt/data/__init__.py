@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from .checks import CheckReport, check_dataset, check_num_classes, preflight
-from .datasets import DataError, subset
+from .datasets import DataError, MissingFileError, subset
 from .packaged import foolbox_imagenet
 from .sources import DatasetInfo, resolve
 from .transforms import (
@@ -34,9 +34,11 @@ from .transforms import (
 _TRAIN_SPLITS = {"train", "trainval", "train800", "train800val200"}
 
 
-def describe(spec: str, root: str | os.PathLike | None = None) -> DatasetInfo:
+def describe(
+    spec: str, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+) -> DatasetInfo:
     """The :class:`DatasetInfo` of a spec (class count and names, splits); checks the root exists."""
-    return resolve(spec, root).info
+    return resolve(spec, root, allow_outside_root=allow_outside_root).info
 
 
 def load(
@@ -46,6 +48,8 @@ def load(
     data_config: dict | None,
     protocol: str | None = None,
     train: bool | None = None,
+    *,
+    allow_outside_root: bool = False,
 ):
     """A ``torch.utils.data.Dataset`` of ``(image, label)`` for one split of ``spec``.
 
@@ -54,9 +58,11 @@ def load(
     ``train``: use the protocol's training transform; default True for ``train``/``trainval``.
     ``data_config``: the backbone's data config; ``None`` gives untransformed RGB PIL images (inspection).
     Labels are checked when the split is loaded; an undecodable image raises :class:`DataError` naming the
-    file when its item is read.
+    file when its item is read (also from a DataLoader worker: the message arrives exact).
+    ``allow_outside_root``: accept split-list entries that lie outside the dataset folder (refused by
+    default, naming the list file and entry).
     """
-    source = resolve(spec, root)
+    source = resolve(spec, root, allow_outside_root=allow_outside_root)
     transform = None
     if data_config is not None:
         if train is None:
@@ -69,6 +75,7 @@ __all__ = [
     "CheckReport",
     "DataError",
     "DatasetInfo",
+    "MissingFileError",
     "PROTOCOLS",
     "Protocol",
     "build_transform",

@@ -63,14 +63,17 @@ def check_dataset(
     full: bool = True,
     sample: int = 8,
     expected_sizes: dict[str, int] | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> CheckReport:
     """Check a dataset and return a :class:`CheckReport` (never raises for bad data, only lists it).
 
     ``full`` decodes every image; otherwise ``sample`` evenly spaced images per split. ``expected_sizes``
     overrides ``info.expected_sizes`` (VTAB-1k: train 800, val 200, trainval 1000; test must be non-empty).
-    A missing root or unknown spec still raises (nothing to check).
+    A missing root or unknown spec still raises (nothing to check). ``allow_outside_root`` accepts list
+    entries outside the dataset folder (see :func:`~vprompt.data.load`).
     """
-    source = resolve(spec, root)
+    source = resolve(spec, root, allow_outside_root=allow_outside_root)
     info = source.info
     expected = info.expected_sizes if expected_sizes is None else expected_sizes
     report = CheckReport(info)
@@ -133,13 +136,21 @@ def preflight(
     head_classes: int | None = None,
     sample: int = 4,
     expected_sizes: dict[str, int] | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> DatasetInfo:
     """The cheap check a training run calls first: split files, sizes, label range, a decoded sample.
 
     Raises :class:`DataError` listing every problem found; returns the dataset's info when all is well.
     """
     report = check_dataset(
-        spec, root, splits=splits, full=False, sample=sample, expected_sizes=expected_sizes
+        spec,
+        root,
+        splits=splits,
+        full=False,
+        sample=sample,
+        expected_sizes=expected_sizes,
+        allow_outside_root=allow_outside_root,
     )
     if head_classes is not None:
         check_num_classes(report.info, head_classes)

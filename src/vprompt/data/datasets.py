@@ -8,6 +8,7 @@ read raises :class:`DataError` naming the file when that item is loaded. Nothing
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,29 +16,73 @@ import numpy as np
 import torch
 from PIL import Image
 
+#: How torch's DataLoader re-raises an exception from a worker: ``exc_type(msg)`` with this header on msg.
+_WORKER_HEADER = re.compile(r"Caught \S+ in .+?\.\nOriginal Traceback \(most recent call last\):\n", re.S)
+
+
+def _original_message(message: str) -> str:
+    """The message a worker's exception had, recovered from torch's re-raise text (else ``message``).
+
+    torch formats the worker's whole traceback into the message of a new exception of the same type;
+    the original message is what follows ``<type>: `` on the first unindented line of the last traceback.
+    """
+    if not isinstance(message, str) or not _WORKER_HEADER.match(message):
+        return message
+    last = message.rsplit("Traceback (most recent call last):\n", 1)[-1]
+    lines = last.rstrip("\n").split("\n")
+    for i, line in enumerate(lines):
+        if line and not line[0].isspace():
+            match = re.match(r"[\w.]+(?:: (.*))?$", line, re.S)
+            if match is None:
+                return message
+            return "\n".join([match.group(1) or "", *lines[i + 1 :]]).strip("\n")
+    return message
+
 
 class DataError(ValueError):
-    """Bad or missing data: the message names the file and the problem."""
+    """Bad or missing data: the message names the file and the problem.
+
+    Raised in a DataLoader worker, it reaches the main process with its message exact: torch re-raises
+    ``DataError(<worker traceback>)``, and the constructor recovers the original one-line message.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(_original_message(message))
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file the data names does not exist (a :class:`DataError` and a ``FileNotFoundError``)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16-bit greyscale (``I;16*``, and ``I``, read as 16-bit values) is
+    scaled to 8 bits by its high byte (``value >> 8``), not clipped at 255 as ``convert("RGB")`` does."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        image = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 class ToRGB:
-    """Convert any PIL image (greyscale, palette, RGBA) to 3-channel RGB."""
+    """Convert any PIL image (greyscale, 16-bit, palette, RGBA) to 3-channel 8-bit RGB (:func:`to_rgb`)."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"
 
 
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB, or raise an error that names the file."""
+    """Open and fully decode an image as 8-bit RGB (:func:`to_rgb`), or raise an error naming the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file is missing")
+        raise MissingFileError(f"{path}: image file is missing")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError...)
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 
@@ -119,7 +164,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.labels.tolist()
 
     def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index]).convert("RGB")
+        image = to_rgb(Image.fromarray(self.images[index]))
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
@@ -271,7 +316,7 @@ class TransformedDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.source}: item {index}: cannot decode image ({e})") from e
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image))
-        image = image.convert("RGB")
+        image = to_rgb(image)
         if not 0 <= int(label) < self.num_classes:
             raise DataError(
                 f"{self.source}: item {index}: label {label} out of range [0, {self.num_classes})"

@@ -37,6 +37,12 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------ data
     data: str = field(default="", metadata={"help": "dataset spec: vtab1k:<task>, fashion-mnist, ..."})
     root: str | None = field(default=None, metadata={"help": "data root (see the README's Data section)"})
+    images_outside_root: bool = field(
+        default=False,
+        metadata={
+            "help": "accept split-list entries that point outside the dataset folder (refused by default)"
+        },
+    )
     protocol: str | None = field(
         default=None, metadata={"help": "vtab, fgvc or vp (default: from the dataset family)"}
     )

@@ -142,7 +142,7 @@ def plan_data(config: TrainConfig) -> DataPlan:
     vdata.get_protocol(protocol)  # unknown protocol: a clear error
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
-    info = vdata.preflight(config.data, config.root, wanted)
+    info = vdata.preflight(config.data, config.root, wanted, allow_outside_root=config.images_outside_root)
     return DataPlan(info, protocol, splits)
 
 
@@ -180,7 +180,15 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
     def load(split: str | None, train: bool, size: int | None):
         if split is None:
             return None
-        ds = vdata.load(config.data, config.root, split, data_config, protocol=plan.protocol, train=train)
+        ds = vdata.load(
+            config.data,
+            config.root,
+            split,
+            data_config,
+            protocol=plan.protocol,
+            train=train,
+            allow_outside_root=config.images_outside_root,
+        )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
         return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import Backbone, create_backbone
+from .aap import AdaptiveActivationPrompt
 from .adapter import Adapter
-from .ap import ActivationPrompt
+from .ap import ActivationPrompt, APConfig
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
 from .hub import HubUnavailableError, local_folder
@@ -29,6 +30,7 @@ _METHODS: list[type[Method]] = [
     LinearProbe,
     FullFineTuning,
     ActivationPrompt,
+    AdaptiveActivationPrompt,
     PadPrompt,
     ExpansivePrompt,
     VPTShallow,
@@ -42,6 +44,8 @@ _METHODS: list[type[Method]] = [
 
 #: name -> method class, in the order ``vprompt methods`` lists them
 METHODS: dict[str, type[Method]] = {m.name: m for m in _METHODS}
+#: methods acting at one site with AP's ``site`` and ``shape`` options (what ``sweep layers`` moves)
+SITE_METHODS: list[str] = [m.name for m in _METHODS if issubclass(m.config_class, APConfig)]
 
 
 def method_config(name: str, **options: Any) -> MethodConfig:
@@ -94,6 +98,7 @@ def load_adapter(
 __all__ = [
     "METHODS",
     "HubUnavailableError",
+    "SITE_METHODS",
     "Method",
     "MethodConfig",
     "MethodNotApplicable",

@@ -59,7 +59,9 @@ class ActivationPrompt(Method):
 
     def attach(self, backbone: Backbone) -> None:
         if not self.config.site:
-            raise MethodNotApplicable(f"ap needs a site; {backbone.name!r} has: {', '.join(backbone.sites)}")
+            raise MethodNotApplicable(
+                f"{self.name} needs a site; {backbone.name!r} has: {', '.join(backbone.sites)}"
+            )
         site = backbone.site(self.config.site)
         self.prompt = nn.Parameter(torch.zeros(prompt_shape(site.layout, site.shape, self.config.shape)))
         self.hook(backbone, site.name, self.add)

@@ -4,17 +4,19 @@ Le et al., "Adaptive Prompt: Unlocking the Power of Visual Prompt Tuning" (ICLR 
 Prompt Tuning: The Expressiveness of Prompt Experts"). For a ViT with L blocks, embedding size D, patch
 grid h×w and ``N_p`` prompts (SPEC §2.1):
 
-1. block 0 gets a static VPT prompt ``P0`` (``N_p×D``, VPT init) inserted after the prefix tokens;
+1. block 0 gets a static VPT prompt ``P0`` (``N_p×D``, VPT init) inserted after the prefix tokens,
+   through a prompt dropout (``prompt_dropout``, training only);
 2. before every block l = 1..L−1 (at the output of block l−1) the old prompt tokens are dropped and
    new ones are computed from the patch tokens X:
 
    - a per-layer ``LayerNorm(D)`` (per token, so normalising ``[CLS, X]`` and dropping CLS equals
      normalising X alone);
    - X reshaped to ``(B, D, h, w)``, a depthwise convolution with ONE learnable ``K×K`` kernel per layer
-     shared by all D channels (no padding, no bias) → ``(B, D, h−K+1, w−K+1)``, then ``Dropout2d``;
+     shared by all D channels (no padding, no bias, initialised ``N(0, 1)``) → ``(B, D, h−K+1, w−K+1)``,
+     then ``Dropout2d`` (``conv_dropout``);
    - a per-layer token-wise projector ``Linear((h−K+1)(w−K+1) → N_p)`` over the spatial axis, weight and
      bias zero-initialised → ``(B, N_p, D)``;
-   - ONE feature projector shared by all layers: ``z + W2·ReLU(dropout(W1·z))`` (no biases).
+   - ONE feature projector shared by all layers: ``z + W2·ReLU(dropout(W1·z))`` (no biases; ``dropout``).
 
    The result ``P_l(X)`` fills the prompt slots: ``[prefix, P_l(X), X]`` enters block l. Because the
    token projectors start at zero, every adaptive prompt starts at exactly zero;
@@ -24,6 +26,12 @@ grid h×w and ``N_p`` prompts (SPEC §2.1):
 
 Parameters for ViT-B/16 at 224, ``N_p``=10, head excluded: 7,680 (P0) + 12,288 (feature projector) +
 16,896 (11 LayerNorms) + 18,700 (11 token projectors) + 44 (11 kernels) = 55,608.
+
+The three dropouts and the kernel init follow the official code (Minhchuyentoancbn/VAPT): the block-0
+prompt dropout is its ``MODEL.PROMPT.DROPOUT`` (0.1 in its README's commands), the ``Dropout2d`` after
+the convolution is fixed at 0.1 there, the feature projector's dropout is ``MODEL.PROMPT.DROPOUT_MLP``
+(0.1), and each kernel is drawn by ``torch.randn``. ``tests/methods/test_official_reference.py`` pins
+values and gradients against numbers computed with that code.
 
 The convolution, ``Dropout2d`` and token projector are evaluated in an equivalent, cheaper order (see
 :meth:`VAPT.adaptive_prompts`); the tests check values and gradients against the literal order.
@@ -41,6 +49,7 @@ from torch import nn
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable
 from .timm_views import hide_prompts
+from .parts import FeatureProjector
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
 
 
@@ -51,23 +60,16 @@ class VAPTConfig(MethodConfig):
     kernel: int = field(
         default=2, metadata={"help": "side K of each layer's channel-wise (depthwise, shared) kernel"}
     )
-    dropout: float = field(
+    prompt_dropout: float = field(
         default=0.1,
-        metadata={"help": "Dropout2d after the convolution and dropout in the feature projector"},
+        metadata={"help": "dropout on the block-0 prompt P0 as it is inserted (training only)"},
     )
-
-
-class FeatureProjector(nn.Module):
-    """``z + W2·ReLU(dropout(W1·z))`` with ``W1: D→hidden`` and ``W2: hidden→D``, no biases."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.fc2(F.relu(self.dropout(self.fc1(z))))
+    conv_dropout: float = field(
+        default=0.1, metadata={"help": "Dropout2d rate after each layer's channel-wise convolution"}
+    )
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout on the hidden activation of the feature projector"}
+    )
 
 
 class VAPT(Method):
@@ -83,8 +85,9 @@ class VAPT(Method):
             raise MethodNotApplicable(
                 f"vapt needs num_prompts, hidden and kernel >= 1, got {c.num_prompts}, {c.hidden}, {c.kernel}"
             )
-        if not 0.0 <= c.dropout < 1.0:
-            raise MethodNotApplicable(f"vapt dropout must be in [0, 1), got {c.dropout}")
+        for option in ("prompt_dropout", "conv_dropout", "dropout"):
+            if not 0.0 <= getattr(c, option) <= 1.0:
+                raise MethodNotApplicable(f"vapt {option} must be in [0, 1], got {getattr(c, option)}")
         h, w = geo.grid
         if min(h, w) < c.kernel:
             raise MethodNotApplicable(
@@ -96,8 +99,8 @@ class VAPT(Method):
         #: static prompt of block 0, ``(N_p, D)``
         self.prompt = nn.Parameter(geo.vpt_init_(torch.empty(c.num_prompts, dim)))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
-        #: one K×K kernel per layer, shared by all D channels; Conv2d's default init (bound 1/K)
-        self.kernels = nn.Parameter(torch.empty(layers, 1, 1, c.kernel, c.kernel).uniform_(-1, 1) / c.kernel)
+        #: one K×K kernel per layer, shared by all D channels; N(0, 1) as the official code
+        self.kernels = nn.Parameter(torch.randn(layers, 1, 1, c.kernel, c.kernel))
         self.projectors = nn.ModuleList(nn.Linear(conv_tokens, c.num_prompts) for _ in range(layers))
         for projector in self.projectors:
             nn.init.zeros_(projector.weight)
@@ -114,6 +117,8 @@ class VAPT(Method):
 
     def _insert(self, x: torch.Tensor) -> torch.Tensor:
         prompts = self.prompt.to(x.dtype).expand(x.shape[0], -1, -1)
+        if self.training and self.config.prompt_dropout > 0:  # a mask per sample and element
+            prompts = F.dropout(prompts, self.config.prompt_dropout, training=True)
         return insert_tokens(x, prompts, self.geometry.prefix)
 
     def adaptive_prompts(self, layer: int, patches: torch.Tensor) -> torch.Tensor:
@@ -138,8 +143,8 @@ class VAPT(Method):
         weight = projector.weight.view(c.num_prompts, 1, h - c.kernel + 1, w - c.kernel + 1)
         spatial = F.conv_transpose2d(weight, self.kernels[i]).view(1, c.num_prompts, h * w)
         z = torch.bmm(spatial.expand(batch, -1, -1), self.norms[i](patches))  # (B, N_p, D)
-        if self.training and c.dropout > 0:  # Dropout2d: whole channels, per sample
-            z = z * F.dropout(z.new_ones(batch, 1, geo.dim), c.dropout, training=True)
+        if self.training and c.conv_dropout > 0:  # Dropout2d: whole channels, per sample
+            z = z * F.dropout(z.new_ones(batch, 1, geo.dim), c.conv_dropout, training=True)
         return self.feature_projector(z + projector.bias[:, None])
 
     def _adapt(self, layer: int, x: torch.Tensor) -> torch.Tensor:

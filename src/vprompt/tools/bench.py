@@ -94,7 +94,7 @@ def build(backbone: str, method: str, options: dict, img_size: int | None, pretr
     import vprompt
 
     bb = vprompt.backbone(backbone, num_classes=10, img_size=img_size, pretrained=pretrained)
-    if method == "ap" and "site" not in options:
+    if method in vprompt.methods.SITE_METHODS and "site" not in options:
         options = {**options, "site": three_quarters_site(bb)}
     torch.manual_seed(0)
     return vprompt.attach(bb, method, **options).to(device), options

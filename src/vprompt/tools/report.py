@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from ..engine.rundir import CONFIG, SUMMARY, RunDir, write_text
+from ..methods import SITE_METHODS
 from . import plots
 from .executors import ERROR
 from .tables import markdown, mean_std, pm, write_csv
@@ -209,21 +210,22 @@ def details(rows: list[dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------- plots
 def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float]]]:
-    """AP configurations that differ only in their site: name → ``[(site, mean, std), ...]``.
+    """Site-method (AP, AAP) configurations that differ only in their site: name → ``[(site, mean, std), ...]``.
 
-    A series is named by what sets it apart from the other series (by dataset and shape when alone)."""
+    A series is named by what sets it apart from the other series (by dataset and shape when alone;
+    options only one method has, such as AAP's ``hidden``, are left to the method's name)."""
     series: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
     attrs: dict[str, dict[str, Any]] = {}
     for g in groups:
         row = g.row()
-        if g.method != "ap" or "site" not in g.options or row["accuracy_mean"] is None:
+        if g.method not in SITE_METHODS or "site" not in g.options or row["accuracy_mean"] is None:
             continue
-        a = {"split": g.split} | {k: v for k, v in g.options.items() if k not in ("site", "method")}
+        a = {"split": g.split} | {k: v for k, v in g.options.items() if k != "site"}
         key = json.dumps(a, sort_keys=True, default=str)
         attrs[key] = a
         series[key].append((g.options["site"], row["accuracy_mean"], row["accuracy_std"]))
     kept = {k: v for k, v in series.items() if len({s for s, *_ in v}) > 1}
-    names = sorted({n for k in kept for n in attrs[k]})
+    names = sorted({n for k in kept for n in attrs[k] if all(n in attrs[j] for j in kept)})
     varying = [n for n in names if len({json.dumps(attrs[k].get(n), default=str) for k in kept}) > 1]
     shown = ["split"] + ([n for n in varying if n != "split"] or ["data", "shape"])
     return {" ".join(f"{n}={_value(attrs[k].get(n))}" for n in shown): v for k, v in kept.items()}

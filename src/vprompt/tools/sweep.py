@@ -21,7 +21,7 @@ from ..data.sources import COOP, FGVC, VP_TORCHVISION, VTAB_TASKS
 from ..engine.config import check_config, make_config, to_dict
 from ..engine.run import as_config
 from ..engine.rundir import write_json, write_text
-from ..methods import method_config
+from ..methods import SITE_METHODS, method_config
 from . import plots
 from .executors import Executor, Job, failures, write_failures
 from .tables import markdown, pm, write_csv
@@ -94,14 +94,20 @@ def layers(
     *,
     sites: list[str] | None = None,
     shape: str = "full",
+    method: str = "ap",
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """AP at each of ``sites`` (default: ``embed`` where present and every ``block.N``).
+    """``method`` (a site method: ``ap``, ``aap``) at each of ``sites`` (default: ``embed`` where present
+    and every ``block.N``); the base config's other method options (e.g. ``hidden``) apply to every run.
 
-    Writes ``<out>/layers-<shape>.{md,csv,png}`` (accuracy and cost per site) and returns
-    ``{"rows": [...], "failures": [...], "files": {...}}``.
+    Runs go to ``<out>/layers/<name>/<site>`` with ``<name>`` the shape for ``ap`` and
+    ``<method>-<shape>`` otherwise. Writes ``<out>/layers-<name>.{md,csv,png}`` (accuracy and cost per
+    site) and returns ``{"rows": [...], "failures": [...], "files": {...}}``.
     """
-    base = base_config(config, method="ap")
+    if method not in SITE_METHODS:
+        raise ValueError(f"sweep layers moves a site method ({', '.join(SITE_METHODS)}), not {method!r}")
+    base = base_config(config, method=method)
+    name = shape if method == "ap" else f"{method}-{shape}"
     depths = site_depths(base)
     if sites is None:
         sites = [s for s in depths if s == "embed" or s.startswith("block.")]
@@ -112,7 +118,7 @@ def layers(
         )
     sites = sorted(dict.fromkeys(sites), key=lambda s: (depths[s], s))
     check_base({**base, "method_options": {**base["method_options"], "site": sites[0], "shape": shape}})
-    jobs = [Job.of(out, f"layers/{shape}/{s}", base, {"site": s, "shape": shape}) for s in sites]
+    jobs = [Job.of(out, f"layers/{name}/{s}", base, {"site": s, "shape": shape}) for s in sites]
     outcomes = (executor or Executor()).run(jobs)
     rows = []
     for site, o in zip(sites, outcomes, strict=True):
@@ -133,19 +139,19 @@ def layers(
         )
     failed = failures(outcomes)
     write_failures(out, failed)
-    return {"rows": rows, "failures": failed, "files": _write_layers(out, shape, rows)}
+    return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows)}
 
 
-def _write_layers(out: str | Path, shape: str, rows: list[dict]) -> dict[str, str]:
-    stem = Path(out) / f"layers-{shape}"
+def _write_layers(out: str | Path, method: str, shape: str, rows: list[dict]) -> dict[str, str]:
+    stem = Path(out) / ("layers-" + (shape if method == "ap" else f"{method}-{shape}"))
     headers = list(rows[0])
     write_csv(stem.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
     table = markdown(list(LAYER_COLUMNS.values()), [[r[k] for k in LAYER_COLUMNS] for r in rows])
     files = {"csv": str(stem.with_suffix(".csv")), "md": str(stem.with_suffix(".md"))}
     done = [r for r in rows if r["accuracy"] is not None]
-    text = f"# AP layer preference (shape {shape})\n\n{table}"
+    text = f"# {method.upper()} layer preference (shape {shape})\n\n{table}"
     if done:
-        label = f"ap {shape}"
+        label = f"{method} {shape}"
         plots.layer_preference(
             {label: [(r["site"], r["accuracy"], 0.0) for r in done]},
             stem.with_suffix(".png"),

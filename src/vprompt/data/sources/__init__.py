@@ -13,7 +13,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import fashion_mnist, fgvc, folder, synthetic, torchvision, vp, vtab1k  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    fashion_mnist,
+    fgvc,
+    folder,
+    mnist5k,
+    synthetic,
+    textile,
+    torchvision,
+    vp,
+    vtab1k,
+)
 from .base import SOURCES, USAGE, DatasetInfo, Source, held_out_indices, register_source, with_held_out
 from .coop import COOP
 from .fashion_mnist import FASHION_MNIST_DEBIAN
@@ -22,13 +32,19 @@ from .vp import VP_TORCHVISION
 from .vtab1k import VTAB_SPLIT_FILES, VTAB_TASKS
 
 
-def resolve(spec: str, root: str | os.PathLike | None = None) -> Source:
-    """Parse a dataset spec and locate its files under ``root``; raises ValueError/FileNotFoundError."""
+def resolve(spec: str, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False) -> Source:
+    """Parse a dataset spec and locate its files under ``root``; raises ValueError/FileNotFoundError.
+
+    Images named by a split list must lie inside the dataset folder (``..`` resolved lexically, symlinks
+    not followed); ``allow_outside_root=True`` accepts entries elsewhere (absolute paths, ``../``).
+    """
     family, _, arg = spec.strip().partition(":")
     factory = SOURCES.get(family.lower())
     if factory is None:
         raise ValueError(f"unknown dataset spec {spec!r}; use {', '.join(USAGE.values())}")
-    return factory(spec, arg, Path(root).expanduser() if root is not None else None)
+    source = factory(spec, arg, Path(root).expanduser() if root is not None else None)
+    source.allow_outside_root = bool(allow_outside_root)
+    return source
 
 
 __all__ = [

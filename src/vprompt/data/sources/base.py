@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import take
+from ..datasets import ImageListDataset, take
+from ..entries import check_inside
 
 #: Datasets that ship only train and test get a validation split: this fraction of the training set,
 #: drawn once with a fixed seed; ``train`` is the rest and ``trainval`` the whole training set.
@@ -52,6 +53,24 @@ def held_out_indices(n: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+#: Data that ships as one pool of images gets a test split: this fraction of every class, drawn once
+#: with a fixed seed (the same on every machine); the rest is the training set (with a held-out ``val``).
+TEST_FRACTION = 0.2
+TEST_SEED = 0
+
+
+def fixed_test_indices(labels: np.ndarray) -> tuple[list[int], list[int]]:
+    """``(train, test)`` indices of a single pool: a fixed random :data:`TEST_FRACTION` of each class is test."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(TEST_SEED)
+    test = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        test += rng.permutation(members)[: round(len(members) * TEST_FRACTION)].tolist()
+    chosen = set(test)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(test)
+
+
 def with_held_out(splits: tuple[str, ...]) -> tuple[str, ...]:
     """Native splits plus a derived ``val`` / ``trainval`` where the data has ``train`` but no ``val``."""
     if "train" in splits and "val" not in splits:
@@ -69,16 +88,27 @@ class Source:
 
     info: DatasetInfo
     held_out: bool = False
+    #: The dataset folder: every image a list names must lie inside it (see :mod:`..entries`).
+    dir: Path | None = None
+    #: Accept list entries outside ``dir`` (set by :func:`~vprompt.data.resolve`).
+    allow_outside_root: bool = False
 
     def dataset(self, split: str, transform: Callable | None = None):
         split = self.canonical_split(split)
         if self.held_out and split in ("train", "val", "trainval"):
-            full = self._dataset("train", transform)
+            full = self._checked("train", transform)
             if split == "trainval":
                 return full
             train, val = held_out_indices(len(full))
             return take(full, train if split == "train" else val)
-        return self._dataset(split, transform)
+        return self._checked(split, transform)
+
+    def _checked(self, split: str, transform):
+        """``_dataset``, with every listed image checked to lie inside the dataset folder."""
+        ds = self._dataset(split, transform)
+        if isinstance(ds, ImageListDataset) and not self.allow_outside_root and self.dir is not None:
+            check_inside(ds.samples, self.dir)
+        return ds
 
     def canonical_split(self, split: str) -> str:
         if split not in self.info.splits:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..datasets import DataError, ImageListDataset, Sample
+from ..entries import json_label, json_path, read_json
 from .base import DatasetInfo, Source, need_dir
 
 
@@ -46,15 +47,7 @@ class CoOpSource(Source):
             raise FileNotFoundError(f"{split_path}: split file is missing")
         self.split_path = split_path
         self.image_dir = self.dir / meta.images if meta.images else self.dir
-        try:
-            data = json.loads(split_path.read_text())
-            self.items = {
-                s: [(str(r[0]), int(r[1]), str(r[2])) for r in data[s]] for s in ("train", "val", "test")
-            }
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise DataError(
-                f"{split_path}: expected {{'train'|'val'|'test': [[relpath, label, classname], ...]}} ({e})"
-            ) from e
+        self.items = self._read(split_path)
         names = [f"class_{i}" for i in range(meta.num_classes)]
         for items in self.items.values():
             for _, label, cname in items:
@@ -63,6 +56,29 @@ class CoOpSource(Source):
         self.info = DatasetInfo(
             spec, "vp", name, meta.num_classes, tuple(names), ("train", "val", "trainval", "test"), root
         )
+
+    @staticmethod
+    def _read(split_path: Path) -> dict[str, list[tuple[str, int, str]]]:
+        """``{split: [(relpath, label, classname), ...]}``; a bad entry is named by ``[split][index]``."""
+        data = read_json(split_path)
+        layout = "expected {'train'|'val'|'test': [[relpath, label, classname], ...]}"
+        if not isinstance(data, dict):
+            raise DataError(f"{split_path}: {layout}")
+        items = {}
+        for split in ("train", "val", "test"):
+            rows = data.get(split)
+            if not isinstance(rows, list):
+                raise DataError(f"{split_path}: {layout} (no list under {split!r})")
+            items[split] = []
+            for i, row in enumerate(rows):
+                where = f"{split_path} [{split}][{i}]"
+                if not isinstance(row, list) or len(row) != 3:
+                    raise DataError(f"{where}: expected [relpath, label, classname], got {json.dumps(row)}")
+                rel, label, cname = json_path(row[0], where), json_label(row[1], where), row[2]
+                if not isinstance(cname, str):
+                    raise DataError(f"{where}: class name {json.dumps(cname)} is not a string")
+                items[split].append((rel, label, cname))
+        return items
 
     def _dataset(self, split, transform):
         parts = ("train", "val") if split == "trainval" else (split,)

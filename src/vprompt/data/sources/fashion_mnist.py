@@ -23,8 +23,13 @@ FASHION_MNIST_CLASSES = (
 
 
 class FashionMNISTSource(Source):
-    """Fashion-MNIST: idx files read with gzip+numpy from, in order, ``<root>``, ``<root>/FashionMNIST/raw``,
-    the Debian package path, then torchvision ``FashionMNIST(root, download=True)`` (works only online)."""
+    """Fashion-MNIST: idx files read with gzip+numpy.
+
+    With a root, from ``<root>`` or ``<root>/FashionMNIST/raw`` only: a root that does not exist, or that
+    holds other files but not these, is an error (never another copy in its place). An existing *empty*
+    root is filled by torchvision ``FashionMNIST(root, download=True)`` (online only). Without a root, from
+    the Debian package path ``/usr/share/datasets/fashion-mnist``.
+    """
 
     FILES = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -33,12 +38,17 @@ class FashionMNISTSource(Source):
 
     def __init__(self, spec: str, root: Path | None):
         self.spec, self.root = spec, Path(root) if root is not None else None
-        candidates = []
-        if self.root is not None:
-            candidates += [self.root, self.root / "FashionMNIST" / "raw"]
-        candidates.append(FASHION_MNIST_DEBIAN)
-        self.dir = next((d for d in candidates if self._find(d, "train", 0) is not None), None)
+        if self.root is None:
+            candidates = [FASHION_MNIST_DEBIAN]
+        else:
+            candidates = [self.root, self.root / "FashionMNIST" / "raw"]
         self.candidates = candidates
+        self.dir = next((d for d in candidates if self._find(d, "train", 0) is not None), None)
+        if self.dir is None and self.root is not None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(self._missing(f"{self.root} is not a folder"))
+            if any(self.root.iterdir()):
+                raise FileNotFoundError(self._missing(f"{self.root} holds other files"))
         self.held_out = True
         self.info = DatasetInfo(
             spec,
@@ -78,7 +88,13 @@ class FashionMNISTSource(Source):
 
     def _missing(self, why: str) -> str:
         places = ", ".join(str(c) for c in self.candidates)
-        return f"Fashion-MNIST idx files not found in {places} ({why}); apt-get install dataset-fashion-mnist"
+        files = "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
+        if self.root is None:
+            fix = "apt-get install dataset-fashion-mnist, or name a root that holds them"
+        else:
+            fix = "put them there, point the root at an empty folder to download them (online), or give no root "
+            fix += f"to use the Debian package's copy in {FASHION_MNIST_DEBIAN}"
+        return f"Fashion-MNIST idx files not found in {places} ({why}): expected {files}; {fix}"
 
 
 @register_source("fashion-mnist", "fashion_mnist", "fashionmnist", usage="fashion-mnist")

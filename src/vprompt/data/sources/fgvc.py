@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..datasets import DataError, ImageListDataset, Sample
+from ..entries import json_label, json_path, read_json
 from .base import DatasetInfo, Source, generic_names, need_dir, register_source
 
 
@@ -47,11 +47,12 @@ class FGVCSource(Source):
             path = self.dir / f"{split}.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: split file is missing")
-            try:
-                data = json.loads(path.read_text())
-                self.annotations[split] = [(str(k), int(v)) for k, v in data.items()]
-            except (ValueError, AttributeError, TypeError) as e:
-                raise DataError(f"{path}: expected a json object {{image path: integer label}} ({e})") from e
+            data = read_json(path)
+            if not isinstance(data, dict):
+                raise DataError(f"{path}: expected a json object {{image path: integer label}}")
+            self.annotations[split] = [
+                (json_path(k, f"{path} [{k!r}]"), json_label(v, f"{path} [{k!r}]")) for k, v in data.items()
+            ]
         ids = sorted({label for items in self.annotations.values() for _, label in items})
         if len(ids) != meta.num_classes:
             raise DataError(
@@ -75,7 +76,7 @@ class FGVCSource(Source):
     def _dataset(self, split, transform):
         parts = ("train", "val") if split == "trainval" else (split,)
         samples = [
-            Sample(self.image_dir / rel, self.label_map[label], str(self.dir / f"{p}.json"))
+            Sample(self.image_dir / rel, self.label_map[label], f"{self.dir / f'{p}.json'} [{rel!r}]")
             for p in parts
             for rel, label in self.annotations[p]
         ]

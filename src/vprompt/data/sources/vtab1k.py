@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..datasets import DataError, ImageListDataset, Sample
+from ..entries import read_text, text_label
 from .base import DatasetInfo, Source, generic_names, need_dir, register_source
 
 #: The 19 VTAB-1k task folders and their class counts.
@@ -73,13 +74,14 @@ class VTABSource(Source):
         if not list_file.is_file():
             raise FileNotFoundError(f"{list_file}: split file is missing")
         samples = []
-        for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        for number, line in enumerate(read_text(list_file).splitlines(), 1):
             if not line.strip():
                 continue
+            where = f"{list_file}:{number}"
             parts = line.strip().rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DataError(f"{list_file}:{number}: expected '<image path> <label>', got {line!r}")
-            samples.append(Sample(self.dir / parts[0], int(parts[1]), f"{list_file}:{number}"))
+            if len(parts) != 2:
+                raise DataError(f"{where}: expected '<image path> <label>', got {line!r}")
+            samples.append(Sample(self.dir / parts[0], text_label(parts[1], where), where))
         return ImageListDataset(samples, self.info.num_classes, str(list_file), transform)
 
 

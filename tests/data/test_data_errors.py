@@ -137,3 +137,62 @@ def test_bad_specs_splits_and_configs(vtab_root):
         load("synthetic:2x8", None, "train", {"input_size": (3, 8, 8)})
     with pytest.raises(ValueError, match="unknown protocol"):
         load("synthetic:2x8", None, "train", CONFIG, protocol="imagenet")
+
+
+def _write_fashion_idx(folder, n=5):
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        for kind, array in (
+            ("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+            ("labels-idx1", np.arange(n) % 10),
+        ):
+            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+                int(d).to_bytes(4, "big") for d in array.shape
+            )
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_named_root_without_the_files_is_an_error_not_another_copy(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    _write_fashion_idx(debian)
+    monkeypatch.setattr(sources.fashion_mnist, "FASHION_MNIST_DEBIAN", debian)
+    assert describe("fashion-mnist").root == debian  # no root: the packaged copy
+    with pytest.raises(FileNotFoundError) as e:
+        describe("fashion-mnist", tmp_path / "nonexistent")
+    assert (
+        f"not found in {tmp_path / 'nonexistent'}, {tmp_path / 'nonexistent' / 'FashionMNIST' / 'raw'}"
+        in str(e.value)
+    )
+    assert f"({tmp_path / 'nonexistent'} is not a folder)" in str(e.value)
+    assert f"give no root to use the Debian package's copy in {debian}" in str(e.value)
+    other = tmp_path / "my_data"
+    (other / "cifar").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=rf"not found in {other}, .*\({other} holds other files\)"):
+        load("fashion-mnist", other, "train", CONFIG)
+    _write_fashion_idx(other / "FashionMNIST" / "raw", n=7)  # where torchvision puts them
+    assert len(load("fashion-mnist", other, "trainval", CONFIG)) == 7
+
+
+def test_fashion_mnist_empty_root_downloads_into_it_only(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    class OfflineFashionMNIST:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(sources.fashion_mnist, "FASHION_MNIST_DEBIAN", tmp_path / "debian")
+    _write_fashion_idx(tmp_path / "debian")
+    monkeypatch.setattr(tvd, "FashionMNIST", OfflineFashionMNIST)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert describe("fashion-mnist", empty).root is None
+    with pytest.raises(FileNotFoundError, match=r"\(download failed: Error downloading train-images"):
+        load("fashion-mnist", empty, "test", CONFIG)
+    assert calls == [(str(empty), False, True)]
