@@ -48,8 +48,8 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable
-from .timm_views import hide_prompts
 from .parts import FeatureProjector
+from .timm_views import hide_prompts
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
 
 
