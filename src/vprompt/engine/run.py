@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from ..backbones import create_backbone
+from ..data.fingerprint import fingerprint
 from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
 from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .optim import peak_lr
-from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, reset_peak_memory
+from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .trainer import Precision, Trainer, evaluate
 
 #: config keys that may differ between a run and its resumption (they do not change the result)
@@ -83,6 +84,12 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "precision": Precision.choose(config.precision, ctx.device).name,
         "backbone_build_args": bb.build_args,
         "data_location": data_location(config),
+        "data_fingerprint": {
+            name: fingerprint(getattr(data, name))
+            for name in ("train", "val", "test")
+            if getattr(data, name) is not None
+        },
+        "provenance": provenance(),
     }
     return values
 

@@ -275,6 +275,41 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {"versions": versions, "device": {"type": device.type, "name": name}, "host": platform.node()}
 
 
+def provenance() -> dict[str, Any]:
+    """What made the run: the command line, the working directory, vprompt's version, and its git commit
+    when vprompt runs from a checkout of its repository (``git_dirty``: uncommitted changes there)."""
+    import shlex
+    import subprocess
+
+    from .. import __version__
+
+    record: dict[str, Any] = {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
+        "cwd": os.getcwd(),
+        "vprompt": __version__,
+        "git_commit": None,
+    }
+    package = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if (
+        top and (Path(top) / "src" / "vprompt").resolve() == package
+    ):  # vprompt's own checkout, not a user's repo
+        record["git_commit"] = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        record["git_dirty"] = bool(status) if status is not None else None
+    return record
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Restart the peak-memory mark, so a run reports its own peak and not an earlier run's in this process
     (CUDA: the allocator's peak; CPU: the kernel's resident-set high-water mark, Linux only)."""
