@@ -94,12 +94,11 @@ def _forward_intermediates(
         model,
         x,
         indices,
-        return_prefix_tokens=True,
+        return_prefix_tokens=bool(prefix),  # timm < 1.0.13 fails on True without prefix tokens
         norm=norm,
         stop_early=stop_early,
         output_fmt="NLC",
         intermediates_only=False,
-        output_dict=False,
         **kwargs,
     )
     h, w = model.patch_embed.dynamic_feat_size((height, width))
