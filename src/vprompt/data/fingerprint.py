@@ -15,7 +15,7 @@ import numpy as np
 from .datasets import ArrayDataset, ImageListDataset, IndexedDataset
 
 
-def _base_and_indices(dataset) -> tuple[Any, list[int]]:
+def base_and_indices(dataset) -> tuple[Any, list[int]]:
     """The underlying dataset and the indices (into it) that ``dataset`` holds."""
     indices = list(range(len(dataset)))
     while isinstance(dataset, IndexedDataset):
@@ -26,7 +26,7 @@ def _base_and_indices(dataset) -> tuple[Any, list[int]]:
 
 def fingerprint(dataset) -> dict[str, Any]:
     """``{"items", "files", "bytes", "sha256"}`` of ``dataset`` (``files``/``bytes`` for image files only)."""
-    base, indices = _base_and_indices(dataset)
+    base, indices = base_and_indices(dataset)
     digest = hashlib.sha256()
     result: dict[str, Any] = {"items": len(indices)}
     if isinstance(base, ImageListDataset):

@@ -241,9 +241,13 @@ def data_location(config: TrainConfig) -> dict[str, str | None]:
     """
     root = str(Path(config.root).expanduser().resolve()) if config.root else None
     data = config.data
-    family, _, path = data.partition(":")
-    if family == "folder" and path and root is None and not Path(path).expanduser().is_absolute():
-        data = f"folder:{Path(path).expanduser().resolve()}"
+    family, _, arg = data.partition(":")
+    if family == "folder" and arg:
+        from ..data.sources.folder import parse_hold_out
+
+        path, _ = parse_hold_out(arg)
+        if root is None and not Path(path).expanduser().is_absolute():
+            data = f"folder:{Path(path).expanduser().resolve()}{arg[len(path) :]}"
     return {"data": data, "root": root}
 
 
