@@ -51,8 +51,8 @@ def test_fractions_are_options_of_the_spec(tmp_path):
     test = Counter(s.path.parent.name for s in load(spec, None, "test", None).samples)
     val = Counter(s.path.parent.name for s in load(spec, None, "val", None).samples)
     assert test == {"cat": 4, "dog": 8, "owl": 2} and val == {"cat": 2, "dog": 4, "owl": 1}
-    no_test = load(f"folder:{tmp_path / 'pets'}?test=0", None, "test", None)
-    assert len(no_test) == 0
+    assert describe(f"folder:{tmp_path / 'pets'}?test=0").splits == ("train", "val", "trainval", "all")
+    assert len(load(f"folder:{tmp_path / 'pets'}?test=0", None, "train", None)) == 35 - 4
     with pytest.raises(ValueError, match="folder option 'tset' is unknown; the options are: val, test, seed"):
         describe(f"folder:{tmp_path / 'pets'}?tset=0.2")
     with pytest.raises(ValueError, match="fractions must be in"):

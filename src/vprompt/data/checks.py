@@ -123,6 +123,7 @@ def check_dataset(
                 entry.decoded += 1
             except (DataError, FileNotFoundError) as e:
                 report.problems.append(str(e))
+    report.problems = list(dict.fromkeys(report.problems))  # a pool's problem shows in every split: once
     return report
 
 

@@ -51,9 +51,11 @@ class FolderSource(Source):
             splits, class_root = ("all",), self.dir
         self.layout = "lists" if self.lists else "dirs" if splits != ("all",) else "single"
         self.held_out = "train" in splits and "val" not in splits
-        splits = (
-            with_held_out(splits) if self.layout != "single" else ("train", "val", "trainval", "test", "all")
-        )
+        if self.layout == "single":  # a split with a zero fraction is not offered
+            splits = ("train",) + ("val", "trainval") * (self.hold_out["val"] > 0)
+            splits += ("test",) * (self.hold_out["test"] > 0) + ("all",)
+        else:
+            splits = with_held_out(splits)
         walk = FolderWalk(class_root)
         classes = walk.subfolders(class_root)
         if len(classes) < 2:
