@@ -1,8 +1,9 @@
-"""``vprompt data check``: verify a prepared dataset before training on it."""
+"""``vprompt data check`` verifies a prepared dataset; ``vprompt data prepare vtab1k`` builds VTAB-1k."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode only a sample of images per split (what training runs do)",
     )
     c.add_argument("--sample", type=int, default=8, help="images decoded per split with --quick")
+    c.add_argument("--image-column", default=None, help="hf: data: the image column")
+    c.add_argument("--label-column", default=None, help="hf: data: the label column")
     c.add_argument(
         "--images-outside-root",
         action="store_true",
@@ -36,14 +39,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.set_defaults(func=cmd_check)
 
+    p = data_sub.add_parser(
+        "prepare",
+        help="build a dataset in the layout vprompt reads (vtab1k: the 19 tasks from TensorFlow Datasets)",
+        description="Build <out>/<task>/{train800,val200,train800val200,test}.txt + images from TFDS with the "
+        "official VTAB-1k definitions. Finished tasks are skipped, an interrupted one is redone; needs "
+        "pip install 'vprompt[prepare]'.",
+    )
+    p.add_argument("dataset", choices=["vtab1k"], help="what to prepare")
+    p.add_argument("--out", required=True, help="the data root to write (then: --root for vtab1k:<task>)")
+    p.add_argument(
+        "--tasks", action="append", default=None, help="only these tasks (comma-separated or repeated)"
+    )
+    p.add_argument(
+        "--tfds-dir",
+        default=None,
+        help="TFDS data folder (default $TFDS_DATA_DIR or ~/tensorflow_datasets); manual downloads go in "
+        "<tfds-dir>/downloads/manual/",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..data import check_dataset
     from ..data.checks import split_files
     from ..data.sources import resolve
+    from ..data.sources.hf import with_columns
 
+    spec = with_columns(args.spec, args.image_column, args.label_column)
     report = check_dataset(
-        args.spec,
+        spec,
         args.root,
         splits=args.split,
         full=not args.quick,
@@ -51,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         allow_outside_root=args.images_outside_root,
     )
     print(report.summary())
-    source = resolve(args.spec, args.root, allow_outside_root=args.images_outside_root)
+    source = resolve(spec, args.root, allow_outside_root=args.images_outside_root)
     hold_out = getattr(source, "hold_out", None)
     if hold_out is not None and getattr(source, "layout", None) == "single":
         print(
@@ -63,3 +89,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             for name, path in files:
                 print(f"{split}\t{name}\t{path}")
     return 0 if report.ok else 1
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare_vtab1k
+
+    try:
+        outcomes = prepare_vtab1k(args.out, args.tasks, args.tfds_dir, progress=not args.no_progress)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bad = [o for o in outcomes if not o.ok]
+    done = len(outcomes) - len(bad)
+    print(f"{done}/{len(outcomes)} task(s) ready in {args.out}")
+    for o in bad:
+        print(f"  {o.task}: {o.status}")
+    return 0 if not bad else 1

@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHES = ("auto", "off", "memory", "disk")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 @dataclass
@@ -35,8 +36,16 @@ class TrainConfig:
         default_factory=dict, metadata={"help": "the method's own options (see `vprompt methods --options`)"}
     )
     # ------------------------------------------------------------------------------------ data
-    data: str = field(default="", metadata={"help": "dataset spec: vtab1k:<task>, fashion-mnist, ..."})
+    data: str = field(
+        default="", metadata={"help": "dataset spec: vtab1k:<task>, hf:<name or folder>, fashion-mnist, ..."}
+    )
     root: str | None = field(default=None, metadata={"help": "data root (see the README's Data section)"})
+    image_column: str | None = field(
+        default=None, metadata={"help": "hf: data: the image column (default: the first Image feature)"}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "hf: data: the label column (default: the first ClassLabel feature)"}
+    )
     images_outside_root: bool = field(
         default=False,
         metadata={
@@ -105,6 +114,13 @@ class TrainConfig:
         default="float32", metadata={"help": "dtype the cached activations are stored in"}
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    log: Literal["csv", "tensorboard", "wandb"] = field(
+        default="csv",
+        metadata={
+            "help": "where the run is tracked besides metrics.jsonl: csv (steps.csv), tensorboard "
+            "(<run>/tensorboard/), wandb (offline unless WANDB_API_KEY is set and the network is up)"
+        },
+    )
 
 
 def config_fields() -> dict[str, Any]:
@@ -203,6 +219,7 @@ def check_config(config: TrainConfig) -> None:
         "precision": PRECISIONS,
         "cache": CACHES,
         "cache_dtype": CACHE_DTYPES,
+        "log": LOGGERS,
     }
     for name, valid in choices.items():
         if getattr(config, name) not in valid:

@@ -136,13 +136,22 @@ class DataPlan:
         return not vdata.is_train_deterministic(self.protocol)
 
 
+def data_spec(config: TrainConfig) -> str:
+    """The run's dataset spec with ``--image-column`` / ``--label-column`` in it (``hf:`` data)."""
+    from ..data.sources.hf import with_columns
+
+    return with_columns(config.data, config.image_column, config.label_column)
+
+
 def plan_data(config: TrainConfig) -> DataPlan:
     """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
     protocol = config.protocol or vdata.default_protocol(config.data)
     vdata.get_protocol(protocol)  # unknown protocol: a clear error
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
-    info = vdata.preflight(config.data, config.root, wanted, allow_outside_root=config.images_outside_root)
+    info = vdata.preflight(
+        data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root
+    )
     return DataPlan(info, protocol, splits)
 
 
@@ -181,7 +190,7 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
         if split is None:
             return None
         ds = vdata.load(
-            config.data,
+            data_spec(config),
             config.root,
             split,
             data_config,

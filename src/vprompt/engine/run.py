@@ -25,10 +25,11 @@ from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .optim import peak_lr
 from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
+from .tracking import open_tracker
 from .trainer import Precision, Trainer, evaluate
 
 #: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"progress", "workers", "device", "root"}
+RESUME_FREE = {"progress", "workers", "device", "root", "log"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -171,6 +172,7 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
             raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
     plan = plan_data(config)  # bad data fails here, before any model is built
     ctx = setup(config.device)
+    trainer = None
     try:
         model = build_model(config, plan.info.num_classes)
         data = load_data(config, plan, model.backbone.data_config, model.num_classes)
@@ -183,6 +185,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
                 trainer.load_state(run.load_checkpoint())
             elif ctx.main:
                 run.write_config(resolved)
+        trainer.tracker = open_tracker(config.log, run.path if run is not None else None, ctx.main)
+        trainer.tracker.start(resolved, trainer.progress.updates)
         reset_peak_memory(ctx.device)
         progress = trainer.fit()
         selected = trainer.select()
@@ -229,9 +233,12 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
             model.save_pretrained(run / ADAPTER)
             summary["run"] = str(run.path)
             run.write_summary(summary)
+        trainer.tracker.finish(summary)
         ctx.barrier()
         return summary
     finally:
+        if trainer is not None:
+            trainer.tracker.close()
         teardown(ctx)
 
 

@@ -6,6 +6,7 @@
 <run>/summary.json        the result: accuracies, parameters, time, memory, throughput, versions, device
 <run>/adapter/            the kept weights, trainable state only (vprompt_model.safetensors + vprompt_config.json; LoRA also peft's files)
 <run>/checkpoint.pt       resumable state after the last finished epoch
+<run>/steps.csv           per-step loss and lr (--log csv, the default); tensorboard/ or wandb/ instead
 ```
 """
 
@@ -30,6 +31,7 @@ import torch
 import yaml
 
 from ..files import WriteError, atomic_write, ensure_dir, remove_stale_temps, write_text
+from .tracking import TRACKING_FILES
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -39,7 +41,7 @@ CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 ERROR = "error.txt"  # a sweep's record of a failed run
 #: everything vprompt itself puts into a run folder (anything else there is the user's)
-RUN_FILES = {CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINT, LOCK, ERROR}
+RUN_FILES = {CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINT, LOCK, ERROR} | TRACKING_FILES
 CHECKPOINT_FORMAT = "vprompt-checkpoint"
 CHECKPOINT_VERSION = 2
 

@@ -29,6 +29,7 @@ from .data import RunData, SeededItems, eval_loader, loader_options, private_gen
 from .distributed import Context, synchronize
 from .optim import build_optimizer, build_schedule
 from .rundir import RunDir
+from .tracking import Tracker
 
 #: steps between checks of the loss for NaN/inf (each check waits for the device)
 CHECK_EVERY = 10
@@ -180,6 +181,7 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
+        self.tracker = Tracker()  # run.py sets the one --log asks for
 
     # ------------------------------------------------------------------------ frozen-prefix cache
     def plan_cache(self) -> tuple[tuple[str, str] | None, str]:
@@ -311,6 +313,7 @@ class Trainer:
         correct = torch.zeros((), device=ctx.device)
         finite = torch.ones((), dtype=torch.bool, device=ctx.device)
         seen = 0
+        step_rows: list[tuple[int, torch.Tensor, float]] = []  # (global step, loss, lr): for the tracker
         synchronize(ctx.device)  # time this epoch's work only
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.train_batches()):
@@ -332,6 +335,9 @@ class Trainer:
                 scaler.update()
             else:
                 self.optimizer.step()
+            step_rows.append(
+                (self.progress.updates + 1, summed.detach() / len(y), self.optimizer.param_groups[0]["lr"])
+            )
             self.progress.updates += 1
             self.schedule.step_update(self.progress.updates)
             loss_sum += summed.detach()
@@ -339,6 +345,9 @@ class Trainer:
             seen += len(y)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
                 self.check_finite(finite, epoch, step)
+                losses = torch.stack([r[1] for r in step_rows]).tolist()  # one sync, as the check's
+                self.tracker.steps([(r[0], loss, r[2]) for r, loss in zip(step_rows, losses, strict=True)])
+                step_rows.clear()
                 if bar is not None:
                     rate = seen * ctx.world / (time.perf_counter() - start)
                     bar.set_postfix(
@@ -430,6 +439,7 @@ class Trainer:
                 p.epoch += 1
                 if bar is not None:
                     bar.write(epoch_line(row, cfg.epochs))
+                self.tracker.epoch(row, p.updates)
                 if self.run is not None:
                     state = self.state()  # every process takes part (RNG states are gathered)
                     if self.ctx.main:

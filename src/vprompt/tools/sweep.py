@@ -68,7 +68,9 @@ def check_base(base: dict[str, Any], data: bool = True) -> None:
     check_config(make_config(dict(base)))
     method_config(base["method"], **base["method_options"])
     if data:
-        describe(base["data"], base["root"])
+        from ..engine.data import data_spec
+
+        describe(data_spec(make_config(dict(base))), base["root"])
 
 
 def _g(x: float | None) -> str | None:

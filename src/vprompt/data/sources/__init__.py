@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (registers)
     fashion_mnist,
     fgvc,
     folder,
+    hf,
     mnist5k,
     synthetic,
     textile,

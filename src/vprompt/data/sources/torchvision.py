@@ -8,6 +8,9 @@ from pathlib import Path
 from ..datasets import TransformedDataset
 from .base import DatasetInfo, Source, generic_names, need_dir, register_source, with_held_out
 
+#: classes whose ``split=`` takes only these values (the rest of the split= classes take train/val/test)
+_SPLIT_VALUES = {name: ("train", "test") for name in ("SVHN", "GTSRB", "Food101", "StanfordCars", "STL10")}
+
 
 class TorchvisionSource(Source):
     """A ``torchvision.datasets`` class, always constructed with ``download=False``."""
@@ -27,7 +30,11 @@ class TorchvisionSource(Source):
         self.mode = "train" if "train" in params else "split" if "split" in params else None
         if self.mode is None:
             raise ValueError(f"{spec}: {cls_name} takes neither train= nor split=; use folder:<path> instead")
-        splits = ("train", "test") if self.mode == "train" else ("train", "val", "test")
+        splits = (
+            ("train", "test")
+            if self.mode == "train"
+            else _SPLIT_VALUES.get(cls_name, ("train", "val", "test"))
+        )
         self.held_out = "val" not in splits
         splits = with_held_out(splits)
         self.spec, self._cache = spec, {}

@@ -1,0 +1,158 @@
+"""Where a run is tracked besides ``metrics.jsonl``: ``--log csv`` (default), ``tensorboard`` or ``wandb``.
+
+The trainer talks to one small interface, :class:`Tracker`: ``steps`` (per optimisation step: the loss of
+the step's batch and the learning rate it used), ``epoch`` (the epoch's ``metrics.jsonl`` row), ``finish``
+(the summary) and ``close``. ``start`` records the resolved config. Every value is logged at the global
+step (epoch rows at the step that ended the epoch), so a resumed run continues the same axis:
+
+- ``csv``: ``<run>/steps.csv`` (``step,loss,lr``); rows past the checkpoint are dropped on resume.
+- ``tensorboard``: event files in ``<run>/tensorboard/`` (``train/loss``, ``train/lr``, ``epoch/<metric>``,
+  ``summary/<value>``; the config and summary as text); on resume, events past the checkpoint are purged.
+- ``wandb``: a W&B run in ``<run>/wandb/`` with the same keys; offline (``WANDB_MODE=offline``) unless
+  ``WANDB_MODE`` is set or ``WANDB_API_KEY`` is given. ``wandb sync <run>/wandb/offline-run-*`` uploads it.
+
+With several processes only the main one tracks. The per-step loss is that process's share of the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+STEPS = "steps.csv"
+TENSORBOARD = "tensorboard"
+WANDB = "wandb"
+#: what each tracker adds to a run folder (see ``rundir.RUN_FILES``)
+TRACKING_FILES = {STEPS, TENSORBOARD, WANDB}
+
+
+class Tracker:
+    """Tracks nothing (processes other than the main one, runs without a folder)."""
+
+    def start(self, config: dict[str, Any], resume_step: int) -> None:
+        pass
+
+    def steps(self, rows: list[tuple[int, float, float]]) -> None:
+        """``(global step, loss, lr)`` of steps just taken."""
+
+    def epoch(self, row: dict[str, Any], step: int) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+class CsvTracker(Tracker):
+    def __init__(self, folder: Path):
+        self.path = folder / STEPS
+
+    def start(self, config, resume_step):
+        kept = []
+        if resume_step and self.path.is_file():
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.reader(f) if r and r[0] != "step" and int(r[0]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows([["step", "loss", "lr"], *kept])
+
+    def steps(self, rows):
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows([[s, repr(loss), repr(lr)] for s, loss, lr in rows])
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, folder: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                f"--log tensorboard needs tensorboard: pip install 'vprompt[tracking]' ({e})"
+            ) from None
+        self.folder, self.writer_cls, self.writer, self.last = folder / TENSORBOARD, SummaryWriter, None, 0
+
+    def start(self, config, resume_step):
+        self.writer = self.writer_cls(str(self.folder), purge_step=resume_step or None)
+        text = json.dumps(config, indent=2, default=str)
+        self.writer.add_text("config", f"```\n{text}\n```", global_step=resume_step)
+
+    def steps(self, rows):
+        for step, loss, lr in rows:
+            self.last = step
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, row, step):
+        for key, value in _numbers(row).items():
+            self.writer.add_scalar(f"epoch/{key}", value, step)
+        self.writer.flush()
+
+    def finish(self, summary):
+        for key, value in _numbers(summary).items():
+            self.writer.add_scalar(f"summary/{key}", value, self.last)
+        text = json.dumps(summary, indent=2, default=str)
+        self.writer.add_text("summary", f"```\n{text}\n```", global_step=self.last)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class WandbTracker(Tracker):
+    def __init__(self, folder: Path):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError(f"--log wandb needs wandb: pip install 'vprompt[tracking]' ({e})") from None
+        self.wandb, self.folder, self.run = wandb, folder, None
+
+    def start(self, config, resume_step):
+        if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
+            os.environ["WANDB_MODE"] = "offline"  # no account: keep everything on disk, no network
+        self.run = self.wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "vprompt"),
+            name=self.folder.name,
+            dir=str(self.folder),
+            config=config,
+        )  # a resumed run is a second W&B run that continues the step axis
+
+    def steps(self, rows):
+        for step, loss, lr in rows:
+            self.run.log({"train/loss": loss, "train/lr": lr}, step=step)
+
+    def epoch(self, row, step):
+        self.run.log({f"epoch/{k}": v for k, v in _numbers(row).items()}, step=step)
+
+    def finish(self, summary):
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)})
+
+    def close(self):
+        if self.run is not None:
+            self.run.finish()
+
+
+TRACKERS = {"csv": CsvTracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker}
+
+
+def open_tracker(kind: str, folder: Path | None, main: bool) -> Tracker:
+    """The tracker ``--log kind`` asks for, writing into the run ``folder`` (the main process only)."""
+    if kind not in TRACKERS:
+        raise ValueError(f"unknown --log {kind!r}; choose one of: {', '.join(TRACKERS)}")
+    if folder is None:
+        if kind != "csv":
+            raise ValueError(f"--log {kind} writes into the run folder: give --output")
+        return Tracker()
+    return TRACKERS[kind](Path(folder)) if main else Tracker()

@@ -1,0 +1,95 @@
+"""--log csv / tensorboard / wandb: per-step loss and lr, per-epoch metrics, config and summary; the values
+read back from each tracker's files equal metrics.jsonl and summary.json."""
+
+import csv
+import json
+
+import pytest
+from tiny_runs import TINY
+from wandb_records import history_and_summary
+
+import vprompt
+
+STEPS_PER_EPOCH = 4  # synthetic:4x32 has 64 training images, batch 16
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_steps_match_epochs(steps: list[tuple[int, float, float]], rows: list[dict]):
+    """Steps 1..N; each epoch's batch losses average to its train_loss (equal batches); the lr an epoch
+    row reports is the lr of the next epoch's first step."""
+    assert [s for s, _, _ in steps] == list(range(1, len(rows) * STEPS_PER_EPOCH + 1))
+    for e, row in enumerate(rows):
+        losses = [loss for _, loss, _ in steps[e * STEPS_PER_EPOCH : (e + 1) * STEPS_PER_EPOCH]]
+        assert sum(losses) / len(losses) == pytest.approx(row["train_loss"], rel=1e-5)
+        if e + 1 < len(rows):
+            assert steps[(e + 1) * STEPS_PER_EPOCH][2] == pytest.approx(row["lr"], rel=1e-6)
+
+
+def test_csv_is_the_default_with_steps_csv(tmp_path):
+    run = tmp_path / "run"
+    vprompt.train(TINY, method="linear", output=run, warmup_epochs=1)
+    with open(run / "steps.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "loss", "lr"]
+    steps = [(int(s), float(loss), float(lr)) for s, loss, lr in rows[1:]]
+    check_steps_match_epochs(steps, metrics(run))
+    assert steps[0][2] < steps[STEPS_PER_EPOCH][2]  # linear warm-up over the first epoch
+
+
+def test_tensorboard_events_equal_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    summary = vprompt.train(TINY, method="linear", output=run, log="tensorboard")
+    assert not (run / "steps.csv").exists()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    loss, lr = scalars["train/loss"], scalars["train/lr"]
+    steps = [(e.step, e.value, lr_e.value) for e, lr_e in zip(loss, lr, strict=True)]
+    rows = metrics(run)
+    check_steps_match_epochs(steps, rows)
+    for key in ("train_loss", "train_accuracy", "lr"):
+        got = [(e.step, e.value) for e in scalars[f"epoch/{key}"]]
+        assert got == [
+            ((i + 1) * STEPS_PER_EPOCH, pytest.approx(r[key], rel=1e-6)) for i, r in enumerate(rows)
+        ]
+    assert scalars["summary/val_accuracy"][0].value == pytest.approx(summary["val_accuracy"], rel=1e-6)
+    texts = {
+        tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]
+    }
+    config_text = next(v for k, v in texts.items() if k.startswith("config"))
+    assert '"method": "linear"' in config_text and '"peak_lr"' in config_text
+    assert '"val_accuracy"' in next(v for k, v in texts.items() if k.startswith("summary"))
+
+
+def test_wandb_offline_without_network_or_key(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    summary = vprompt.train(TINY, method="linear", output=run, log="wandb")
+    (offline,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    history, saved = history_and_summary(offline)
+    steps = [(h["_step"], h["train/loss"], h["train/lr"]) for h in history]
+    rows = metrics(run)
+    check_steps_match_epochs(steps, rows)
+    epochs = [h for h in history if "epoch/train_loss" in h]
+    assert [h["_step"] for h in epochs] == [(i + 1) * STEPS_PER_EPOCH for i in range(len(rows))]
+    for h, row in zip(epochs, rows, strict=True):
+        assert h["epoch/train_loss"] == pytest.approx(row["train_loss"], rel=1e-6)
+        assert h["epoch/val_accuracy"] == pytest.approx(row["val_accuracy"], rel=1e-6)
+    assert saved["val_accuracy"] == pytest.approx(summary["val_accuracy"])
+    assert saved["method"] == "linear"
+
+
+def test_tracker_needing_a_folder_is_refused_without_output():
+    with pytest.raises(ValueError, match="--log tensorboard writes into the run folder: give --output"):
+        vprompt.train(TINY, method="linear", log="tensorboard")
+    with pytest.raises(ValueError, match="option 'log': expected one of csv, tensorboard, wandb"):
+        vprompt.train(TINY, method="linear", log="mlflow")
