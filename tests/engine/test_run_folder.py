@@ -60,7 +60,7 @@ def test_a_full_disk_while_writing_the_adapter_is_one_clear_error_and_resumable(
     run = RunDir(tmp_path / "run")
     with monkeypatch.context() as m:
         fail_writes(m, errno.ENOSPC, match="vprompt_model.safetensors")
-        with pytest.raises(WriteError, match=r"adapter\.safetensors: no space left on the device"):
+        with pytest.raises(WriteError, match=r"vprompt_model\.safetensors: no space left on the device"):
             vprompt.train(**LINEAR, output=run.path)
     assert not run.finished and run.has_checkpoint()
     summary = vprompt.train(**LINEAR, output=run.path, resume=True)
