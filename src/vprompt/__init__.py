@@ -1,11 +1,10 @@
 """vprompt: adapt frozen pretrained vision models with activation prompts, VAPT and every PETL baseline."""
 
+from ._version import __version__
 from .backbones import Backbone, Site, WeightsUnavailableError
 from .backbones import create_backbone as backbone
 from .engine import TrainConfig, evaluate_run, load_run, train
 from .methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter
-
-__version__ = "0.1.0"
 
 __all__ = [
     "METHODS",

@@ -58,7 +58,7 @@ def test_ctrl_c_prints_one_line_that_says_how_to_resume(capsys, monkeypatch, tmp
     code = main(["train", *TINY_ARGS, "--method", "linear", "--output", str(tmp_path / "r")])
     assert code == 130
     err = one_line(capsys, "train")
-    assert "interrupted" in err and f"--resume --output {tmp_path / 'r'}" in err
+    assert "interrupted" in err and f"vprompt train --resume {tmp_path / 'r'}" in err
 
 
 def test_an_output_that_is_a_file_is_one_line(capsys, tmp_path):
@@ -92,12 +92,12 @@ def test_a_damaged_summary_or_adapter_config_names_its_file(capsys, finished, tm
     )
     assert "summary.json: not valid JSON" in report
     capsys.readouterr()
-    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    config = json.loads((run / "adapter" / "vprompt_config.json").read_text())
     del config["backbone"]["build_args"]
-    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    (run / "adapter" / "vprompt_config.json").write_text(json.dumps(config))
     assert main(["eval", str(run)]) == 2
     err = one_line(capsys, "eval")
-    assert "adapter_config.json: damaged adapter config (missing or wrong: backbone.build_args)" in err
+    assert "vprompt_config.json: damaged adapter config (missing or wrong: backbone.build_args)" in err
 
 
 def test_a_dataloader_worker_traceback_is_reduced_to_the_original_message():

@@ -123,7 +123,7 @@ def test_folder_single_and_split_lists(tmp_path):
         for i in range(3):
             write_image(tmp_path / "pets" / cls / f"{i}.png", seed=i, mode="L")
     info = describe(f"folder:{tmp_path / 'pets'}")
-    assert info.class_names == ("cat", "dog") and info.splits == ("all",)
+    assert info.class_names == ("cat", "dog") and info.splits == ("train", "val", "trainval", "test", "all")
     ds = load(f"folder:{tmp_path / 'pets'}", None, "all", CONFIG)
     assert len(ds) == 6 and ds[5][1] == 1 and ds[0][0].shape == (3, 32, 32)
     (tmp_path / "pets" / "train.txt").write_text("cat/0.png\ndog/0.png\ndog/1.png\n")

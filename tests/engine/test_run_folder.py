@@ -59,8 +59,8 @@ def test_a_full_disk_at_the_second_checkpoint_keeps_the_first_and_resumes(tmp_pa
 def test_a_full_disk_while_writing_the_adapter_is_one_clear_error_and_resumable(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
     with monkeypatch.context() as m:
-        fail_writes(m, errno.ENOSPC, match="adapter.safetensors")
-        with pytest.raises(WriteError, match=r"adapter\.safetensors: no space left on the device"):
+        fail_writes(m, errno.ENOSPC, match="vprompt_model.safetensors")
+        with pytest.raises(WriteError, match=r"vprompt_model\.safetensors: no space left on the device"):
             vprompt.train(**LINEAR, output=run.path)
     assert not run.finished and run.has_checkpoint()
     summary = vprompt.train(**LINEAR, output=run.path, resume=True)
@@ -119,7 +119,7 @@ def test_temporary_files_of_a_killed_write_are_cleaned_up(tmp_path):
     run = RunDir(tmp_path / "run")
     vprompt.train(**dict(LINEAR, epochs=1), output=run.path)
     (run / "summary.json").unlink()
-    stale = [run / f".{CHECKPOINT}.k9x3.tmp", run / "adapter" / ".adapter.safetensors.a1b2.tmp"]
+    stale = [run / f".{CHECKPOINT}.k9x3.tmp", run / "adapter" / ".vprompt_model.safetensors.a1b2.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
     vprompt.train(**dict(LINEAR, epochs=1), output=run.path, resume=True)
@@ -133,7 +133,7 @@ def test_run_files_get_the_umask_mode_not_0600(tmp_path):
         vprompt.train(**dict(LINEAR, epochs=1), output=run.path)
     finally:
         os.umask(old)
-    for name in (CONFIG, METRICS, "summary.json", CHECKPOINT, "adapter/adapter.safetensors"):
+    for name in (CONFIG, METRICS, "summary.json", CHECKPOINT, "adapter/vprompt_model.safetensors"):
         assert stat.S_IMODE(os.stat(run / name).st_mode) == 0o644, name
 
 

@@ -81,8 +81,8 @@ def test_an_adapter_file_that_is_a_pickle_is_refused(tmp_path):
     run = tmp_path / "run"
     vprompt.train(**LINEAR, output=run)
     marker = tmp_path / "pwned"
-    plant_pickle(run / ADAPTER / "adapter.safetensors", marker)
-    with pytest.raises(ValueError, match=r"adapter\.safetensors: damaged or not a safetensors file"):
+    plant_pickle(run / ADAPTER / "vprompt_model.safetensors", marker)
+    with pytest.raises(ValueError, match=r"vprompt_model\.safetensors: damaged or not a safetensors file"):
         vprompt.load_run(run)
     assert not marker.exists()
 

@@ -21,7 +21,7 @@ TIMING = {"epoch_seconds", "train_images_per_second"}
 
 
 def weights(run) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "adapter" / "adapter.safetensors"))
+    return load_file(str(run / "adapter" / "vprompt_model.safetensors"))
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:

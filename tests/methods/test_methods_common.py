@@ -134,7 +134,7 @@ def test_save_load_gives_identical_logits(method, options, factory, source_head,
     train_steps(model, data)
     model.save_pretrained(tmp_path)
     # only the trainable state is written (plus a little safetensors header)
-    size = (tmp_path / "adapter.safetensors").stat().st_size
+    size = (tmp_path / "vprompt_model.safetensors").stat().st_size
     state_bytes = sum(v.numel() * v.element_size() for v in model.trainable_state_dict().values())
     assert state_bytes <= size < state_bytes + 8 * 2**10
 

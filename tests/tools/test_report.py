@@ -113,8 +113,8 @@ def test_layer_series_put_aap_next_to_ap():
     runs += [run("vapt", "block.1", 99.0)]  # not a site method: no series
     series = report.layer_series(report.group_runs(runs))
     assert series == {
-        "split=val method=aap": [("block.1", 55.0, 0.0), ("block.3", 65.0, 0.0)],
-        "split=val method=ap": [("block.1", 50.0, 0.0), ("block.3", 60.0, 0.0)],
+        "split=val method=aap": [("block.1", 55.0, 0.0, 1), ("block.3", 65.0, 0.0, 1)],
+        "split=val method=ap": [("block.1", 50.0, 0.0, 1), ("block.3", 60.0, 0.0, 1)],
     }
 
 

@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept split-list entries that point outside the dataset folder (refused by default)",
     )
+    c.add_argument(
+        "--list",
+        action="store_true",
+        help="also print every image each split uses, one per line: split, class, path",
+    )
     c.set_defaults(func=cmd_check)
 
     p = data_sub.add_parser(
@@ -58,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..data import check_dataset
+    from ..data.checks import split_files
+    from ..data.sources import resolve
     from ..data.sources.hf import with_columns
 
     spec = with_columns(args.spec, args.image_column, args.label_column)
@@ -70,6 +77,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         allow_outside_root=args.images_outside_root,
     )
     print(report.summary())
+    source = resolve(spec, args.root, allow_outside_root=args.images_outside_root)
+    hold_out = getattr(source, "hold_out", None)
+    if hold_out is not None and getattr(source, "layout", None) == "single":
+        print(
+            f"val and test are held out of every class of the pool: val {hold_out['val']:g}, test "
+            f"{hold_out['test']:g}, seed {hold_out['seed']} (change with folder:<path>?val=..&test=..&seed=..)"
+        )
+    if args.list and report.ok:
+        for split, files in split_files(source, args.split or [s.split for s in report.splits]).items():
+            for name, path in files:
+                print(f"{split}\t{name}\t{path}")
     return 0 if report.ok else 1
 
 

@@ -15,6 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders searched for run directories")
     p.add_argument("--output", type=Path, default=None, help="report folder (default: <first DIR>/report)")
+    p.add_argument(
+        "--plot-format",
+        default="png",
+        help="comma-separated figure formats: png, pdf, svg (default: png), e.g. png,pdf",
+    )
+    p.add_argument(
+        "--plot-size", default=None, metavar="WxH", help="inches per panel (default: 6.4x4.2), e.g. 3.5x2.6"
+    )
     p.set_defaults(func=cmd_report)
 
 
@@ -22,7 +30,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..tools.report import write_report
 
     out = args.output or args.dirs[0] / "report"
-    result = write_report(args.dirs, out)
+    size = None
+    if args.plot_size:
+        try:
+            width, height = (float(v) for v in args.plot_size.lower().split("x"))
+        except ValueError:
+            raise ValueError(
+                f"--plot-size {args.plot_size!r}: expected WIDTHxHEIGHT in inches, e.g. 3.5x2.6"
+            ) from None
+        size = (width, height)
+    formats = tuple(f.strip().lower() for f in args.plot_format.split(",") if f.strip())
+    result = write_report(args.dirs, out, formats=formats, size=size)
     runs = sum(r["n"] for r in result["rows"])
     print(f"{runs} runs in {len(result['rows'])} configurations; {len(result['failed'])} failed runs")
     for path in result["files"].values():

@@ -27,7 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, default=None, help="YAML file of options (the command line wins)")
     p.add_argument("--output", type=Path, default=None, help="run directory (default: runs/<time>-<method>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue an interrupted run: `--resume RUN` reads RUN's own config (no other options "
+        "needed); a bare --resume continues the run in --output with the options given",
+    )
     p.set_defaults(func=cmd_train, train_fields=add_dataclass_options(p, TrainConfig, title="run options"))
     p.set_defaults(accepts_method_options=True)
 
@@ -52,17 +60,28 @@ def method_options(method: str, extra: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from ..engine import train
     from ..engine.config import read_yaml
-    from ..engine.run import as_config
+    from ..engine.run import as_config, run_config, to_dict
 
-    values = read_yaml(args.config) if args.config else {}
+    values: dict = {}
+    if isinstance(args.resume, str):
+        if args.output is not None and Path(args.output) != Path(args.resume):
+            raise ValueError(f"--resume {args.resume} and --output {args.output} name different runs")
+        args.output = Path(args.resume)
+    by_name = isinstance(args.resume, str)
+    if by_name or (args.resume and args.output is not None and (Path(args.output) / "config.yaml").is_file()):
+        values = to_dict(run_config(args.output))  # the run's own options; anything given goes on top
+    if args.config:
+        values.update(read_yaml(args.config))
     values.update(given(args, args.train_fields))
     config = as_config(values, {})
+    if not config.method:
+        raise ValueError("--method is required")
     config.method_options.update(method_options(config.method, extra))
     output = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}"
     args.interrupt_hint = (
-        f"the last finished epoch is kept; continue with the same command plus --resume --output {output}"
+        f"the last finished epoch is kept; continue it with: vprompt train --resume {output}"
     )
-    summary = train(config, output=output, resume=args.resume)
+    summary = train(config, output=output, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # torchrun: one report, from the main process
     keys = ("val_accuracy", "test_accuracy", "trainable_parameters", "train_seconds", "peak_memory_mib")

@@ -53,7 +53,12 @@ class CheckReport:
 
 def _default_splits(info: DatasetInfo) -> list[str]:
     # trainval is its own file for VTAB-1k; elsewhere it is train + val, already covered
-    return [s for s in info.splits if s != "trainval" or info.family == "vtab1k"]
+    # a folder's pool ``all`` is train + val + test, already covered
+    return [
+        s
+        for s in info.splits
+        if (s != "trainval" or info.family == "vtab1k") and not (s == "all" and "train" in info.splits)
+    ]
 
 
 def check_dataset(
@@ -118,6 +123,7 @@ def check_dataset(
                 entry.decoded += 1
             except (DataError, FileNotFoundError) as e:
                 report.problems.append(str(e))
+    report.problems = list(dict.fromkeys(report.problems))  # a pool's problem shows in every split: once
     return report
 
 
@@ -157,3 +163,17 @@ def preflight(
     if report.problems:
         raise DataError(f"{spec}: " + "; ".join(report.problems))
     return report.info
+
+
+def split_files(source, splits: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """``split → [(class name, image path), ...]`` for the splits of a file-based source (else empty)."""
+    from .fingerprint import base_and_indices
+
+    listing = {}
+    for split in splits:
+        base, indices = base_and_indices(source.dataset(split))
+        samples = getattr(base, "samples", None)
+        if samples is None:
+            continue
+        listing[split] = [(source.info.class_names[samples[i].label], str(samples[i].path)) for i in indices]
+    return listing

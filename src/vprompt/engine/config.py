@@ -327,5 +327,24 @@ def check_schedule(config: TrainConfig) -> None:
             raise ValueError("give the warm-up in epochs or in steps, not both")
 
 
+def data_location(config: TrainConfig) -> dict[str, str | None]:
+    """The run's ``data`` and ``root`` as paths that work from any working directory.
+
+    ``root`` becomes absolute; so does a ``folder:<path>`` read relative to the working directory (one
+    relative to ``root`` stays relative to the now absolute root). Runs record this in their config, and
+    ``eval``, ``predict``, ``export`` and ``train --resume RUN`` read the data from there.
+    """
+    root = str(Path(config.root).expanduser().resolve()) if config.root else None
+    data = config.data
+    family, _, arg = data.partition(":")
+    if family == "folder" and arg:
+        from ..data.sources.folder import parse_hold_out
+
+        path, _ = parse_hold_out(arg)
+        if root is None and not Path(path).expanduser().is_absolute():
+            data = f"folder:{Path(path).expanduser().resolve()}{arg[len(path) :]}"
+    return {"data": data, "root": root}
+
+
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     return asdict(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .._version import __version__
 from ..data import build_transform
 from ..data.datasets import open_image
 from ..files import write_bytes
@@ -54,23 +56,57 @@ def _quiet_stdout():
         os.close(saved)
 
 
+#: the optional extra that provides the ONNX packages
+EXPORT_EXTRA = "pip install 'vprompt[export]'  (onnx and onnxruntime)"
+
+
+def onnx_metadata(run_dir: str | Path, model) -> dict[str, str]:
+    """What a consumer of the ONNX file needs to feed it: classes, preprocessing, provenance."""
+    config = run_config(run_dir)
+    dc = model.data_config  # the method's input where it asks for one (vp-expansive: its inner size)
+    transform = build_transform(dc, config.protocol or "vp", train=False, preprocess=config.preprocess)
+    return {
+        "vprompt.class_names": json.dumps(class_names(run_dir)),
+        "vprompt.input_size": json.dumps(list(dc["input_size"])),
+        "vprompt.mean": json.dumps(list(dc["mean"])),
+        "vprompt.std": json.dumps(list(dc["std"])),
+        "vprompt.interpolation": str(dc.get("interpolation", "bilinear")),
+        "vprompt.preprocessing": " ".join(repr(transform).split()),
+        "vprompt.input": "RGB images, float32, NCHW, after the preprocessing above",
+        "vprompt.method": model.method.name,
+        "vprompt.backbone": model.backbone.name,
+        "vprompt.version": __version__,
+    }
+
+
 def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float | None:
     """Write the run's model (backbone, method and head) as ONNX with a dynamic batch axis.
 
-    Returns the largest difference between onnxruntime and PyTorch on a random batch of 3, or ``None``
-    when onnxruntime is not installed.
+    LoRA is merged into the weights first (``merge_and_unload``), so the graph is the bare backbone's.
+    The file's metadata carries the class names, mean/std, input size and the preprocessing
+    (``onnx_metadata``). Returns the largest difference between onnxruntime and the (unmerged) PyTorch
+    model on a random batch of 3, or ``None`` when onnxruntime is not installed.
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--onnx {path} is a folder; give a file name such as {path / 'model.onnx'}")
+    try:
+        import onnx
+    except ImportError:
+        raise RuntimeError(f"ONNX export needs the onnx package: {EXPORT_EXTRA}") from None
     model = load_run(run_dir)
+    metadata = onnx_metadata(run_dir, model)
+    x = torch.randn(3, *model.input_size)
+    with torch.no_grad():
+        expected = model(x)
+    net = model.merge_and_unload() if model.method.can_merge else model
     example = torch.randn(2, *model.input_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         try:
             torch.onnx.export(
-                model,
+                net,
                 (example,),
                 buffer,
                 dynamo=False,
@@ -82,13 +118,14 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> float
         except Exception as e:  # the exporter's message carries the whole graph: keep its first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"cannot export {model.method.name} to ONNX (opset {opset}): {first}") from None
-    write_bytes(path, buffer.getvalue())
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    write_bytes(path, graph.SerializeToString())
     try:
         import onnxruntime
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, *model.input_size)
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    with torch.no_grad():
-        return float((got - model(x)).abs().max())
+    return float((got - expected).abs().max())

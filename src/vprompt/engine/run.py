@@ -19,13 +19,14 @@ import torch
 
 from .. import recipes
 from ..backbones import create_backbone
+from ..data.fingerprint import fingerprint
 from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
-from .config import TrainConfig, check_config, make_config, read_yaml, to_dict
+from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
 from .optim import peak_lr
-from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, reset_peak_memory
+from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
 from .trainer import Precision, Trainer, evaluate
 
@@ -101,6 +102,13 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "per_process_batch": config.batch_size // ctx.world,
         "precision": Precision.choose(config.precision, ctx.device).name,
         "backbone_build_args": bb.build_args,
+        "data_location": data_location(config),
+        "data_fingerprint": {
+            name: fingerprint(getattr(data, name))
+            for name in ("train", "val", "test")
+            if getattr(data, name) is not None
+        },
+        "provenance": provenance(),
     }
     recipe = recipes.record(values)
     if recipe is not None:
@@ -141,11 +149,23 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     return differ
 
 
+def _same_data(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """The same dataset, also when named by a path relative to another working directory."""
+    if saved.get("data") == current.get("data"):
+        return True
+    where = [(c.get("resolved") or {}).get("data_location", {}).get("data") for c in (saved, current)]
+    return where[0] is not None and where[0] == where[1]
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     saved = with_defaults(saved)
     differ = [
-        k for k in current if k not in RESUME_FREE and k != "resolved" and saved.get(k) != current.get(k)
+        k
+        for k in current
+        if k not in RESUME_FREE and k not in ("resolved", "data") and saved.get(k) != current.get(k)
     ]
+    if not _same_data(saved, current):
+        differ.append("data")
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
         raise ValueError(f"cannot resume: the config differs from the interrupted run's ({details})")
@@ -264,8 +284,11 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
 
 
 def run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run was trained with."""
-    return as_config(RunDir(run_dir).read_config(), {})
+    """The config a run was trained with, its data named by paths that work from any directory."""
+    saved = RunDir(run_dir).read_config()
+    location = (saved.get("resolved") or {}).get("data_location")
+    config = as_config(saved, {})
+    return replace(config, **location) if location else config
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TunedModel:

@@ -4,7 +4,7 @@
 <run>/config.yaml         the resolved config, every protocol switch included
 <run>/metrics.jsonl       one line per epoch (loss, accuracy, lr, time; validation where measured)
 <run>/summary.json        the result: accuracies, parameters, time, memory, throughput, versions, device
-<run>/adapter/            the kept weights, trainable state only (adapter.safetensors + adapter_config.json)
+<run>/adapter/            the kept weights, trainable state only (vprompt_model.safetensors + vprompt_config.json; LoRA also peft's files)
 <run>/checkpoint.pt       resumable state after the last finished epoch
 <run>/steps.csv           per-step loss and lr (--log csv, the default); tensorboard/ or wandb/ instead
 ```
@@ -275,6 +275,41 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         name = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {"versions": versions, "device": {"type": device.type, "name": name}, "host": platform.node()}
+
+
+def provenance() -> dict[str, Any]:
+    """What made the run: the command line, the working directory, vprompt's version, and its git commit
+    when vprompt runs from a checkout of its repository (``git_dirty``: uncommitted changes there)."""
+    import shlex
+    import subprocess
+
+    from .. import __version__
+
+    record: dict[str, Any] = {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
+        "cwd": os.getcwd(),
+        "vprompt": __version__,
+        "git_commit": None,
+    }
+    package = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if (
+        top and (Path(top) / "src" / "vprompt").resolve() == package
+    ):  # vprompt's own checkout, not a user's repo
+        record["git_commit"] = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        record["git_dirty"] = bool(status) if status is not None else None
+    return record
 
 
 def reset_peak_memory(device: torch.device) -> None:

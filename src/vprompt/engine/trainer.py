@@ -437,6 +437,8 @@ class Trainer:
                     p.best_state = copy.deepcopy(self.model.trainable_state_dict())
                 p.metrics.append(row)
                 p.epoch += 1
+                if bar is not None:
+                    bar.write(epoch_line(row, cfg.epochs))
                 self.tracker.epoch(row, p.updates)
                 if self.run is not None:
                     state = self.state()  # every process takes part (RNG states are gathered)
@@ -456,3 +458,20 @@ class Trainer:
             self.model.load_trainable_state_dict(p.best_state)
             return p.best_epoch
         return p.epoch
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One readable log line for a finished epoch (what ``vprompt train`` prints)."""
+    width = len(str(epochs))
+    parts = [
+        f"epoch {row['epoch']:>{width}}/{epochs}",
+        f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:5.1f}%",
+    ]
+    if "val_accuracy" in row:
+        parts.append(f"val acc {row['val_accuracy']:5.1f}% loss {row['val_loss']:.4f}")
+    parts += [
+        f"lr {row['lr']:.3g}",
+        f"{row['train_images_per_second']:.0f} img/s",
+        f"{row['epoch_seconds']:.1f} s",
+    ]
+    return "  ".join(parts)

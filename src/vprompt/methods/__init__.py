@@ -18,8 +18,10 @@ from .adapter import Adapter
 from .ap import ActivationPrompt, APConfig
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
+from .hub import HubUnavailableError, local_folder
 from .lora import LoRA
-from .tuned import TunedModel, check_backbone_matches, read_config, read_weights
+from .peft_format import is_peft_folder, load_peft
+from .tuned import TunedModel, check_backbone_matches, has_config, read_config, read_weights
 from .vapt import VAPT
 from .vp import ExpansivePrompt, PadPrompt
 from .vpt import VPTDeep, VPTShallow
@@ -71,12 +73,19 @@ def attach(backbone: Backbone, method: str | Method, **options: Any) -> TunedMod
     return TunedModel(backbone, method)
 
 
-def load_adapter(directory: str | Path, backbone: Backbone | None = None) -> TunedModel:
+def load_adapter(
+    path_or_repo_id: str | Path, backbone: Backbone | None = None, revision: str | None = None
+) -> TunedModel:
     """Rebuild a saved model: the backbone (built from the saved config unless given), the method, its state.
 
-    Loading onto a backbone other than the one it was trained on, or a state whose keys or shapes do
-    not match, is an error, never a partial load.
+    ``path_or_repo_id`` is a folder written by ``save_pretrained`` (or by peft's, for LoRA: then
+    ``backbone`` is required) or a Hugging Face Hub repo id (``owner/name``, downloaded and cached by
+    ``huggingface_hub``). Loading onto a backbone other than the one it was trained on, or a state whose
+    keys or shapes do not match, is an error, never a partial load.
     """
+    directory = local_folder(path_or_repo_id, revision)
+    if not has_config(directory) and is_peft_folder(directory):
+        return load_peft(directory, backbone)
     config = read_config(directory)
     if backbone is None:
         backbone = create_backbone(**config["backbone"]["build_args"])
@@ -88,6 +97,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None) -> Tun
 
 __all__ = [
     "METHODS",
+    "HubUnavailableError",
     "SITE_METHODS",
     "Method",
     "MethodConfig",

@@ -62,6 +62,16 @@ class Method(nn.Module):
             handle.remove()
         self._handles.clear()
 
+    #: whether :meth:`merge` can fold what was trained into the backbone's own weights
+    can_merge: ClassVar[bool] = False
+
+    def merge(self, backbone: Backbone) -> None:
+        """Fold the trained state into the backbone's weights and detach (``merge_and_unload``)."""
+        raise MethodNotApplicable(
+            f"{self.name} adds its own modules to the forward pass, which cannot be folded into the "
+            "backbone's weights; detach() removes them, save_pretrained() keeps them"
+        )
+
     def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
         """Parameters *inside the backbone* this method trains (norm affine, biases, LoRA, ...)."""
         return ()

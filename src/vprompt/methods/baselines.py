@@ -18,7 +18,16 @@ from .base import Method
 NORM_LAYERS = (nn.LayerNorm, _NormBase, nn.GroupNorm, nn.RMSNorm)
 
 
-class LinearProbe(Method):
+class _InWeights(Method):
+    """A method that trains the backbone's own parameters: merging is just detaching."""
+
+    can_merge = True
+
+    def merge(self, backbone: Backbone) -> None:
+        self.detach(backbone)
+
+
+class LinearProbe(_InWeights):
     name = "linear"
     summary = "train only a new linear head on the frozen features"
 
@@ -26,7 +35,7 @@ class LinearProbe(Method):
         return "pre_logits"
 
 
-class FullFineTuning(Method):
+class FullFineTuning(_InWeights):
     name = "full"
     summary = "train every parameter (the backbone stays in eval mode: no dropout/drop-path, BN stats frozen)"
 
@@ -34,7 +43,7 @@ class FullFineTuning(Method):
         return backbone.parameters()
 
 
-class NormTuning(Method):
+class NormTuning(_InWeights):
     name = "norm"
     summary = (
         "train the affine parameters of every LayerNorm (ViT) / BatchNorm (CNN); running stats stay frozen"
@@ -46,7 +55,7 @@ class NormTuning(Method):
                 yield from module.parameters(recurse=False)
 
 
-class BitFit(Method):
+class BitFit(_InWeights):
     name = "bitfit"
     summary = "train every bias of the backbone"
 

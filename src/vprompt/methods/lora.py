@@ -159,6 +159,14 @@ class LoRA(Method):
         self.target_names, self._layers, self._injected = [], [], False
         super().detach(backbone)
 
+    can_merge = True
+
+    def merge(self, backbone: Backbone) -> None:
+        """peft's ``merge_and_unload``: ``W += (alpha / r) · B A`` in every target, then the plain layers."""
+        for layer in self._layers:
+            layer.merge(adapter_names=[ADAPTER_NAME])
+        self.detach(backbone)
+
     def backbone_parameters(self, backbone: Backbone) -> Iterable[nn.Parameter]:
         for layer in self._layers:
             yield from layer.lora_A.parameters()

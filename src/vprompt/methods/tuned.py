@@ -15,8 +15,12 @@ from ..backbones import Backbone
 from ..files import ensure_dir, write_bytes, write_text
 from .base import Method
 
-WEIGHTS_FILE = "adapter.safetensors"
-CONFIG_FILE = "adapter_config.json"
+#: vprompt's own files (names of their own: peft's are ``adapter_config.json`` / ``adapter_model.safetensors``,
+#: which a LoRA model writes as well, see :mod:`.peft_format`)
+WEIGHTS_FILE = "vprompt_model.safetensors"
+CONFIG_FILE = "vprompt_config.json"
+#: the names used before 0.1.0's peft-format files; still read
+LEGACY_FILES = ("adapter.safetensors", "adapter_config.json")
 FORMAT_VERSION = 1
 
 
@@ -67,6 +71,30 @@ class TunedModel(nn.Module):
         """The activation shape at site ``name`` (without batch) for this model's inputs."""
         return self.input_size if name == "input" else self.backbone.site(name).shape
 
+    # ------------------------------------------------------- timm's verbs, with the method attached
+
+    def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """timm's ``forward_features`` of the adapted backbone (prompt tokens already removed)."""
+        return self._timm_verb("forward_features")(x, **kwargs)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's ``forward_head``; the logits go through the method's label mapping, if any."""
+        out = self._timm_verb("forward_head")(x, pre_logits=pre_logits)
+        return out if pre_logits else self.method.map_logits(out)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's ``forward_intermediates`` (prompt tokens removed from every intermediate)."""
+        return self._timm_verb("forward_intermediates")(x, *args, **kwargs)
+
+    def _timm_verb(self, name: str):
+        fn = getattr(self.backbone.model, name, None)
+        if fn is None:
+            raise AttributeError(
+                f"backbone {self.backbone.name!r} ({type(self.backbone.model).__name__}) has no {name}; "
+                "it is a timm model verb"
+            )
+        return fn
+
     def train(self, mode: bool = True) -> TunedModel:
         self.training = mode
         self.backbone.eval()
@@ -97,6 +125,17 @@ class TunedModel(nn.Module):
     def detach(self) -> Backbone:
         """Remove the method and return the backbone exactly as it was (structure and grad flags)."""
         self.method.detach(self.backbone)
+        self._restore_flags()
+        return self.backbone
+
+    def merge_and_unload(self) -> Backbone:
+        """Fold the trained weights into the backbone and return it without the method (as peft's).
+
+        For ``lora`` each target becomes ``W + (alpha / r) · B A``; for the methods that train the
+        backbone's own parameters (``linear``, ``full``, ``norm``, ``bitfit``) it equals :meth:`detach`.
+        Methods with their own modules (prompts, adapters) raise ``MethodNotApplicable``.
+        """
+        self.method.merge(self.backbone)
         self._restore_flags()
         return self.backbone
 
@@ -132,12 +171,50 @@ class TunedModel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``adapter.safetensors`` (trainable state only) and ``adapter_config.json``."""
+        """Write ``vprompt_model.safetensors`` (trainable state only) and ``vprompt_config.json``.
+
+        A LoRA model also writes peft's ``adapter_config.json`` + ``adapter_model.safetensors``, which
+        ``peft.PeftModel.from_pretrained(<the same timm model>, directory)`` loads.
+        """
         directory = ensure_dir(directory, "adapter folder")
         state = {k: v.detach().contiguous() for k, v in self.trainable_state_dict().items()}
         write_bytes(directory / WEIGHTS_FILE, save(state))
         write_text(directory / CONFIG_FILE, json.dumps(self.config_dict(), indent=2) + "\n")
+        if self.method.name == "lora":
+            from .peft_format import save_peft
+
+            save_peft(self, directory)
         return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, backbone: Backbone | None = None, revision: str | None = None
+    ) -> TunedModel:
+        """A saved model from a folder or a Hugging Face Hub repo id (same as ``vprompt.load_adapter``).
+
+        vprompt's folders rebuild their backbone from the saved config unless ``backbone`` is given; a
+        folder written by peft (LoRA) needs the ``backbone`` it was trained on.
+        """
+        from . import load_adapter
+
+        return load_adapter(path_or_repo_id, backbone, revision=revision)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload vprompt adapter",
+    ) -> str:
+        """Upload what :meth:`save_pretrained` writes to the Hub model repo ``repo_id``; returns its URL."""
+        import tempfile
+
+        from .hub import push_folder
+
+        with tempfile.TemporaryDirectory(prefix="vprompt-push-") as folder:
+            self.save_pretrained(folder)
+            return push_folder(Path(folder), repo_id, private=private, token=token, message=commit_message)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a trainable state exactly: same keys, same shapes, or a clear error (never partial)."""
@@ -183,8 +260,27 @@ def check_backbone_matches(config: dict[str, Any], backbone: Backbone) -> None:
         raise ValueError(f"adapter was trained on another backbone ({details})")
 
 
+def _own_file(directory: str | Path, name: str, legacy: str) -> Path:
+    """``directory/name``, or the file's pre-0.1.0 name when only that exists."""
+    path = Path(directory) / name
+    if not path.is_file() and (Path(directory) / legacy).is_file():
+        return Path(directory) / legacy
+    return path
+
+
+def has_config(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a vprompt adapter config (current or legacy name)."""
+    path = _own_file(directory, CONFIG_FILE, LEGACY_FILES[1])
+    if path.name == CONFIG_FILE:
+        return path.is_file()
+    try:
+        return "format" in json.loads(path.read_text(encoding="utf-8"))  # not peft's file of that name
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
+    path = _own_file(directory, CONFIG_FILE, LEGACY_FILES[1])
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
     try:
@@ -209,7 +305,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(directory) / WEIGHTS_FILE
+    path = _own_file(directory, WEIGHTS_FILE, LEGACY_FILES[0])
     if not path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
     try:

@@ -21,7 +21,8 @@ grid h×w and ``N_p`` prompts (SPEC §2.1):
    The result ``P_l(X)`` fills the prompt slots: ``[prefix, P_l(X), X]`` enters block l. Because the
    token projectors start at zero, every adaptive prompt starts at exactly zero;
 3. at the output of the last block the prompt tokens are removed, so the final norm and pooling see the
-   backbone's own token positions.
+   backbone's own token positions (timm's ``forward_intermediates`` skips them too, see
+   :mod:`.timm_views`).
 
 Parameters for ViT-B/16 at 224, ``N_p``=10, head excluded: 7,680 (P0) + 12,288 (feature projector) +
 16,896 (11 LayerNorms) + 18,700 (11 token projectors) + 44 (11 kernels) = 55,608.
@@ -48,6 +49,7 @@ from torch import nn
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable
 from .parts import FeatureProjector
+from .timm_views import hide_prompts
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
 
 
@@ -108,6 +110,7 @@ class VAPT(Method):
         for layer in range(1, geo.depth):
             self.hook(backbone, f"block.{layer - 1}", partial(self._adapt, layer))
         self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+        self._handles += hide_prompts(backbone.model, c.num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:
         return "embed"  # prompts enter after the token embedding

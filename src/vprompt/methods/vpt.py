@@ -9,7 +9,7 @@ tokens (CLS, registers, distillation token) of the ``embed`` site, so block 0 se
 
 At the output of the last block the prompt tokens are removed again, so the final norm and the pooling
 (CLS token, average of the patch tokens, attention pooling) see exactly the backbone's own token
-positions. Prompts are initialised xavier-uniform with bound ``sqrt(6 / (3·p² + D))`` (``p`` the patch
+positions; timm's ``forward_intermediates`` is made to skip them too (:mod:`.timm_views`). Prompts are initialised xavier-uniform with bound ``sqrt(6 / (3·p² + D))`` (``p`` the patch
 size, ``D`` the embedding size) and pass through a dropout as they are inserted.
 
 The helpers here (:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT.
@@ -26,6 +26,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import Method, MethodConfig, MethodNotApplicable, require_tokens
+from .timm_views import hide_prompts
 
 #: families every token-prompt method supports, for ``vprompt methods``
 TOKEN_FAMILIES = "plain ViT (timm VisionTransformer: ViT, DeiT, DINOv2, registers)"
@@ -138,6 +139,7 @@ class VPTShallow(Method):
         for layer in range(1, layers):
             self.hook(backbone, f"block.{layer - 1}", partial(self._replace, layer))
         self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+        self._handles += hide_prompts(backbone.model, num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:
         return "embed"  # prompts enter after the token embedding

@@ -350,9 +350,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ]
     axes[1].bar(names, memory, color="tab:orange")
     axes[1].set_ylabel("training memory above the model (MiB)")
-    axes[2].bar(names, [r["trainable_parameters"] for r in rows], color="tab:green")
+    # a log axis has no zero for a bar to start from: points with their values instead
+    params = [r["trainable_parameters"] for r in rows]
+    axes[2].plot(names, params, "o", color="tab:green")
+    for name, value in zip(names, params, strict=True):
+        axes[2].annotate(
+            f"{value:,}",
+            (name, value),
+            xytext=(0, 5),
+            textcoords="offset points",
+            ha="center",
+            fontsize="x-small",
+        )
     axes[2].set_yscale("log")
-    axes[2].set_ylabel("trainable parameters")
+    axes[2].margins(x=0.1, y=0.15)
+    axes[2].set_ylabel("trainable parameters (log scale)")
+    axes[2].grid(alpha=0.3, axis="y")
     for ax in axes:
         ax.tick_params(axis="x", rotation=45)
         for tick in ax.get_xticklabels():

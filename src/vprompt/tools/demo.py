@@ -23,6 +23,7 @@ from ..engine import train
 from ..engine.config import to_dict
 from ..engine.run import as_config, config_differences
 from ..engine.rundir import RunDir
+from .executors import Clock
 from .tables import markdown
 
 BACKBONE = "offline:efficientnet_lite0"
@@ -74,7 +75,9 @@ def run_demo(
         for method, *_ in methods or METHODS:
             RunDir(runs / method).clear()
     rows = []
-    for method, options, optimizer, lr in methods or METHODS:
+    chosen = methods or METHODS
+    clock = Clock(len(chosen))
+    for i, (method, options, optimizer, lr) in enumerate(chosen, 1):
         start = time.perf_counter()
         settings = dict(
             backbone=BACKBONE,
@@ -89,7 +92,7 @@ def run_demo(
             batch_size=budget.batch_size,
             optimizer=optimizer,
             lr=lr,
-            progress=False,
+            progress=True,  # a bar with its ETA and one line per epoch: no minutes of silence
         )
         run = RunDir(runs / method)
         if run.finished or run.has_checkpoint():  # the demo owns its folder: a run made with other
@@ -99,7 +102,10 @@ def run_demo(
                 log(f"  {method:<8} options changed ({', '.join(changed)}): training again")
                 run.clear()
         reused = run.finished
+        if not reused:
+            log(f"  [{i}/{len(chosen)}] {method}: training ({clock})")
         summary = train(settings, output=run.path, resume=True)
+        clock.done("reused" if reused else "trained")
         rows.append({"method": method, "options": options, "lr": lr, **summary})
         log(
             f"  {method:<8} test {summary['test_accuracy']:5.1f}%  "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,45 @@ def describe(outcome: Outcome) -> str:
     return f"{outcome.name}: {outcome.status} ({shown})"
 
 
+def duration(seconds: float) -> str:
+    """``75`` → ``1m15s``, ``4000`` → ``1h06m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Clock:
+    """Elapsed time and an estimate of the time left for ``total`` runs.
+
+    The rate counts only runs that trained (reused runs take no time, so they would make the estimate
+    far too short); with runs in parallel (Ray) it is the observed rate, parallelism included.
+    """
+
+    def __init__(self, total: int, now: Callable[[], float] = time.perf_counter):
+        self.total, self.now, self.start = total, now, now()
+        self.finished = self.trained = 0
+
+    def done(self, status: str) -> None:
+        self.finished += 1
+        self.trained += status != "reused"
+
+    def left(self) -> float | None:
+        remaining = self.total - self.finished
+        if remaining == 0:
+            return 0.0
+        if self.trained == 0:
+            return None
+        return (self.now() - self.start) / self.trained * remaining
+
+    def __str__(self) -> str:
+        left = self.left()
+        eta = "left unknown yet" if left is None else f"about {duration(left)} left"
+        return f"elapsed {duration(self.now() - self.start)}, {eta}"
+
+
 @dataclass
 class Executor:
     """Runs jobs: ``kind`` ``local`` (sequentially, in this process) or ``ray`` (one task per job).
@@ -137,11 +177,13 @@ class Executor:
         check_reusable(jobs)
         if not jobs:
             return []
+        self._clock = Clock(len(jobs))
         return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)
 
     def _say(self, done: int, total: int, outcome: Outcome) -> None:
+        self._clock.done(outcome.status)
         if self.log is not None:
-            self.log(f"[{done}/{total}] {describe(outcome)}")
+            self.log(f"[{done}/{total}] {describe(outcome)}  {self._clock}")
 
     def _run_local(self, jobs: Sequence[Job]) -> list[Outcome]:
         outcomes = []

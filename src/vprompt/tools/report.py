@@ -209,8 +209,8 @@ def details(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- plots
-def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float]]]:
-    """Site-method (AP, AAP) configurations that differ only in their site: name → ``[(site, mean, std), ...]``.
+def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float, int]]]:
+    """Site-method (AP, AAP) configurations that differ only in their site: name → ``[(site, mean, std, n)]``.
 
     A series is named by what sets it apart from the other series (by dataset and shape when alone;
     options only one method has, such as AAP's ``hidden``, are left to the method's name)."""
@@ -223,7 +223,7 @@ def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float]
         a = {"split": g.split} | {k: v for k, v in g.options.items() if k != "site"}
         key = json.dumps(a, sort_keys=True, default=str)
         attrs[key] = a
-        series[key].append((g.options["site"], row["accuracy_mean"], row["accuracy_std"]))
+        series[key].append((g.options["site"], row["accuracy_mean"], row["accuracy_std"], row["n"]))
     kept = {k: v for k, v in series.items() if len({s for s, *_ in v}) > 1}
     names = sorted({n for k in kept for n in attrs[k] if all(n in attrs[j] for j in kept)})
     varying = [n for n in names if len({json.dumps(attrs[k].get(n), default=str) for k in kept}) > 1]
@@ -231,8 +231,44 @@ def layer_series(groups: list[Group]) -> dict[str, list[tuple[str, float, float]
     return {" ".join(f"{n}={_value(attrs[k].get(n))}" for n in shown): v for k, v in kept.items()}
 
 
+def caption(groups: list[Group]) -> str:
+    """Dataset, backbone, input size and budget of ``groups``, for a figure (values that vary joined by /)."""
+
+    def values(key: str) -> str:
+        seen = list(
+            dict.fromkeys(_value(g.options.get(key)) for g in groups if g.options.get(key) is not None)
+        )
+        return " / ".join(seen)
+
+    parts = [values("data"), values("backbone")]
+    if values("img_size"):
+        parts.append(f"{values('img_size')} px")
+    train = values("train_size")
+    parts.append(f"{train} training images" if train else "all training images")
+    if values("epochs"):
+        parts.append(f"{values('epochs')} epochs")
+    return " · ".join(p for p in parts if p)
+
+
+def linear_references(
+    groups: list[Group], series_groups: list[Group]
+) -> dict[str, tuple[float, float | None]]:
+    """The linear-probe configurations on the data and split of ``series_groups``: label → (mean, std)."""
+    wanted = {(g.data, g.split, g.options.get("backbone")) for g in series_groups}
+    refs = {}
+    for g in groups:
+        row = g.row()
+        if g.method == "linear" and (g.data, g.split, g.options.get("backbone")) in wanted and row["n"]:
+            refs[f"{g.label.replace('linear', 'linear probe', 1)} (n={row['n']})"] = (
+                row["accuracy_mean"],
+                row["accuracy_std"],
+            )
+    return refs
+
+
 def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """One point per configuration label: means over the datasets it was run on; and the dataset count."""
+    """One point per configuration label: means over the datasets it was run on; and the dataset count.
+    With one dataset a point also carries its seed spread (``accuracy_std``) and ``n``."""
     by_label: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if r["accuracy_mean"] is not None:
@@ -248,14 +284,25 @@ def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], i
         ):
             values = [r[source] for r in rs if r[source] is not None]
             point[key] = sum(values) / len(values) if values else None
+        if len(rs) == 1:
+            point |= {"accuracy_std": rs[0]["accuracy_std"], "n": rs[0]["n"]}
         points.append(point)
     return points, len({r["data"] for r in rows})
 
 
 # ------------------------------------------------------------------------------------------ report
-def write_report(dirs: list[str | Path] | str | Path, out: str | Path) -> dict[str, Any]:
+def write_report(
+    dirs: list[str | Path] | str | Path,
+    out: str | Path,
+    *,
+    formats: tuple[str, ...] = ("png",),
+    size: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """Write ``report.md``, ``results.csv``, ``runs.csv`` and the plots to ``out``; returns
-    ``{"rows": [one dict per configuration], "files": {...}, "failed": [...], "unfinished": [...]}``."""
+    ``{"rows": [one dict per configuration], "files": {...}, "failed": [...], "unfinished": [...]}``.
+
+    ``formats``: the plots' file formats (``png``, ``pdf``, ``svg``); ``size``: inches per panel."""
+    formats = plots.check_formats(formats)
     dirs = [dirs] if isinstance(dirs, str | Path) else list(dirs)
     out = Path(out)
     runs, failed, unfinished = find_runs(dirs)
@@ -298,7 +345,7 @@ def write_report(dirs: list[str | Path] | str | Path, out: str | Path) -> dict[s
         chosen = [r for r in rows if r["split"] == split]
         if chosen:
             text += [f"## {title}\n", pivot(chosen), "### Every configuration\n", details(chosen)]
-    text += _plots(groups, rows, out, files)
+    text += _plots(groups, rows, out, files, formats, size)
     if failed:
         text += ["## Failed runs\n", markdown(["run", "error"], [[f["run"], f["error"]] for f in failed])]
     if unfinished:
@@ -312,21 +359,42 @@ def write_report(dirs: list[str | Path] | str | Path, out: str | Path) -> dict[s
     }
 
 
-def _plots(groups: list[Group], rows: list[dict], out: Path, files: dict[str, Path]) -> list[str]:
+def _plots(
+    groups: list[Group], rows: list[dict], out: Path, files: dict[str, Path], formats, size
+) -> list[str]:
     text = []
     series = layer_series(groups)
     if series:
-        files["layer_preference"] = plots.layer_preference(series, out / "layer_preference.png")
+        site_groups = [g for g in groups if g.method in SITE_METHODS and "site" in g.options]
+        files["layer_preference"] = plots.layer_preference(
+            series,
+            out / "layer_preference.png",
+            references=linear_references(groups, site_groups),
+            caption=caption(site_groups),
+            formats=formats,
+            size=size,
+        )
         text.append("![layer preference](layer_preference.png)\n")
     split = "test" if any(r["split"] == "test" for r in rows) else "val"
     points, n = tradeoff_points([r for r in rows if r["split"] == split])
     if points:
-        title = f"{split} accuracy" + (f", mean over {n} datasets" if n > 1 else "")
+        chosen = [g for g in groups if g.split == split]
+        title = f"{split} accuracy" + (f", mean over {n} datasets" if n > 1 else "") + f"\n{caption(chosen)}"
         files["accuracy_vs_parameters"] = plots.tradeoffs(
-            points, ["trainable_parameters"], out / "accuracy_vs_parameters.png", title
+            points,
+            ["trainable_parameters"],
+            out / "accuracy_vs_parameters.png",
+            title,
+            formats=formats,
+            size=size,
         )
         files["accuracy_vs_cost"] = plots.tradeoffs(
-            points, ["train_seconds", "peak_memory_mib"], out / "accuracy_vs_cost.png", title
+            points,
+            ["train_seconds", "peak_memory_mib"],
+            out / "accuracy_vs_cost.png",
+            title,
+            formats=formats,
+            size=size,
         )
         text += [
             "![accuracy vs trainable parameters](accuracy_vs_parameters.png)\n",

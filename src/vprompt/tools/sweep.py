@@ -145,10 +145,26 @@ def layers(
         )
     failed = failures(outcomes)
     write_failures(out, failed)
-    return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows)}
+    return {
+        "rows": rows,
+        "failures": failed,
+        "files": _write_layers(out, method, shape, rows, layers_caption(base)),
+    }
 
 
-def _write_layers(out: str | Path, method: str, shape: str, rows: list[dict]) -> dict[str, str]:
+def layers_caption(base: dict[str, Any]) -> str:
+    """Dataset, backbone, input size and budget of a layer sweep, for its figure."""
+    size = f"{base['img_size']} px" if base.get("img_size") else "native size"
+    train = f"{base['train_size']} training images" if base.get("train_size") else "all training images"
+    return (
+        f"{base['data']} · {base['backbone']} · {size} · {train} · {base.get('epochs')} epochs · "
+        f"lr {base.get('lr'):g} · seed {base.get('seed', 0)}"
+    )
+
+
+def _write_layers(
+    out: str | Path, method: str, shape: str, rows: list[dict], caption: str = ""
+) -> dict[str, str]:
     stem = Path(out) / ("layers-" + (shape if method == "ap" else f"{method}-{shape}"))
     headers = list(rows[0])
     write_csv(stem.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
@@ -159,8 +175,11 @@ def _write_layers(out: str | Path, method: str, shape: str, rows: list[dict]) ->
     if done:
         label = f"{method} {shape}"
         plots.layer_preference(
-            {label: [(r["site"], r["accuracy"], 0.0) for r in done]},
+            {label: [(r["site"], r["accuracy"], 0.0, 1) for r in done]},
             stem.with_suffix(".png"),
+            depths={r["site"]: r["depth"] for r in done},
+            caption=caption,
+            title=f"Layer preference of {method} (one run per site)",
             costs={
                 label: [(r["site"], r["trainable_parameters_without_head"], r["train_seconds"]) for r in done]
             },

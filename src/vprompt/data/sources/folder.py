@@ -8,6 +8,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from ..datasets import DataError, ImageListDataset, Sample
 from ..entries import read_text
 from .base import DatasetInfo, Source, need_dir, register_source, with_held_out
@@ -20,14 +22,19 @@ class FolderSource(Source):
 
     Splits, first match wins: (1) split lists ``<path>/<split>.txt`` with one image path per line, relative
     to ``<path>`` and starting with the class folder (``cat/001.jpg``); (2) split folders
-    ``<path>/<split>/<class>/...`` for ``train``/``val``/``test``; (3) otherwise one split ``all``.
+    ``<path>/<split>/<class>/...`` for ``train``/``val``/``test``; (3) otherwise (torchvision's
+    ``ImageFolder`` layout) one pool, ``all``, from which seeded, class-stratified ``val`` and ``test``
+    are held out: :data:`HOLD_OUT` by default, or ``folder:<path>?val=0.1&test=0.2&seed=0``. Each class
+    gives ``round(n·fraction)`` images (at least one) to val and to test; ``train`` is the rest and
+    ``trainval`` train + val.
 
     Folders are walked following symlinks (images or class folders may live on another disk); a broken
     symlink, a symlink loop, a folder reached twice and an empty class folder each raise :class:`DataError`
     naming it. Names starting with ``.`` are ignored; files that are not images are ignored.
     """
 
-    def __init__(self, spec: str, path: str, root: Path | None):
+    def __init__(self, spec: str, path: str, root: Path | None, hold_out: dict[str, float] | None = None):
+        self.hold_out = {**HOLD_OUT, **(hold_out or {})}
         p = Path(path).expanduser()
         if not p.is_absolute() and root is not None:
             p = Path(root) / p
@@ -44,7 +51,11 @@ class FolderSource(Source):
             splits, class_root = ("all",), self.dir
         self.layout = "lists" if self.lists else "dirs" if splits != ("all",) else "single"
         self.held_out = "train" in splits and "val" not in splits
-        splits = with_held_out(splits)
+        if self.layout == "single":  # a split with a zero fraction is not offered
+            splits = ("train",) + ("val", "trainval") * (self.hold_out["val"] > 0)
+            splits += ("test",) * (self.hold_out["test"] > 0) + ("all",)
+        else:
+            splits = with_held_out(splits)
         walk = FolderWalk(class_root)
         classes = walk.subfolders(class_root)
         if len(classes) < 2:
@@ -90,10 +101,39 @@ class FolderSource(Source):
                     Sample(self.dir / norm, self.class_index[norm.parts[0]], f"{list_file}:{number}")
                 )
             source = str(list_file)
+        elif self.layout == "single":
+            samples, source = self._scan(self.dir), str(self.dir)
+            if split != "all":
+                chosen = self.pool_split(samples)[split]
+                samples, source = [samples[i] for i in chosen], f"{self.dir} ({split} of the pool)"
         else:
-            base = self.dir if self.layout == "single" else self.dir / split
+            base = self.dir / split
             samples, source = self._scan(base), str(base)
         return ImageListDataset(samples, self.info.num_classes, source, transform)
+
+    def pool_split(self, samples: list[Sample]) -> dict[str, list[int]]:
+        """Indices (into ``samples``) of train / val / trainval / test: per class, a seeded shuffle gives
+        its first ``round(n·test)`` images to test, the next ``round(n·val)`` to val (each at least one)."""
+        val, test, seed = self.hold_out["val"], self.hold_out["test"], int(self.hold_out["seed"])
+        rng = np.random.default_rng(seed)
+        parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        labels = np.array([s.label for s in samples])
+        for label, name in enumerate(self.info.class_names):
+            members = np.flatnonzero(labels == label)
+            n_test = max(1, round(len(members) * test)) if test > 0 else 0
+            n_val = max(1, round(len(members) * val)) if val > 0 else 0
+            if len(members) < n_test + n_val + 1:
+                raise DataError(
+                    f"{self.dir / name}: {len(members)} images cannot give {n_val} to val, {n_test} to test "
+                    "and keep one for train; add images or lower ?val= / ?test="
+                )
+            order = rng.permutation(members).tolist()
+            parts["test"] += order[:n_test]
+            parts["val"] += order[n_test : n_test + n_val]
+            parts["train"] += order[n_test + n_val :]
+        parts = {k: sorted(v) for k, v in parts.items()}
+        parts["trainval"] = sorted(parts["train"] + parts["val"])
+        return parts
 
 
 class FolderWalk:
@@ -165,6 +205,31 @@ class FolderWalk:
                 yield path
 
 
-@register_source("folder", usage="folder:<path>")
+#: what a single-pool folder holds out of every class by default (see :class:`FolderSource`)
+HOLD_OUT = {"val": 0.1, "test": 0.2, "seed": 0}
+
+
+def parse_hold_out(arg: str) -> tuple[str, dict[str, float]]:
+    """``"<path>?val=0.15&test=0.25&seed=1"`` → ``("<path>", {...})``; a path without ``?`` has none."""
+    path, sep, query = arg.rpartition("?")
+    if not sep or "=" not in query:
+        return arg, {}
+    options: dict[str, float] = {}
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key not in HOLD_OUT:
+            raise ValueError(f"folder option {key!r} is unknown; the options are: {', '.join(HOLD_OUT)}")
+        try:
+            options[key] = float(value) if key != "seed" else int(value)
+        except ValueError:
+            raise ValueError(f"folder option {key}={value!r}: expected a number") from None
+    fractions = {k: v for k, v in {**HOLD_OUT, **options}.items() if k != "seed"}
+    if any(not 0 <= v < 1 for v in fractions.values()) or sum(fractions.values()) >= 1:
+        raise ValueError(f"folder hold-out fractions must be in [0, 1) and sum below 1, got {fractions}")
+    return path, options
+
+
+@register_source("folder", usage="folder:<path>[?val=0.1&test=0.2&seed=0]")
 def _folder(spec: str, arg: str, root: Path | None) -> Source:
-    return FolderSource(spec, arg, root)
+    path, hold_out = parse_hold_out(arg)
+    return FolderSource(spec, path, root, hold_out)
