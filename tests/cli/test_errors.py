@@ -117,7 +117,9 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(capsys):
 def test_an_export_the_exporter_cannot_do_prints_one_line_not_the_graph(capfd, tmp_path):
     """vp-expansive's antialiased resize has no ONNX op: the exporter used to dump ~700 lines of IR."""
     run = tmp_path / "vpx"
-    vprompt.train(**dict(TINY, method="vp-expansive", epochs=1), output=run)
+    vprompt.train(
+        **dict(TINY, method="vp-expansive", method_options={"inner_size": 16}, epochs=1), output=run
+    )
     capfd.readouterr()
     code = main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
     out, err = capfd.readouterr()
