@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import cls_only
 from .families import Family, classifier_name, family_of, site_points
 from .sites import Site, measure_sites
 
@@ -17,7 +18,14 @@ class Backbone(nn.Module):
     ``model`` is the underlying timm / torchvision module, ``data_config`` a timm-style data config
     (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``) from which
     transforms are derived, and ``sites`` the ordered activation sites with their shapes.
+
+    On a CLS-pooled timm ViT, :meth:`forward` and :meth:`forward_from` let the last block compute the
+    CLS row alone, the only row the head reads (exact; :mod:`vprompt.backbones.cls_only` says when it
+    steps aside). ``cls_only_last_block = False`` turns that off.
     """
+
+    #: let the last block of a CLS-pooled ViT compute only the CLS row during forwards to the logits
+    cls_only_last_block: bool = True
 
     def __init__(
         self,
@@ -40,6 +48,7 @@ class Backbone(nn.Module):
         self.name = name
         self.source = source
         self.family: Family = family_of(model)
+        cls_only.install(model)
         self.refresh_sites()
 
     def refresh_sites(self) -> None:
@@ -82,7 +91,15 @@ class Backbone(nn.Module):
             ) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        with cls_only.reading_cls(self.model, self.cls_only_last_block):
+            return self.model(x)
+
+    def cls_only_status(self) -> str:
+        """Whether a forward to the logits now computes the last block's CLS row alone, and if not why."""
+        if not self.cls_only_last_block:
+            return "all tokens: cls_only_last_block is off"
+        reason = cls_only.why_not(self.model)
+        return "CLS row only" if reason is None else f"all tokens: {reason}"
 
     def can_resume_at(self, name: str) -> bool:
         """Whether :meth:`forward_from` can continue a forward pass from site ``name``."""
@@ -115,7 +132,12 @@ class Backbone(nn.Module):
         """
         site = self.site(name)
         if name == "input":
-            return self.model(activation)  # the input's hooks run as the model's pre-hooks
+            return self(activation)  # the input's hooks run as the model's pre-hooks
+        with cls_only.reading_cls(self.model, self.cls_only_last_block):
+            return self._forward_from(site, activation)
+
+    def _forward_from(self, site: Site, activation: torch.Tensor) -> torch.Tensor:
+        name = site.name
         if name == "pre_logits" and self.can_resume_at(name):
             return self.head(activation)  # likewise the classifier's
         if not self.can_resume_at(name):

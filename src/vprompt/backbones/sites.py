@@ -102,6 +102,17 @@ def _chain(point: SitePoint, create: bool) -> HookChain | None:
     return chains.get(point.at)
 
 
+def hooked_functions(module: nn.Module, at: str = "output") -> list[ActivationFn]:
+    """The functions hooked (through sites) at ``module``'s output or input, in the order they run."""
+    chain = _CHAINS.get(module, {}).get(at)
+    return list(chain.fns) if chain is not None else []
+
+
+def chain_hook_ids(module: nn.Module) -> set[int]:
+    """The ids of the torch hooks on ``module`` that run site chains (keys of its hook dicts)."""
+    return {c._handle.id for c in _CHAINS.get(module, {}).values() if c._handle is not None}
+
+
 @dataclass
 class Site:
     """A named activation of a backbone, with its shape at the configured input size."""

@@ -263,6 +263,7 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
             "peak_memory_mib": max(ctx.gather(peak_memory_mib(ctx.device))),
             "precision": trainer.precision.name,
             "cache": trainer.cache_summary(),
+            "last_block": model.backbone.cls_only_status(),
             "world_size": ctx.world,
             **environment(ctx.device),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

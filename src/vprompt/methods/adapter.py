@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..backbones.cls_only import tokenwise
 from .base import Method, MethodConfig, MethodNotApplicable
 
 
@@ -72,6 +73,7 @@ class Adapter(Method):
         return "embed"  # the first adapted MLP is in block 0
 
     def _hook(self, adapter: BottleneckAdapter):
+        @tokenwise  # each token alone: the last block may compute the CLS row alone
         def forward_hook(_module, _args, output: torch.Tensor) -> torch.Tensor:
             return output + self.config.scale * adapter(output)
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
+from ..backbones.cls_only import keeps_cls_row
 from .base import Method, MethodConfig, MethodNotApplicable
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
@@ -151,5 +152,6 @@ class VAPT(Method):
         head, _, patches = split_tokens(x, self.geometry.prefix, self.prompt.shape[0])
         return torch.cat([head, self.adaptive_prompts(layer, patches), patches], dim=1)
 
+    @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         return strip_tokens(x, self.prompt.shape[0], self.geometry.prefix)

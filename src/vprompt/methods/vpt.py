@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..backbones.cls_only import keeps_cls_row
 from .base import Method, MethodConfig, MethodNotApplicable, require_tokens
 from .timm_views import hide_prompts
 
@@ -156,6 +157,7 @@ class VPTShallow(Method):
     def _replace(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return replace_tokens(x, self._layer_prompts(layer, x), self.geometry.prefix)
 
+    @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         return strip_tokens(x, self.prompts.shape[1], self.geometry.prefix)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ..cls_only import ClsOnlyBlocks
 from ..sites import SitePoint
 from .base import Family, Step
 
@@ -39,5 +40,7 @@ class ViTFamily(Family):
 
         steps: list[Step] = [(("embed",), embed)]
         steps += [((f"block.{i}",), block) for i, block in enumerate(model.blocks)]
+        if isinstance(model.blocks, ClsOnlyBlocks) and len(model.blocks):  # the CLS row alone, when exact
+            steps[-1] = (steps[-1][0], model.blocks.last_block)
         steps.append(((), lambda x: model.forward_head(model.norm(x))))
         return steps
