@@ -215,3 +215,19 @@ def test_the_model_keeps_timm_structure_and_state_dict_keys():
 def test_non_vit_backbones_are_untouched():
     bb = vprompt.backbone("resnet18", pretrained=False, num_classes=4, img_size=32)
     assert bb.cls_only_status().startswith("all tokens: not a timm VisionTransformer")
+
+
+@pytest.mark.offline_weights
+@pytest.mark.parametrize("method,options", [("vpt-deep", {}), ("vapt", {}), ("lora", {})])
+def test_real_dinov2_weights_give_the_same_logits(method, options):
+    bb = vprompt.backbone("offline:dinov2_vits14_imgfocus", num_classes=4, img_size=56)
+    model = vprompt.attach(bb, method, **options)
+    perturbed(model)
+    assert bb.cls_only_status() == "CLS row only"
+    x = torch.randn(2, *bb.input_size)
+    short, short_grads = logits_and_grads(model, x, "eval")
+    bb.cls_only_last_block = False
+    full, full_grads = logits_and_grads(model, x, "eval")
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5 * float(full.abs().max()))
+    for a, b in zip(short_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-7)
