@@ -142,6 +142,9 @@ class WandbTracker(Tracker):
     def close(self):
         if self.run is not None:
             self.run.finish()
+            # finish() can return before W&B's service process has written the run file (seen on a
+            # loaded machine); teardown waits for that process, so the offline run is complete on disk
+            self.wandb.teardown()
 
 
 TRACKERS = {"csv": CsvTracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker}
