@@ -118,13 +118,14 @@ def interleaved_times(
     prepare: Callable[[str], object] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of ``steps`` calls of each function, taken in ``rounds`` rounds that alternate between
-    them (so that a drift in machine speed hits them alike); each function has ``warmup`` untimed calls
-    before its first round, and ``prepare(name)`` (untimed) runs before each of its rounds."""
+    them, every other round in reverse order (so that a drift in machine speed hits them alike); each
+    function has ``warmup`` untimed calls before its first round, and ``prepare(name)`` (untimed) runs
+    before each of its rounds."""
     rounds = max(1, min(rounds, steps))
     times: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(rounds):
         n = steps // rounds + (r < steps % rounds)
-        for name, call in calls.items():
+        for name, call in list(calls.items())[:: -1 if r % 2 else 1]:
             if prepare is not None:
                 prepare(name)
             times[name] += time_steps(call, n, warmup if r == 0 else 0, device)
