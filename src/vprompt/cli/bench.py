@@ -1,4 +1,5 @@
-"""``vprompt bench``: trainable parameters, step time, memory and throughput of several methods."""
+"""``vprompt bench``: trainable parameters, step time (next to its bounds), memory and throughput of
+several methods."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from ..tools.bench import DEFAULT_METHODS
 
-    p = sub.add_parser("bench", help="efficiency table (and json, and a plot) of methods on one backbone")
+    p = sub.add_parser(
+        "bench",
+        help="efficiency table (and json, and a plot) of methods on one backbone",
+        description="Per method, in a fresh process: trainable parameters, train-step time, peak memory, "
+        "inference throughput. Each step time is also given as a multiple of the bare backbone's "
+        "inference forward (× forward) and of the method's floor (× floor: the frozen prefix's forward "
+        "up to its first trained site plus the forward, backward and update of the rest; '-' where the "
+        "backbone cannot resume there), measured in the same process at the same batch.",
+    )
     p.add_argument("--backbone", required=True, help="timm name, torchvision:<name> or offline:<name>")
     p.add_argument(
         "--methods",
@@ -28,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--epoch-images",
         type=int,
         default=0,
-        help="also time a training epoch on this many synthetic images, with and without the prefix cache",
+        help="also time a training epoch on this many synthetic images (at --batch), with and without "
+        "the prefix cache, and give the cache's speed-up next to its bound",
     )
     p.add_argument("--output", type=Path, default=Path("bench-out"), help="folder for bench.{md,json,png}")
     p.set_defaults(func=cmd_bench)

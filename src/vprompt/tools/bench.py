@@ -1,4 +1,4 @@
-"""``vprompt bench``: what each method costs on one backbone.
+"""``vprompt bench``: what each method costs on one backbone, and how close it comes to its bounds.
 
 For every method, in a fresh process (so that peak memory means something on a CPU): trainable
 parameters (and % of the total), the train-step time (median and spread over repeated steps), peak
@@ -7,6 +7,22 @@ CPU, also given above the built model), inference throughput, and optionally the
 epoch on synthetic images with and without the frozen-prefix cache. Steps run in the precision a
 training run would use (``auto``: bf16 autocast on a GPU that has it, fp32 on a CPU), optionally
 through ``torch.compile``.
+
+Every speed figure comes with its bound, measured in the same process at the same batch:
+
+- ``forward_seconds``: the inference forward of the bare backbone (no method attached, no gradients);
+  ``step_vs_forward`` = step / forward.
+- the method's floor: ``prefix_seconds``, the no-gradient forward of the frozen prefix up to the method's
+  first trained site (:meth:`Method.first_site`; none for methods acting on the input), plus
+  ``suffix_seconds``, the forward, backward and update of what follows it (:meth:`TunedModel.forward_from`);
+  ``floor_seconds`` = prefix + suffix and ``step_vs_floor`` = step / floor. A method acting from the
+  input on has the whole step as its suffix (floor = step); where the backbone cannot resume from the
+  site, there is no floor (None). The step, prefix and suffix are timed in alternating rounds, so that
+  a drift in machine speed hits them alike. They run eager, also when the step is compiled.
+- with epochs: the cache's speed-up (uncached / cached epoch seconds), its compute bound
+  (prefix + suffix) / suffix at the site the cache holds, and ``cache_vs_bound`` = speed-up / bound.
+
+All of them are medians.
 
 Methods are given as ``name`` or ``name:option=value:option=value`` (``ap:site=block.9:shape=channel``);
 ``ap`` without a site is put three quarters deep.
@@ -21,10 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_write, ensure_dir, write_text
 
 #: what ``vprompt bench`` compares unless told otherwise
 DEFAULT_METHODS = "ap,vpt-deep,vapt,lora,norm,linear,full"
@@ -90,14 +109,126 @@ def time_steps(step, steps: int, warmup: int, device: torch.device) -> list[floa
     return times
 
 
+def interleaved_times(
+    calls: dict[str, Callable[[], object]],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    rounds: int = 3,
+    prepare: Callable[[str], object] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds of ``steps`` calls of each function, taken in ``rounds`` rounds that alternate between
+    them, every other round in reverse order (so that a drift in machine speed hits them alike); each
+    function has ``warmup`` untimed calls before its first round, and ``prepare(name)`` (untimed) runs
+    before each of its rounds."""
+    rounds = max(1, min(rounds, steps))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        n = steps // rounds + (r < steps % rounds)
+        for name, call in list(calls.items())[:: -1 if r % 2 else 1]:
+            if prepare is not None:
+                prepare(name)
+            times[name] += time_steps(call, n, warmup if r == 0 else 0, device)
+    return times
+
+
+def plain_backbone(backbone: str, img_size: int | None, pretrained: bool):
+    import vprompt
+
+    return vprompt.backbone(backbone, num_classes=10, img_size=img_size, pretrained=pretrained)
+
+
 def build(backbone: str, method: str, options: dict, img_size: int | None, pretrained: bool, device):
     import vprompt
 
-    bb = vprompt.backbone(backbone, num_classes=10, img_size=img_size, pretrained=pretrained)
+    bb = plain_backbone(backbone, img_size, pretrained)
     if method in vprompt.methods.SITE_METHODS and "site" not in options:
         options = {**options, "site": three_quarters_site(bb)}
     torch.manual_seed(0)
     return vprompt.attach(bb, method, **options).to(device), options
+
+
+def train_step(forward: Callable, x: torch.Tensor, y: torch.Tensor, optimizer, amp) -> Callable[[], None]:
+    """One training step as a run takes it: ``forward(x)`` under ``amp``'s autocast, cross-entropy
+    against ``y``, backward and update (through the gradient scaler where ``amp`` has one)."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with amp.autocast():
+            logits = forward(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        if amp.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            amp.scaler.scale(loss).backward()
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
+
+    return step
+
+
+def prefix_forward(model, site: str, x: torch.Tensor, amp) -> Callable[[], torch.Tensor]:
+    """The no-gradient forward of the frozen prefix up to ``site``: its raw activation there."""
+    bb = model.backbone
+
+    def prefix() -> torch.Tensor:
+        with torch.no_grad(), amp.autocast():
+            return bb.site(site).capture(bb.model, x)
+
+    return prefix
+
+
+def time_step_and_floor(
+    model, x, y, optimizer, amp, step: Callable, steps: int, warmup: int, device: torch.device
+) -> dict[str, Any]:
+    """``step``'s times and its floor: the prefix forward up to the method's first site and the suffix
+    step from there (see the module's doc), in alternating rounds. ``{"site", "step", "prefix",
+    "suffix"}``, each of the last three a list of seconds (prefix and suffix None without a floor;
+    prefix empty and suffix the step's own times for a method acting on the input)."""
+    site = model.method.first_site(model.backbone)
+    calls = {"step": step}
+    if site != "input" and model.backbone.can_resume_at(site):
+        calls["prefix"] = prefix_forward(model, site, x, amp)
+        activation = calls["prefix"]()
+        calls["suffix"] = train_step(lambda a: model.forward_from(site, a), activation, y, optimizer, amp)
+        calls["suffix"]()  # its first call, untimed like the step's
+    times = interleaved_times(calls, steps, warmup, device)
+    if site == "input":
+        times |= {"prefix": [], "suffix": times["step"]}
+    return {"site": site, "step": times["step"], "prefix": times.get("prefix"), "suffix": times.get("suffix")}
+
+
+def floor_fields(step: float, prefix: list[float] | None, suffix: list[float] | None) -> dict[str, Any]:
+    """The row's floor figures from the step's median and the prefix's and suffix's times."""
+    if suffix is None:
+        return dict.fromkeys(("prefix_seconds", "suffix_seconds", "floor_seconds", "step_vs_floor"))
+    prefix_s = statistics.median(prefix) if prefix else 0.0
+    suffix_s = statistics.median(suffix)
+    floor = prefix_s + suffix_s
+    return {
+        "prefix_seconds": prefix_s,
+        "suffix_seconds": suffix_s,
+        "floor_seconds": floor,
+        "step_vs_floor": step / floor,
+    }
+
+
+def cache_fields(row: dict) -> dict[str, Any]:
+    """The cache's epoch speed-up, its compute bound (prefix + suffix) / suffix at the cached site, and
+    their quotient; None where no cache was used or the row has no floor at that site."""
+    site = (row.get("cache") or {}).get("site")
+    if site is None:
+        return dict.fromkeys(("cache_speedup", "cache_bound", "cache_vs_bound"))
+    speedup = row["epoch_seconds_uncached"] / row["epoch_seconds_cached"]
+    bound = None
+    if site == row.get("floor_site") and row.get("suffix_seconds"):
+        bound = (row["prefix_seconds"] + row["suffix_seconds"]) / row["suffix_seconds"]
+    return {
+        "cache_speedup": speedup,
+        "cache_bound": bound,
+        "cache_vs_bound": None if bound is None else speedup / bound,
+    }
 
 
 def measure(
@@ -117,7 +248,8 @@ def measure(
     """Everything about one method, measured in this process (call it in a fresh one for memory on a
     CPU; on a GPU the allocator's peak is reset after the model is built, and what earlier calls left
     is freed first). ``compile_backend``: train through ``torch.compile(model, backend=...)``; the
-    first warm-up step (which compiles) is reported as ``first_step_seconds``."""
+    first warm-up step (which compiles) is reported as ``first_step_seconds``. The bare backbone's
+    forward is timed last, on a second backbone built after the peak memory was read."""
     from ..engine.trainer import Precision
 
     if threads:
@@ -141,22 +273,11 @@ def measure(
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     model.train()
     forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
+    step = train_step(forward, x, y, optimizer, amp)
 
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with amp.autocast():
-            logits = forward(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        if amp.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            amp.scaler.scale(loss).backward()
-            amp.scaler.step(optimizer)
-            amp.scaler.update()
-
-    first = time_steps(train_step, 1, 0, dev)[0]
-    step_times = time_steps(train_step, steps, max(0, warmup - 1), dev)
+    first = time_steps(step, 1, 0, dev)[0]
+    timed = time_step_and_floor(model, x, y, optimizer, amp, step, steps, max(0, warmup - 1), dev)
+    step_times = timed["step"]
     if dev.type == "cuda":
         peak, above = torch.cuda.max_memory_allocated(dev) / 2**20, None
         above = peak - built_cuda
@@ -172,6 +293,15 @@ def measure(
             model(x)
 
     infer_times = time_steps(infer, steps, max(1, warmup // 2), dev)
+    bare = plain_backbone(backbone, img_size, pretrained).to(dev).eval()
+    bare_x = torch.randn(batch, *bare.input_size, generator=g).to(dev)
+
+    def bare_forward():
+        with torch.no_grad(), amp.autocast():
+            bare(bare_x)
+
+    forward_s = statistics.median(time_steps(bare_forward, steps, max(1, warmup // 2), dev))
+    step_s = statistics.median(step_times)
     return {
         "method": method,
         "options": options,
@@ -181,7 +311,11 @@ def measure(
         "trainable_percent": 100.0 * model.trainable_parameters() / model.total_parameters(),
         "step_seconds": quartiles(step_times),
         "first_step_seconds": first,
-        "train_images_per_second": batch / statistics.median(step_times),
+        "train_images_per_second": batch / step_s,
+        "forward_seconds": forward_s,
+        "step_vs_forward": step_s / forward_s,
+        "floor_site": timed["site"],
+        **floor_fields(step_s, timed["prefix"], timed["suffix"]),
         "peak_memory_mib": peak,
         "memory_above_model_mib": above,
         "model_mib": built_rss - start_rss if dev.type == "cpu" else None,
@@ -267,8 +401,10 @@ def bench(
     device: str = "cpu",
     threads: int | None = None,
     epoch_images: int = 0,
+    epoch_data: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every method (each in its own process); with ``epoch_images``, also epoch times."""
+    """Measure every method (each in its own process); with ``epoch_images``, also epoch times at the
+    same batch (on ``epoch_data``, synthetic images unless given) and the cache's speed-up and bound."""
     rows = []
     for method, options in methods:
         row = measure_in_fresh_process(
@@ -286,8 +422,17 @@ def bench(
         if epoch_images:
             size = row["input_size"][-1]
             row |= epoch_times(
-                backbone, method, row["options"], size, epoch_images, pretrained, device=device
+                backbone,
+                method,
+                row["options"],
+                size,
+                epoch_images,
+                pretrained,
+                data=epoch_data,
+                device=device,
+                batch=batch,
             )
+            row |= cache_fields(row)
         rows.append(row)
     reference = next((r for r in rows if r["method"] == "linear"), None)
     for row in rows:
@@ -303,28 +448,39 @@ def label(row: dict) -> str:
     return f"{row['method']}({opts})" if opts else row["method"]
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def table(rows: list[dict]) -> str:
-    """A markdown table of the measurements."""
+    """A markdown table of the measurements; "-" where a figure does not apply."""
     head = (
-        "| method | trainable | % | step ms (q1–q3) | × linear | peak MiB | above model MiB | infer img/s |"
+        "| method | trainable | % | step ms (q1–q3) | × linear | × forward | × floor "
+        "| peak MiB | above model MiB | infer img/s |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 10]
     epochs = any("epoch_seconds_uncached" in r for r in rows)
     if epochs:
-        lines[0] += " epoch s (cached / uncached) |"
-        lines[1] += "---|"
+        lines[0] += " epoch s (cached / uncached) | speed-up | bound | ÷ bound |"
+        lines[1] += "---|" * 4
     for r in rows:
         s = r["step_seconds"]
-        ratio = f"{r['step_vs_linear']:.2f}" if "step_vs_linear" in r else "-"
         above = "-" if r["memory_above_model_mib"] is None else f"{r['memory_above_model_mib']:.0f}"
         line = (
             f"| {label(r)} | {r['trainable_parameters']:,} | {r['trainable_percent']:.3f} "
-            f"| {1e3 * s['median']:.1f} ({1e3 * s['q1']:.1f}–{1e3 * s['q3']:.1f}) | {ratio} "
+            f"| {1e3 * s['median']:.1f} ({1e3 * s['q1']:.1f}–{1e3 * s['q3']:.1f}) "
+            f"| {_ratio(r.get('step_vs_linear'))} | {_ratio(r.get('step_vs_forward'))} "
+            f"| {_ratio(r.get('step_vs_floor'))} "
             f"| {r['peak_memory_mib']:.0f} | {above} | {r['inference_images_per_second']:.1f} |"
         )
         if epochs:
-            cached = r.get("epoch_seconds_cached")
-            line += f" {cached:.2f} / {r['epoch_seconds_uncached']:.2f} |" if cached else " - |"
+            if "epoch_seconds_uncached" in r:
+                line += f" {r['epoch_seconds_cached']:.2f} / {r['epoch_seconds_uncached']:.2f} |"
+            else:
+                line += " - |"
+            line += "".join(
+                f" {_ratio(r.get(k))} |" for k in ("cache_speedup", "cache_bound", "cache_vs_bound")
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -372,12 +528,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             tick.set_horizontalalignment("right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
 def write(rows: list[dict], output: Path, title: str) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "bench.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (output / "bench.md").write_text(f"# {title}\n\n{table(rows)}\n")
+    """``bench.json``, ``bench.md`` and ``bench.png`` in ``output``, each written atomically."""
+    ensure_dir(output)
+    write_text(output / "bench.json", json.dumps(rows, indent=2) + "\n")
+    write_text(output / "bench.md", f"# {title}\n\n{table(rows)}\n")
     plot(rows, output / "bench.png", title)
