@@ -15,6 +15,7 @@ from vprompt.tools.bench import (
     cache_fields,
     floor_fields,
     interleaved_times,
+    last_block_notes,
     measure,
     parse_methods,
     quartiles,
@@ -42,6 +43,7 @@ def test_quartiles():
 def test_measure_counts_and_defaults():
     row = measure(TINY_VIT, "ap", {}, batch=2, img_size=32, steps=2, warmup=1)
     assert row["options"] == {"site": "block.8"}  # three quarters of 12 blocks
+    assert row["last_block"] == "CLS row only"
     assert row["trainable_parameters_without_head"] == 5 * 192  # 4 patches + CLS, 192 dims
     assert row["trainable_parameters"] == 5 * 192 + 192 * 10 + 10
     assert row["step_seconds"]["n"] == 2 and row["step_seconds"]["median"] > 0
@@ -56,6 +58,19 @@ def test_measure_counts_and_defaults():
     assert row["prefix_seconds"] > 0 and row["suffix_seconds"] > 0
     assert row["floor_seconds"] == pytest.approx(row["prefix_seconds"] + row["suffix_seconds"], rel=1e-12)
     assert row["step_vs_floor"] == pytest.approx(step / row["floor_seconds"], rel=1e-12)
+
+
+def test_the_rows_say_how_the_last_block_ran():
+    rows = [
+        {"method": "ap", "options": {"site": "block.8"}, "last_block": "CLS row only"},
+        {"method": "vpt-deep", "options": {}, "last_block": "CLS row only"},
+        {"method": "ap", "options": {"site": "block.11"}, "last_block": "all tokens: hooked"},
+    ]
+    assert last_block_notes(rows).splitlines() == [
+        "Last block: CLS row only — ap(site=block.8), vpt-deep.",
+        "Last block: all tokens: hooked — ap(site=block.11).",
+    ]
+    assert last_block_notes([{**rows[0], "last_block": "all tokens: not a timm VisionTransformer"}]) == ""
 
 
 def test_a_method_acting_on_the_input_has_the_whole_step_as_its_floor():

@@ -51,7 +51,7 @@ def _cuda() -> bool:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..tools.bench import bench, parse_methods, table, write
+    from ..tools.bench import bench, last_block_notes, parse_methods, table, write
 
     rows = bench(
         args.backbone,
@@ -70,5 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     write(rows, args.output, title)
     print(title)
     print(table(rows))
+    if notes := last_block_notes(rows):
+        print(notes)
     print(f"written to {args.output}/bench.{{md,json,png}}")
     return 0

@@ -315,6 +315,7 @@ def measure(
         "forward_seconds": forward_s,
         "step_vs_forward": step_s / forward_s,
         "floor_site": timed["site"],
+        "last_block": model.backbone.cls_only_status(),
         **floor_fields(step_s, timed["prefix"], timed["suffix"]),
         "peak_memory_mib": peak,
         "memory_above_model_mib": above,
@@ -485,6 +486,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def last_block_notes(rows: list[dict]) -> str:
+    """One line per way the last block ran (a CLS-pooled ViT's CLS row alone, or all tokens and why),
+    naming the methods; empty for backbones that are not ViTs."""
+    statuses: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("last_block"):
+            statuses.setdefault(r["last_block"], []).append(label(r))
+    if set(statuses) <= {"all tokens: not a timm VisionTransformer"}:
+        return ""
+    return "\n".join(f"Last block: {status} — {', '.join(names)}." for status, names in statuses.items())
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -536,5 +549,6 @@ def write(rows: list[dict], output: Path, title: str) -> None:
     """``bench.json``, ``bench.md`` and ``bench.png`` in ``output``, each written atomically."""
     ensure_dir(output)
     write_text(output / "bench.json", json.dumps(rows, indent=2) + "\n")
-    write_text(output / "bench.md", f"# {title}\n\n{table(rows)}\n")
+    notes = last_block_notes(rows)
+    write_text(output / "bench.md", f"# {title}\n\n{table(rows)}\n" + (f"\n{notes}\n" if notes else ""))
     plot(rows, output / "bench.png", title)
