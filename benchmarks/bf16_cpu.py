@@ -55,10 +55,9 @@ def label(method: str, options: dict) -> str:
     return method + (f" ({options['site']})" if "site" in options else "")
 
 
-def accuracy_runs(out: Path, log) -> list[dict]:
-    """Every demo method in fp32 and in bf16, same seed and budget; one row per method."""
+def accuracy_runs(out: Path, log):
+    """Every demo method in fp32 and in bf16, same seed and budget; yields one row per method."""
     budget = Budget()
-    rows = []
     for method, options, optimizer, lr in METHODS:
         row = {"method": label(method, options), "lr": lr}
         for precision in PRECISIONS:
@@ -91,8 +90,7 @@ def accuracy_runs(out: Path, log) -> list[dict]:
                 f"  {row['method']:<14} {precision}: test {summary['test_accuracy']:5.1f}%  "
                 f"train {summary['train_seconds']:.1f} s"
             )
-        rows.append(row)
-    return rows
+        yield row
 
 
 def accuracy_table(rows: list[dict]) -> str:
@@ -181,47 +179,58 @@ def main() -> int:
     require_cpu_bf16()
     started = time.time()
     command = " ".join(["python benchmarks/bf16_cpu.py", *sys.argv[1:]])
-    text = [f"Command: `{command}` · {machine()} · {time.strftime('%Y-%m-%d')}", ""]
+    head = [f"Command: `{command}` · {machine()} · {time.strftime('%Y-%m-%d')}", ""]
     if args.timing:
         setting = TINY if args.tiny else TIMING
         rows = step_times(setting, args.threads, print)
         text = [
             "# bf16 on a CPU: train-step time",
             "",
-            *text,
+            *head,
             f"{setting['backbone']} at {setting['img_size']} px, batch {setting['batch']}, random weights, SGD "
             f"(momentum 0.9); per method and precision the median step of {setting['steps']} (after "
             f"{setting['warmup']} untimed), median over {setting['rounds']} rounds that alternate the order.",
             "",
             timing_table(rows),
         ]
-        default = None if args.tiny else RESULTS / "bf16_cpu_timing.md"
-    else:
-        budget = Budget()
-        rows = accuracy_runs(args.out, print)
+        write(text, started, args.results or (None if args.tiny else RESULTS / "bf16_cpu_timing.md"))
+        return 0
+    budget = Budget()
+    rows = []
+    for row in accuracy_runs(args.out, print):  # the table is rewritten after each method
+        rows.append(row)
+        partial = len(rows) < len(METHODS)
         text = [
             "# bf16 on a CPU: accuracy against fp32",
             "",
-            *text,
+            *head,
             f"The demo setting: {BACKBONE} (ImageNet weights), Fashion-MNIST, {budget.train_size} training / "
             f"{budget.eval_size} test images, {budget.img_size} px, {budget.epochs} epochs, batch "
             f"{budget.batch_size}, SGD (momentum 0.9) at each method's demo learning rate, seed 0; each "
             "method trained once with `--precision fp32` and once with `--precision bf16`.",
             "",
+            *([f"**Partial: {len(rows)} of {len(METHODS)} methods so far.**", ""] if partial else []),
             accuracy_table(rows),
             "",
             "Train times were measured on a machine shared with other work: they are recorded, not a speed",
             "comparison (`--timing` is that, on a quiet machine).",
         ]
-        default = RESULTS / "bf16_cpu.md"
-    text += ["", f"Total benchmark time: {(time.time() - started) / 60:.1f} min."]
-    print("\n".join(text))
-    results = args.results or default
+        write(text, started, args.results or RESULTS / "bf16_cpu.md", quiet=partial)
+    return 0
+
+
+def write(text: list[str], started: float, results: Path | None, quiet: bool = False) -> None:
+    text = [
+        *text,
+        "",
+        f"This invocation took {(time.time() - started) / 60:.1f} min (finished runs are reused).",
+    ]
+    if not quiet:
+        print("\n".join(text))
     if results is not None:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text("\n".join(text) + "\n")
         print(f"written to {results}")
-    return 0
 
 
 if __name__ == "__main__":
