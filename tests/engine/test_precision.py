@@ -75,6 +75,13 @@ def test_the_detection_reads_cpuinfo_flags_and_features():
     assert not detect_cpu_bf16("Darwin", "x86_64", sysctl="1").supported
 
 
+def test_this_machine_is_read_without_error():
+    precision_module.cpu_bf16.cache_clear()
+    found = precision_module.cpu_bf16()  # whatever this CPU has: an answer, and what was looked for
+    assert isinstance(found.supported, bool) and found.looked_for
+    assert precision_module.cpu_bf16() is found  # read once
+
+
 def test_the_precision_class_lives_in_its_own_module_and_the_old_import_works():
     assert TrainerPrecision is Precision
 
