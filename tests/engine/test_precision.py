@@ -46,6 +46,7 @@ def cpu_has_bf16(monkeypatch):
 @pytest.fixture
 def cpu_lacks_bf16(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_bf16", lambda: CpuBf16(False, X86_LOOKED_FOR))
+    monkeypatch.delenv("VPROMPT_EMULATED_BF16", raising=False)
 
 
 def test_the_detection_reads_cpuinfo_flags_and_features():
@@ -111,6 +112,14 @@ def test_bf16_on_a_cpu_without_it_is_one_clear_error(cpu_lacks_bf16):
     assert "\n" not in message
     assert "this CPU lacks them" in message and X86_LOOKED_FOR in message
     assert "use --precision fp32, or a GPU" in message
+
+
+def test_emulated_bf16_is_an_explicit_environment_switch(cpu_lacks_bf16, monkeypatch):
+    monkeypatch.setenv("VPROMPT_EMULATED_BF16", "0")
+    with pytest.raises(ValueError, match="this CPU lacks them"):
+        Precision.choose("bf16", CPU)
+    monkeypatch.setenv("VPROMPT_EMULATED_BF16", "1")  # what gpu_check.py's CPU dry run sets
+    assert Precision.choose("bf16", CPU).dtype == torch.bfloat16
 
 
 def test_the_cli_says_it_in_one_line(cpu_lacks_bf16, capsys, tmp_path):

@@ -5,13 +5,15 @@ fp32 on a CPU. On a CPU, ``bf16`` is an explicit opt-in, accepted only where the
 instructions (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension): without them PyTorch emulates
 bf16, which is slower than fp32 and less exact, so the run is refused with one line saying what to use
 instead. ``fp16`` on a CPU runs as PyTorch provides it (emulated on most CPUs, with the gradient scaler):
-slow, but it lets the fp16 code path be checked without a GPU.
+slow, but it lets the fp16 code path be checked without a GPU. ``VPROMPT_EMULATED_BF16=1`` lets bf16 run
+on any CPU, emulated, for the same purpose (``benchmarks/gpu_check.py``'s CPU dry run sets it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ARM_BF16_FEATURE = "bf16"
 #: the macOS sysctl that is 1 on Apple silicon with the BF16 extension
 MAC_BF16_SYSCTL = "hw.optional.arm.FEAT_BF16"
+#: an environment variable: ``1`` runs bf16 on a CPU without native bf16 (emulated: to check code paths)
+EMULATED_BF16 = "VPROMPT_EMULATED_BF16"
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ def cpu_bf16() -> CpuBf16:
 
 
 def require_cpu_bf16() -> None:
-    """A one-line ``ValueError`` where this CPU lacks native bf16."""
+    """A one-line ``ValueError`` where this CPU lacks native bf16 (unless ``VPROMPT_EMULATED_BF16=1``)."""
+    if os.environ.get(EMULATED_BF16) == "1":
+        return
     found = cpu_bf16()
     if not found.supported:
         raise ValueError(
