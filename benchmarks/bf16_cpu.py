@@ -193,7 +193,8 @@ def main() -> int:
             "",
             timing_table(rows),
         ]
-        write(text, started, args.results or (None if args.tiny else RESULTS / "bf16_cpu_timing.md"))
+        results = args.results or (None if args.tiny else RESULTS / "bf16_cpu_timing.md")
+        write(text, started, results, runs=False)
         return 0
     budget = Budget()
     rows = []
@@ -219,12 +220,12 @@ def main() -> int:
     return 0
 
 
-def write(text: list[str], started: float, results: Path | None, quiet: bool = False) -> None:
-    text = [
-        *text,
-        "",
-        f"This invocation took {(time.time() - started) / 60:.1f} min (finished runs are reused).",
-    ]
+def write(
+    text: list[str], started: float, results: Path | None, quiet: bool = False, runs: bool = True
+) -> None:
+    """Print ``text`` (unless ``quiet``) and write it to ``results``, with how long this invocation took."""
+    took = f"This invocation took {(time.time() - started) / 60:.1f} min"
+    text = [*text, "", took + (" (finished runs are reused)." if runs else ".")]
     if not quiet:
         print("\n".join(text))
     if results is not None:
