@@ -95,6 +95,8 @@ def test_auto_is_fp32_on_a_cpu_and_asks_nothing(monkeypatch):
     for name in ("auto", "fp32"):
         chosen = Precision.choose(name, CPU)
         assert chosen.name == "fp32" and chosen.dtype is None and chosen.scaler is None
+    with pytest.raises(ValueError, match="unknown precision 'bf17'; choose one of: auto, fp32, bf16, fp16"):
+        Precision.choose("bf17", CPU)
 
 
 def test_fp16_on_a_cpu_runs_with_the_gradient_scaler(monkeypatch):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .config import PRECISIONS
+
 #: /proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: the /proc/cpuinfo feature of Arm CPUs with the BF16 extension
@@ -107,6 +109,8 @@ class Precision:
     def choose(cls, name: str, device: torch.device) -> Precision:
         """The precision ``name`` (auto, fp32, bf16, fp16) means on ``device``; bf16 on a CPU without native
         bf16 is a clear error."""
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
         if name == "fp32" or (name == "auto" and device.type != "cuda"):
             return cls(None, device.type)
         if name == "auto":
