@@ -856,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     from vprompt.engine.distributed import resolve_device
 
     device = resolve_device(args.device)
+    if device.type == "cpu":  # the dry run checks the bf16 code path on any CPU, emulated where need be
+        os.environ.setdefault("VPROMPT_EMULATED_BF16", "1")
     s = TINY if args.tiny else Settings()
     if args.compile_backend:
         s = replace(s, compile_backend=args.compile_backend)

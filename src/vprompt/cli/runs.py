@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..engine.config import PRECISIONS
+
     p = sub.add_parser("eval", help="accuracy of a finished run on a split of its data (or another dataset)")
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -15,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="data root (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="autocast of the evaluation (default: the run's precision option)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes (with their names) of images under a finished run")
@@ -38,6 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         device=args.device,
         batch_size=args.batch_size,
+        precision=args.precision,
         data=args.data,
         root=args.root,
     )

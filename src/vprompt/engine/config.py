@@ -143,7 +143,11 @@ class TrainConfig:
     # ------------------------------------------------------------------------------ execution
     device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda, cuda:1"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        default="auto", metadata={"help": "auto = bf16 autocast on a GPU that has it, else fp32"}
+        default="auto",
+        metadata={
+            "help": "auto = bf16 autocast on a GPU that has it, else fp32; bf16 on a CPU: an opt-in, for "
+            "CPUs with native bf16 (x86 AVX512-BF16 or AMX-BF16, Arm BF16)"
+        },
     )
     workers: int | None = field(
         default=None,

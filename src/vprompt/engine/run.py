@@ -26,9 +26,10 @@ from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
 from .optim import peak_lr
+from .precision import Precision
 from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
-from .trainer import Precision, Trainer, evaluate
+from .trainer import Trainer, evaluate
 
 #: config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE = {"progress", "workers", "device", "root", "log"}
@@ -306,9 +307,15 @@ def class_names(run_dir: str | Path) -> list[str]:
 
 
 def evaluate_run(
-    run_dir: str | Path, split: str = "test", device: str = "auto", batch_size: int = 64, **data_overrides
+    run_dir: str | Path,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 64,
+    precision: str | None = None,
+    **data_overrides,
 ) -> dict[str, Any]:
-    """Accuracy of a finished run on one split of its dataset (or another dataset: ``data=``, ``root=``)."""
+    """Accuracy of a finished run on one split of its dataset (or another dataset: ``data=``, ``root=``),
+    in ``precision`` (auto, fp32, bf16, fp16; default: the run's)."""
     config = run_config(run_dir)
     config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
     ctx = Context(device=resolve_device(device))
@@ -317,8 +324,9 @@ def evaluate_run(
     only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
     data = load_data(only, plan_data(only), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
-    result = evaluate(model, loader, ctx, Precision.choose(config.precision, ctx.device))
-    return {"split": split, "data": config.data, **result}
+    amp = Precision.choose(precision or config.precision, ctx.device)
+    result = evaluate(model, loader, ctx, amp)
+    return {"split": split, "data": config.data, "precision": amp.name, **result}
 
 
 __all__ = [

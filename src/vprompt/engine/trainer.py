@@ -8,7 +8,6 @@ the last one and ends with exactly the weights and metrics of an uninterrupted r
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -28,6 +27,7 @@ from .config import TrainConfig
 from .data import RunData, SeededItems, eval_loader, loader_options, private_generator, train_loader
 from .distributed import Context, synchronize
 from .optim import build_optimizer, build_schedule, param_groups
+from .precision import Precision
 from .rundir import RunDir
 from .tracking import Tracker
 
@@ -37,34 +37,6 @@ CHECK_EVERY = 10
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class Precision:
-    """Autocast settings: bf16 (or fp16 with a gradient scaler) on a GPU, fp32 elsewhere."""
-
-    dtype: torch.dtype | None = None
-    device_type: str = "cpu"
-    scaler: torch.amp.GradScaler | None = None
-
-    @classmethod
-    def choose(cls, name: str, device: torch.device) -> Precision:
-        if name == "fp32" or (name == "auto" and device.type != "cuda"):
-            return cls(None, device.type)
-        if name == "auto":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        return cls(dtype, device.type, scaler)
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 class ResumeAt(nn.Module):
