@@ -183,3 +183,9 @@ def test_measure_in_mixed_precision_and_compiled():
         TINY_VIT, "linear", {}, batch=2, img_size=32, steps=1, warmup=1, compile_backend="eager"
     )
     assert compiled["compile"] == "eager" and compiled["first_step_seconds"] > 0
+
+
+def test_bench_in_bf16_on_a_cpu(monkeypatch):
+    monkeypatch.setenv("VPROMPT_EMULATED_BF16", "1")  # the fresh process may run on a CPU without bf16
+    (row,) = bench(TINY_VIT, [("linear", {})], batch=2, img_size=32, steps=1, warmup=1, precision="bf16")
+    assert row["precision"] == "bf16" and row["step_seconds"]["n"] == 1

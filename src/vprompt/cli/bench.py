@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also time a training epoch on this many synthetic images (at --batch), with and without "
         "the prefix cache, and give the cache's speed-up next to its bound",
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="as for training: auto = bf16 on a GPU that has it, fp32 on a CPU; bf16 on a CPU with native bf16",
+    )
     p.add_argument("--output", type=Path, default=Path("bench-out"), help="folder for bench.{md,json,png}")
     p.set_defaults(func=cmd_bench)
 
@@ -64,9 +70,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         epoch_images=args.epoch_images,
+        precision=args.precision,
     )
     size = "×".join(map(str, rows[0]["input_size"]))
-    title = f"{args.backbone}, {size}, batch {args.batch}, {rows[0]['device']}, {rows[0]['threads']} threads"
+    title = (
+        f"{args.backbone}, {size}, batch {args.batch}, {rows[0]['device']}, {rows[0]['precision']}, "
+        f"{rows[0]['threads']} threads"
+    )
     write(rows, args.output, title)
     print(title)
     print(table(rows))

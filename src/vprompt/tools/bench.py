@@ -402,6 +402,7 @@ def bench(
     device: str = "cpu",
     threads: int | None = None,
     epoch_images: int = 0,
+    precision: str = "auto",
     epoch_data: str | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every method (each in its own process); with ``epoch_images``, also epoch times at the
@@ -419,6 +420,7 @@ def bench(
             pretrained=pretrained,
             device=device,
             threads=threads,
+            precision=precision,
         )
         if epoch_images:
             size = row["input_size"][-1]
@@ -432,6 +434,7 @@ def bench(
                 data=epoch_data,
                 device=device,
                 batch=batch,
+                precision=precision,
             )
             row |= cache_fields(row)
         rows.append(row)
