@@ -231,3 +231,16 @@ def test_real_dinov2_weights_give_the_same_logits(method, options):
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5 * float(full.abs().max()))
     for a, b in zip(short_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-7)
+
+
+def test_a_capture_before_the_head_is_shortened_like_the_forward():
+    """The linear probe's cache holds pre-logits computed as the forward computes them."""
+    bb = vit().eval()
+    rows = rows_seen_by_the_final_norm(bb)
+    x = torch.randn(2, *bb.input_size)
+    with torch.no_grad():
+        features = bb.site("pre_logits").capture(bb, x)
+        assert rows == [1]
+        torch.testing.assert_close(bb.head(features), bb(x), rtol=0, atol=0)
+        bb.cls_only_last_block = False
+        torch.testing.assert_close(bb.site("pre_logits").capture(bb, x), features, rtol=1e-5, atol=1e-6)

@@ -59,7 +59,7 @@ def cache_site(model: TunedModel, augments: bool, protocol: str) -> tuple[str | 
     try:
         probe = torch.zeros(1, *model.input_size, device=next(model.parameters()).device)
         with torch.enable_grad():
-            activation = bb.site(site).capture(bb.model, probe)
+            activation = bb.site(site).capture(bb, probe)
     finally:
         model.train(was_training)
     if activation.requires_grad:
@@ -190,7 +190,7 @@ def build_cache(
     try:
         for x, y in loader:
             with autocast():
-                activation = bb.site(site).capture(bb.model, x.to(ctx.device, non_blocking=True))
+                activation = bb.site(site).capture(bb, x.to(ctx.device, non_blocking=True))
             features[position : position + len(y)] = activation.to(features.device, torch_dtype)
             labels[position : position + len(y)] = y.to(features.device)
             position += len(y)

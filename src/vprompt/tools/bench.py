@@ -174,7 +174,7 @@ def prefix_forward(model, site: str, x: torch.Tensor, amp) -> Callable[[], torch
 
     def prefix() -> torch.Tensor:
         with torch.no_grad(), amp.autocast():
-            return bb.site(site).capture(bb.model, x)
+            return bb.site(site).capture(bb, x)
 
     return prefix
 
