@@ -125,6 +125,12 @@ def test_the_armed_budget_interrupts_through_a_timer():
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored(monkeypatch):
+    """gpu_check's main sets VPROMPT_EMULATED_BF16 on a CPU; no later test may inherit it."""
+    monkeypatch.delenv("VPROMPT_EMULATED_BF16", raising=False)
+
+
 def test_a_spent_budget_runs_nothing_and_exits_cleanly(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--budget-s", "0"]) == 0
     out = json.loads((tmp_path / "gpu_check.json").read_text())

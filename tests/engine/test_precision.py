@@ -142,6 +142,7 @@ def test_eval_of_a_bf16_run_on_a_cpu_without_bf16_says_it_and_runs_in_fp32(
     run = tmp_path / "run"
     vprompt.train(**dict(TINY, method="linear", epochs=1), precision="bf16", device="cpu", output=run)
     monkeypatch.setattr(precision_module, "cpu_bf16", lambda: CpuBf16(False, X86_LOOKED_FOR))
+    monkeypatch.delenv("VPROMPT_EMULATED_BF16", raising=False)
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vprompt eval: error: --precision bf16 on a CPU"), err
