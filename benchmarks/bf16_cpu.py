@@ -32,7 +32,7 @@ import torch
 from vprompt.engine import train
 from vprompt.engine.precision import cpu_bf16, require_cpu_bf16
 from vprompt.tools.bench import measure
-from vprompt.tools.demo import BACKBONE, DATA, METHODS, Budget
+from vprompt.tools.demo import BACKBONE, METHODS, Budget, run_settings
 from vprompt.tools.tables import markdown
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,22 +62,7 @@ def accuracy_runs(out: Path, log):
         row = {"method": label(method, options), "lr": lr}
         for precision in PRECISIONS:
             summary = train(
-                dict(
-                    backbone=BACKBONE,
-                    img_size=budget.img_size,
-                    method=method,
-                    method_options=options,
-                    data=DATA,
-                    final=True,
-                    train_size=budget.train_size,
-                    eval_size=budget.eval_size,
-                    epochs=budget.epochs,
-                    batch_size=budget.batch_size,
-                    optimizer=optimizer,
-                    lr=lr,
-                    precision=precision,
-                    progress=False,
-                ),
+                run_settings(budget, method, options, optimizer, lr, precision=precision, progress=False),
                 output=out / "runs" / f"{method}-{precision}",
                 resume=True,  # a finished run is reused
             )

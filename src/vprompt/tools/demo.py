@@ -59,6 +59,25 @@ METHODS: list[tuple[str, dict[str, Any], str, float]] = [
 ]
 
 
+def run_settings(budget: Budget, method: str, options: dict, optimizer: str, lr: float, **more) -> dict:
+    """The :func:`vprompt.train` settings of one demo run (``more``: further options, e.g. precision)."""
+    return dict(
+        backbone=BACKBONE,
+        img_size=budget.img_size,
+        method=method,
+        method_options=options,
+        data=DATA,
+        final=True,
+        train_size=budget.train_size,
+        eval_size=budget.eval_size,
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        **more,
+    )
+
+
 def run_demo(
     output: str | Path = "demo-out",
     budget: Budget = Budget(),
@@ -79,21 +98,8 @@ def run_demo(
     clock = Clock(len(chosen))
     for i, (method, options, optimizer, lr) in enumerate(chosen, 1):
         start = time.perf_counter()
-        settings = dict(
-            backbone=BACKBONE,
-            img_size=budget.img_size,
-            method=method,
-            method_options=options,
-            data=DATA,
-            final=True,
-            train_size=budget.train_size,
-            eval_size=budget.eval_size,
-            epochs=budget.epochs,
-            batch_size=budget.batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            progress=True,  # a bar with its ETA and one line per epoch: no minutes of silence
-        )
+        # a bar with its ETA and one line per epoch: no minutes of silence
+        settings = run_settings(budget, method, options, optimizer, lr, progress=True)
         run = RunDir(runs / method)
         if run.finished or run.has_checkpoint():  # the demo owns its folder: a run made with other
             # options (an earlier version's learning rates, another budget) is made again
