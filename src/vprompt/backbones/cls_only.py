@@ -206,11 +206,7 @@ def cls_row_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
 
 
 def _hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(module, "_forward_hooks_with_kwargs", None)
-    )
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _untokenwise_hooks(module: nn.Module) -> bool:
