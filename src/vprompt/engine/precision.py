@@ -3,8 +3,9 @@
 ``auto`` is bf16 autocast on a GPU that has it (fp16 with a gradient scaler on one that does not) and
 fp32 on a CPU. On a CPU, ``bf16`` is an explicit opt-in, accepted only where the CPU has native bf16
 instructions (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension): without them PyTorch falls back
-to emulating bf16, so the run is refused with one line saying what to use instead. ``fp16`` on a CPU runs as PyTorch provides it (emulated on most CPUs, with the gradient scaler):
-it lets the fp16 code path be checked without a GPU. ``VPROMPT_EMULATED_BF16=1`` lets bf16 run
+to emulating bf16, so the run is refused with one line saying what to use instead. ``fp16`` on a CPU
+runs as PyTorch provides it (emulated on most CPUs, with the gradient scaler): it lets the fp16 code
+path be checked without a GPU. ``VPROMPT_EMULATED_BF16=1`` lets bf16 run
 on any CPU, emulated, for the same purpose (``benchmarks/gpu_check.py``'s CPU dry run sets it).
 """
 
