@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vprompt
+from numerics import assert_exact
 from vprompt import MethodNotApplicable
 from vprompt.methods.adapter import Adapter, AdapterConfig
 from vprompt.methods.lora import LoRA, LoRAConfig
@@ -138,16 +139,17 @@ def test_lora_cnn_targets_non_grouped_convs(make):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_starts_exactly_as_backbone(case):
+@pytest.mark.numerics
+def test_starts_exactly_as_backbone(case, float64):
     make_bb, make_method = CASES[case]
     bb = fresh(make_bb)
     x = inputs(bb)
     with torch.no_grad():
         bare = bb(x)
         model = TunedModel(bb, make_method())
-        torch.testing.assert_close(model(x), bare, rtol=0, atol=1e-6)
+        assert_exact(model(x), bare)
         model.train()
-        torch.testing.assert_close(model(x), bare, rtol=0, atol=1e-6)
+        assert_exact(model(x), bare)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -33,6 +33,8 @@ from vprompt.methods.vapt import VAPT, VAPTConfig
 from vprompt.methods.vp import ExpansiveConfig, ExpansivePrompt
 from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
 
+pytestmark = pytest.mark.numerics
+
 FIXTURE = Path(__file__).parent / "fixtures" / "official_reference.json"
 RTOL = 1e-4
 

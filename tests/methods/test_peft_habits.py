@@ -12,6 +12,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 import vprompt
+from numerics import assert_exact
 from vprompt import MethodNotApplicable, TunedModel
 from vprompt.methods import HubUnavailableError
 
@@ -71,7 +72,8 @@ def test_merge_and_unload_of_other_methods():
         model.merge_and_unload()
 
 
-def test_lora_saves_in_peft_format_that_peft_loads(tmp_path):
+@pytest.mark.numerics
+def test_lora_saves_in_peft_format_that_peft_loads(tmp_path, float64):
     bb = vit().eval()
     timm_model = copy.deepcopy(bb.model)  # the same timm model, without vprompt
     model = trained(vprompt.attach(bb, "lora", r=4, alpha=8))
@@ -90,14 +92,15 @@ def test_lora_saves_in_peft_format_that_peft_loads(tmp_path):
     peft_model = peft.PeftModel.from_pretrained(timm_model, str(tmp_path)).eval()
     x = torch.randn(3, *bb.input_size)
     with torch.no_grad():
-        torch.testing.assert_close(peft_model(x), model(x), rtol=0, atol=1e-6)
+        assert_exact(peft_model(x), model(x))
     # and vprompt reads its own folder back, rebuilding the backbone from the saved config
     again = TunedModel.from_pretrained(tmp_path, backbone=vit().eval())
     for key, value in model.trainable_state_dict().items():
         torch.testing.assert_close(again.trainable_state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_a_peft_saved_lora_loads_into_vprompt(tmp_path):
+@pytest.mark.numerics
+def test_a_peft_saved_lora_loads_into_vprompt(tmp_path, float64):
     bb = vit().eval()
     timm_model = copy.deepcopy(bb.model)
     config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["qkv"], modules_to_save=["head"])
@@ -114,7 +117,7 @@ def test_a_peft_saved_lora_loads_into_vprompt(tmp_path):
     assert model.method.target_names == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
     x = torch.randn(3, *bb.input_size)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), peft_model(x), rtol=0, atol=1e-6)
+        assert_exact(model(x), peft_model(x))
 
 
 def test_a_peft_lora_without_the_head_is_refused(tmp_path):

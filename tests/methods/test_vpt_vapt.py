@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import vprompt
+from numerics import assert_exact
 from vprompt import MethodNotApplicable
 from vprompt.methods import TunedModel
 from vprompt.methods.vapt import VAPT, VAPTConfig
@@ -199,7 +200,8 @@ def randomise(method: VAPT) -> None:
     [(vit_nonsquare, 2), (vit_nonsquare, 3), (dinov2_reg, 2), (vit_avg, 2)],
     ids=["8x6-grid", "8x6-grid-kernel3", "registers", "no-cls"],
 )
-def test_vapt_prompt_matches_the_literal_computation(factory, kernel):
+@pytest.mark.numerics
+def test_vapt_prompt_matches_the_literal_computation(factory, kernel, float64):
     """Values and gradients of every adaptive prompt equal SPEC §2.1's literal computation."""
     bb = factory()
     seen, handles = capture(bb)
@@ -212,19 +214,20 @@ def test_vapt_prompt_matches_the_literal_computation(factory, kernel):
         expected = literal_vapt_prompts(model.method, layer, seen["raw"][f"block.{layer - 1}"], prefix)
         got = seen["enter"][layer][:, prefix : prefix + NP]
         assert torch.count_nonzero(got) > 0
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert_exact(got, expected)
         weights = torch.randn_like(got)
         want = torch.autograd.grad((expected * weights).sum(), params, retain_graph=True, allow_unused=True)
         have = torch.autograd.grad((got * weights).sum(), params, retain_graph=True, allow_unused=True)
         for a, b in zip(have, want, strict=True):
             assert (a is None) == (b is None)
             if a is not None:
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+                assert_exact(a, b)
     for h in handles:
         h.remove()
 
 
-def test_vapt_dropout2d_drops_whole_channels():
+@pytest.mark.numerics
+def test_vapt_dropout2d_drops_whole_channels(float64):
     bb = vit()
     seen, handles = capture(bb)
     config = VAPTConfig(num_prompts=NP, prompt_dropout=0.0, conv_dropout=0.5, dropout=0.0)
@@ -316,7 +319,8 @@ def test_vapt_prompt_dropout_one_removes_p0_in_training():
     assert not torch.equal(kept, without_p0)
 
 
-def test_vapt_dropout_one_makes_the_feature_projector_the_identity():
+@pytest.mark.numerics
+def test_vapt_dropout_one_makes_the_feature_projector_the_identity(float64):
     """``dropout`` is the projector's hidden dropout: at 1 the prompts are the token projector's z."""
     bb = vit()
     seen, handles = capture(bb)
@@ -328,7 +332,7 @@ def test_vapt_dropout_one_makes_the_feature_projector_the_identity():
         previous = seen["raw"][f"block.{layer - 1}"]
         got = seen["enter"][layer][:, prefix : prefix + NP]
         z = literal_vapt_prompts(m, layer, previous, prefix, feature_projector=False)
-        torch.testing.assert_close(got, z, rtol=1e-5, atol=1e-5)
+        assert_exact(got, z)
         assert not torch.allclose(got, literal_vapt_prompts(m, layer, previous, prefix), rtol=1e-3, atol=1e-3)
     for h in handles:
         h.remove()
