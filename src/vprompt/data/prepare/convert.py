@@ -5,7 +5,8 @@ Each task is written into ``<out>/.vprompt-partial/<task>/`` and renamed to ``<o
 files are complete and ``vprompt data check``'s checks pass on them, with ``.vprompt-prepared.json`` (what
 was read: TFDS name, version, split sizes and slices) inside. A task folder holding that file is finished
 and is skipped by the next run; an interrupted task leaves only its partial folder, which the next run
-deletes and writes again. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
+deletes and writes again. Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in
+it) that is a symlink or a file is refused, as is an ``out`` that is a file, a broken symlink or empty. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ...files import ensure_dir
 from ..checks import check_dataset
 from .vtab1k import VTAB1K, VtabTask
 
@@ -73,9 +75,11 @@ def prepare_vtab1k(
     A task that fails or needs a manual download does not stop the others.
     """
     reader = reader or _reader
-    out = Path(out).expanduser()
     chosen = select_tasks(tasks)
-    out.mkdir(parents=True, exist_ok=True)
+    if not str(out).strip():
+        raise ValueError("the output folder (--out) is empty; name the folder to write the tasks into")
+    out = ensure_dir(Path(out).expanduser(), "data root (--out)")
+    plain_folder(out / PARTIAL)
     outcomes = []
     for number, task in enumerate(chosen, 1):
         where = f"[{number}/{len(chosen)}] {task.name}"
@@ -115,7 +119,7 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
     except Exception as e:  # TFDS raises many kinds (download errors, missing files, bad versions)
         return Outcome(task.name, "failed", f"TFDS {task.tfds}: {type(e).__name__}: {e}")
     staging = out / PARTIAL / task.name
-    if staging.exists():
+    if plain_folder(staging):
         shutil.rmtree(staging)  # an interrupted earlier attempt: ours by name, never finished
     staging.mkdir(parents=True)
     try:
@@ -131,6 +135,18 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
     note = f" ({source.note})" if getattr(source, "note", "") else ""
     sizes = ", ".join(f"{k} {v}" for k, v in written.items())
     return Outcome(task.name, "prepared", f"{sizes} from {task.tfds_name} {source.version}{note}")
+
+
+def plain_folder(path: Path) -> bool:
+    """Whether ``path``, a staging folder vprompt deletes, exists; a ``ValueError`` unless it is absent or a
+    plain folder (a symlink is never deleted through, whatever it points to)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = f"a symlink to {os.readlink(path)!r}" if path.is_symlink() else "not a folder"
+        raise ValueError(
+            f"{path}: the staging folder of vprompt data prepare is {kind}; remove it (vprompt deletes "
+            "nothing through it) and run again"
+        )
+    return path.exists()
 
 
 def _write_task(task, source, slices, staging: Path, progress: bool, where: str) -> dict[str, int]:
