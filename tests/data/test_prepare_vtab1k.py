@@ -359,3 +359,54 @@ def test_an_out_that_is_empty_a_file_or_a_broken_link_is_one_line(tmp_path, monk
     code, err = prepare_cli(tmp_path / "link", capsys)
     assert code == 2 and err.count("\n") == 1 and "(--out): it is a broken symlink" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+def test_offline_the_network_is_probed_once_and_each_download_fails_at_once(tmp_path, monkeypatch):
+    probes = []
+    monkeypatch.setattr(convert_module, "network_reachable", lambda: probes.append(1) or False)
+    log = []
+    reader, _ = fakes(log, dtd={"prepared": False}, eurosat={"prepared": False})
+    outcomes = prepare_vtab1k(
+        tmp_path, ["dtd", "eurosat", "clevr_count"], reader=reader, progress=False, log=lambda m: None
+    )
+    assert [o.status for o in outcomes] == ["failed", "failed", "prepared"]  # clevr_count: in the TFDS folder
+    assert probes == [1] and not any(entry[0] == "prepare" and entry[1] != "clevr_count" for entry in log)
+    assert outcomes[0].message == (
+        "no network (storage.googleapis.com cannot be reached), so TFDS cannot download dtd: run this "
+        "command with --tfds-dir DIR on a machine that is online, copy DIR here and pass --tfds-dir DIR"
+    )
+    assert not (tmp_path / "dtd").exists() and not (tmp_path / PARTIAL).exists()
+
+
+def test_data_already_in_the_tfds_folder_needs_no_network(tmp_path, monkeypatch):
+    def probe():
+        raise AssertionError("probed although nothing needs downloading")
+
+    monkeypatch.setattr(convert_module, "network_reachable", probe)
+    reader, _ = fakes([])
+    (outcome,) = prepare_vtab1k(tmp_path, ["dtd"], reader=reader, progress=False, log=lambda m: None)
+    assert outcome.status == "prepared"
+
+
+def test_the_probe_is_one_short_connection_to_tfds_or_the_proxy(monkeypatch):
+    calls = []
+
+    class Connection:
+        def close(self):
+            calls.append("closed")
+
+    def connect(address, timeout):
+        calls.append((address, timeout))
+        if address[0] == "storage.googleapis.com":
+            raise OSError("Name or service not known")
+        return Connection()
+
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(convert_module.socket, "create_connection", connect)
+    assert convert_module.network_reachable() is False
+    assert calls == [(("storage.googleapis.com", 443), 3.0)]
+    calls.clear()
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # downloads go through it: probe it
+    assert convert_module.network_reachable() is True
+    assert calls == [(("proxy.example", 3128), 3.0), "closed"]

@@ -5,19 +5,26 @@ Each task is written into ``<out>/.vprompt-partial/<task>/`` and renamed to ``<o
 files are complete and ``vprompt data check``'s checks pass on them, with ``.vprompt-prepared.json`` (what
 was read: TFDS name, version, split sizes and slices) inside. A task folder holding that file is finished
 and is skipped by the next run; an interrupted task leaves only its partial folder, which the next run
-deletes and writes again. Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in
+deletes and writes again. Before TFDS downloads anything (only when a task is not in the TFDS folder yet),
+the network is probed once per command (:func:`network_reachable`, 3 s); offline, each such task fails at
+once saying to use a pre-built ``--tfds-dir`` instead of spending minutes in TFDS's retries. Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in
 it) that is a symlink or a file is refused, as is an ``out`` that is a file, a broken symlink or empty. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -29,6 +36,8 @@ MARKER = ".vprompt-prepared.json"
 PARTIAL = ".vprompt-partial"
 JPEG_QUALITY = 95
 WRITTEN_SPLITS = ("train800", "val200", "test")
+#: Where :func:`network_reachable` connects (TFDS's bucket; a set HTTPS proxy instead) and how long it waits.
+PROBE_HOST, PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 3.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,26 @@ def _reader(spec: str, tfds_dir):
     from .tfds_reader import TfdsReader
 
     return TfdsReader(spec, tfds_dir)
+
+
+def network_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to :data:`PROBE_HOST` (or the HTTPS proxy, if one is set) opens within
+    ``timeout`` seconds, the name lookup included."""
+    proxy = urllib.request.getproxies().get("https")
+    host = (urlsplit(proxy).hostname, urlsplit(proxy).port or 80) if proxy else PROBE_HOST
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)  # a slow name lookup ignores the timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 def select_tasks(tasks: Iterable[str] | None) -> list[VtabTask]:
@@ -81,9 +110,10 @@ def prepare_vtab1k(
     out = ensure_dir(Path(out).expanduser(), "data root (--out)")
     plain_folder(out / PARTIAL)
     outcomes = []
+    online = functools.cache(network_reachable)  # probed once per command, and only if a task needs it
     for number, task in enumerate(chosen, 1):
         where = f"[{number}/{len(chosen)}] {task.name}"
-        outcome = _prepare_task(task, out, tfds_dir, reader, progress, where)
+        outcome = _prepare_task(task, out, tfds_dir, reader, progress, where, online)
         log(f"{where}: {outcome.status}: {outcome.message}")
         outcomes.append(outcome)
     partial = out / PARTIAL
@@ -92,7 +122,7 @@ def prepare_vtab1k(
     return outcomes
 
 
-def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, where: str) -> Outcome:
+def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, where: str, online) -> Outcome:
     final = out / task.name
     if (final / MARKER).is_file():
         return Outcome(task.name, "skipped", f"already prepared in {final}")
@@ -110,6 +140,14 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
                 "manual",
                 f"TFDS cannot download {task.tfds_name}: put its files in {source.manual_dir} and run again. "
                 + " ".join(source.manual_instructions.split()),
+            )
+        if source.needs_download() and not online():
+            return Outcome(
+                task.name,
+                "failed",
+                f"no network ({PROBE_HOST[0]} cannot be reached), so TFDS cannot download {task.tfds_name}: "
+                "run this command with --tfds-dir DIR on a machine that is online, copy DIR here and pass "
+                "--tfds-dir DIR",
             )
         source.prepare()
         counts = source.counts()
