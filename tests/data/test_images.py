@@ -66,7 +66,7 @@ def test_training_transform_and_data_check_read_16bit_the_same_way(tmp_path):
 
 
 def test_exif_orientation_is_applied_for_training_and_predict(tmp_path):
-    """A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to show it): read upright."""
+    """A phone photo stored sideways, EXIF orientation 6 (turn 90° clockwise to show it): read upright."""
     pixels = np.zeros((20, 30, 3), np.uint8)
     pixels[:, :15] = (230, 20, 20)  # stored: left half red, right half blue
     pixels[:, 15:] = (20, 20, 230)

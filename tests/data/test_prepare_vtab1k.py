@@ -364,6 +364,7 @@ def test_an_out_that_is_empty_a_file_or_a_broken_link_is_one_line(tmp_path, monk
 def test_offline_the_network_is_probed_once_and_each_download_fails_at_once(tmp_path, monkeypatch):
     probes = []
     monkeypatch.setattr(convert_module, "network_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", dict)  # no proxy
     log = []
     reader, _ = fakes(log, dtd={"prepared": False}, eurosat={"prepared": False})
     outcomes = prepare_vtab1k(
@@ -401,12 +402,12 @@ def test_the_probe_is_one_short_connection_to_tfds_or_the_proxy(monkeypatch):
             raise OSError("Name or service not known")
         return Connection()
 
-    for name in ("https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", dict)  # no proxy
     monkeypatch.setattr(convert_module.socket, "create_connection", connect)
     assert convert_module.network_reachable() is False
     assert calls == [(("storage.googleapis.com", 443), 3.0)]
     calls.clear()
-    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # downloads go through it: probe it
+    proxies = {"https": "http://proxy.example:3128"}  # downloads go through it: probe it
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", lambda: proxies)
     assert convert_module.network_reachable() is True
     assert calls == [(("proxy.example", 3128), 3.0), "closed"]

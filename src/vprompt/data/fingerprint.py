@@ -1,7 +1,8 @@
 """A dataset's fingerprint: which items it holds, to tell later whether the data under a run changed.
 
 For image files: the file list (paths relative to the files' common folder, as the bytes the file
-system holds, so names that are not valid UTF-8 work too), each file's size and label, hashed together; for in-memory arrays: the pixels and labels, hashed. Runs record it per split.
+system holds, so names that are not valid UTF-8 work too), each file's size and label, hashed together;
+for in-memory arrays: the pixels and labels, hashed. Runs record it per split.
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ Each task is written into ``<out>/.vprompt-partial/<task>/`` and renamed to ``<o
 files are complete and ``vprompt data check``'s checks pass on them, with ``.vprompt-prepared.json`` (what
 was read: TFDS name, version, split sizes and slices) inside. A task folder holding that file is finished
 and is skipped by the next run; an interrupted task leaves only its partial folder, which the next run
-deletes and writes again. Before TFDS downloads anything (only when a task is not in the TFDS folder yet),
-the network is probed once per command (:func:`network_reachable`, 3 s); offline, each such task fails at
-once saying to use a pre-built ``--tfds-dir`` instead of spending minutes in TFDS's retries. Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in
-it) that is a symlink or a file is refused, as is an ``out`` that is a file, a broken symlink or empty. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
+deletes and writes again. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
+
+Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in it) that is a symlink or
+a file is refused, as is an ``out`` that is empty, a file or a broken symlink. Before TFDS downloads
+anything (only for a task not in the TFDS folder yet) the network is probed, once per command
+(:func:`network_reachable`, 3 s); offline, each such task fails at once, saying to use a pre-built
+``--tfds-dir``, instead of spending minutes in TFDS's retries.
 """
 
 from __future__ import annotations
@@ -60,11 +63,16 @@ def _reader(spec: str, tfds_dir):
     return TfdsReader(spec, tfds_dir)
 
 
+def probe_target() -> tuple[str, int]:
+    """:data:`PROBE_HOST`, or the HTTPS proxy downloads would go through."""
+    proxy = urllib.request.getproxies().get("https")
+    return (urlsplit(proxy).hostname or "", urlsplit(proxy).port or 80) if proxy else PROBE_HOST
+
+
 def network_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to :data:`PROBE_HOST` (or the HTTPS proxy, if one is set) opens within
     ``timeout`` seconds, the name lookup included."""
-    proxy = urllib.request.getproxies().get("https")
-    host = (urlsplit(proxy).hostname, urlsplit(proxy).port or 80) if proxy else PROBE_HOST
+    host = probe_target()
     opened: list[bool] = []
 
     def connect() -> None:
@@ -145,9 +153,9 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
             return Outcome(
                 task.name,
                 "failed",
-                f"no network ({PROBE_HOST[0]} cannot be reached), so TFDS cannot download {task.tfds_name}: "
-                "run this command with --tfds-dir DIR on a machine that is online, copy DIR here and pass "
-                "--tfds-dir DIR",
+                f"no network ({probe_target()[0]} cannot be reached), so TFDS cannot download "
+                f"{task.tfds_name}: run this command with --tfds-dir DIR on a machine that is online, "
+                "copy DIR here and pass --tfds-dir DIR",
             )
         source.prepare()
         counts = source.counts()

@@ -11,8 +11,9 @@ label column the one named ``label=`` (``--label-column``), else the first ``Cla
 names come from the ``ClassLabel``; a column of plain integers gives one class per value found in any split,
 in value order, named ``class_<value>`` (labels 3, 10, 200 are classes 0, 1, 2 named ``class_3``,
 ``class_10``, ``class_200``; negative values are refused). An image column that is not an ``Image`` feature
-is read as image paths or bytes, and refused, naming it, when its first value is no image. Splits: ``train``, ``validation`` (also ``valid``, ``val``, ``dev``) →
-``val``, ``test``; without a validation split a fixed 10% of ``train`` is held out, as for the other sources.
+is read as image paths or bytes, and refused, naming it, when its first value is no image. Splits:
+``train``, ``validation`` (also ``valid``, ``val``, ``dev``) → ``val``, ``test``; without a validation split
+a fixed 10% of ``train`` is held out, as for the other sources. A split without rows is refused.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _pick(spec: str, features, wanted: str | None, kind, what: str, flag: str) -
 
 
 def _as_images(ds, column: str, spec: str):
-    """``ds`` with ``column`` (image paths or bytes) read as images; its first row is decoded to show it is."""
+    """``ds`` with ``column`` (image paths or bytes) read as images; its first row is decoded to see it is."""
     datasets = _datasets()
     feature = ds.features[column]
     try:
