@@ -60,6 +60,12 @@ def ensure_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder")
+    if path.is_symlink() and not path.exists():
+        raise WriteError(
+            errno.ENOENT,
+            f"cannot use {path} as a {what}: it is a broken symlink (to {os.readlink(path)!r}); "
+            "remove it or choose another path",
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
 
+import numpy as np
+import pytest
+from data_fakes import CONFIG, write_image
+
+from vprompt.data import load
 from vprompt.data.datasets import ArrayDataset, ImageListDataset, Sample, take
 from vprompt.data.fingerprint import fingerprint
 
@@ -44,3 +49,27 @@ def test_arrays_are_fingerprinted_by_their_pixels():
     changed[1, 0, 0] += 1
     assert fingerprint(ArrayDataset(changed, labels, 2, "a"))["sha256"] != one["sha256"]
     assert fingerprint(take(ArrayDataset(images, labels, 2, "a"), [1]))["sha256"] != one["sha256"]
+
+
+def test_file_names_that_are_not_utf8_load_and_fingerprint_stably(tmp_path):
+    """``b'\\xff.png'`` (surrogate-escaped in Python) used to fail the fingerprint with a UTF-8 error."""
+
+    def folder(name: str, tail: bytes):
+        for c in ("a", "b"):
+            path = tmp_path / name / "train" / c / os.fsdecode(c.encode() + tail + b".png")
+            try:
+                write_image(path, seed=ord(c))
+            except OSError:  # a file system that stores names as UTF-8 only (macOS)
+                pytest.skip("this file system does not accept file names that are not UTF-8")
+        return f"folder:{tmp_path / name}"
+
+    spec = folder("x", b"\xff")
+    data = load(spec, None, "trainval", CONFIG)
+    assert len(os.fsencode(data.samples[0].path.name)) == 6  # b"a\xff.png", read back as it is on disk
+    x, label = data[0]
+    assert tuple(x.shape) == (3, 32, 32) and label == 0
+    one = fingerprint(data)
+    assert (one["items"], one["files"]) == (2, 2)
+    assert fingerprint(load(spec, None, "trainval", CONFIG)) == one  # stable
+    assert fingerprint(load(folder("y", b"\xff"), None, "trainval", CONFIG)) == one  # moved: the same
+    assert fingerprint(load(folder("z", b"\xfe"), None, "trainval", CONFIG))["sha256"] != one["sha256"]

@@ -7,11 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from data_fakes import write_image
 from PIL import Image
 
 import vprompt
 from vprompt.cli import main
-from vprompt.data import describe, load
+from vprompt.data import DataError, describe, load
+from vprompt.data.sources.base import held_out_indices
 
 COUNTS = {"cat": 10, "dog": 20, "owl": 5}
 
@@ -87,3 +89,28 @@ def test_data_check_prints_which_images_each_split_uses(tmp_path, capsys):
     assert Counter(split for split, _, _ in listed) == {"train": 24, "val": 4, "test": 7}
     assert ["test", "cat", str(load(spec, None, "test", None).samples[0].path)] in listed
     assert any(line.strip().startswith("train") and "24 images" in line for line in out)
+
+
+def test_held_out_val_never_takes_a_class_s_only_image(tmp_path):
+    """``train/`` without ``val/``: the held-out 10% passes over a class's last image (30 classes of one
+    image and 3 of four: before, the seeded draw put single images into val, classes never trained on)."""
+    counts = {f"single{i:02d}": 1 for i in range(30)} | {"many0": 4, "many1": 4, "many2": 4}
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(tmp_path / "ds" / "train" / name / f"{i}.png", seed=10 * c + i, size=4)
+    spec = f"folder:{tmp_path / 'ds'}"
+    split = {s: names(load(spec, None, s, None)) for s in ("train", "val", "trainval")}
+    per_class = {s: Counter(n.split("/")[0] for n in split[s]) for s in split}
+    assert sum(per_class["val"].values()) == 4  # round(42 · 0.1)
+    assert set(per_class["val"]) <= {"many0", "many1", "many2"}
+    assert set(per_class["train"]) == set(counts)  # every class keeps an image for training
+    assert sorted(split["trainval"]) == sorted(split["train"] + split["val"])
+    assert held_out_indices(5, [0, 0, 1, 2, 2]) == ([0, 1, 2, 3], [4])
+    for name in ("many0", "many1", "many2"):  # every class down to one image: no val at all
+        for i in range(1, 4):
+            (tmp_path / "ds" / "train" / name / f"{i}.png").unlink()
+    assert len(load(spec, None, "train", None)) == 33
+    with pytest.raises(
+        DataError, match=r"ds/train: every class has a single training image, so none is held"
+    ):
+        load(spec, None, "val", None)

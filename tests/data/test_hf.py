@@ -17,6 +17,7 @@ from tiny_runs import TINY  # noqa: E402
 import vprompt  # noqa: E402
 from vprompt.cli import main  # noqa: E402
 from vprompt.data import DataError, check_dataset, describe, load  # noqa: E402
+from vprompt.data.sources import hf as hf_module  # noqa: E402
 from vprompt.data.sources.hf import with_columns  # noqa: E402
 
 COARSE = ["animal", "thing"]
@@ -78,8 +79,14 @@ def test_label_column_named_and_relative_path_under_root(saved):
     assert load(spec, saved.parent, "test", None).targets == [i % 4 for i in range(12)]
     with pytest.raises(DataError, match="no label column 'nope'; columns: picture, coarse, fine, note"):
         describe("hf:saved?label=nope", saved.parent)
-    with pytest.raises(DataError, match="row 0: cannot decode image"):
-        load("hf:saved?image=note", saved.parent, "test", None)[0]
+    with pytest.raises(
+        DataError, match=r"^hf:saved\?image=note: column 'note' \(string\) does not hold images"
+    ):
+        describe("hf:saved?image=note", saved.parent)  # a string column: read as paths, 'x' is none
+    with pytest.raises(
+        DataError, match=r"hf:saved\?image=fine: column 'fine' \(int64\) does not hold images"
+    ):
+        describe("hf:saved?image=fine", saved.parent)
     with pytest.raises(ValueError, match="apply to hf: data specs only"):
         with_columns("synthetic:4x32", label="fine")
     with pytest.raises(ValueError, match="unknown option"):
@@ -161,3 +168,44 @@ def test_cli_train_and_check_with_label_column(saved, tmp_path, capsys):
     args += ["--data", f"hf:{saved}", "--label-column", "fine", "--epochs", "1", "--no-progress"]
     assert main([*args, "--output", str(tmp_path / "cli")]) == 0
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["sizes"] == {"train": 36, "val": 4}
+
+
+def plain(labels: list[int], seed: int):
+    """Rows whose label column holds plain integers (no ClassLabel)."""
+    images, _ = pictures(len(labels), seed)
+    kinds = datasets.Features({"picture": datasets.Image(), "y": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"picture": images, "y": labels}, features=kinds)
+
+
+def test_sparse_integer_labels_are_contiguous_classes_named_by_their_value(tmp_path):
+    folder = tmp_path / "sparse"
+    datasets.DatasetDict(train=plain([200, 3, 10, 3, 200, 10], 0), test=plain([10, 7], 1)).save_to_disk(
+        folder
+    )
+    info = describe(f"hf:{folder}?label=y")
+    assert info.num_classes == 4  # not 201 with 197 empty ones
+    assert info.class_names == ("class_3", "class_7", "class_10", "class_200")  # 7: a test-only value
+    assert load(f"hf:{folder}?label=y", None, "trainval", None).targets == [3, 0, 2, 0, 3, 2]
+    assert load(f"hf:{folder}?label=y", None, "test", None).targets == [2, 1]
+    dense = tmp_path / "dense"
+    plain([0, 1, 2, 1], 2).save_to_disk(dense)  # 0..K-1: the classes and names as before
+    assert describe(f"hf:{dense}?label=y").class_names == ("class_0", "class_1", "class_2")
+    negative = tmp_path / "negative"
+    datasets.DatasetDict(train=plain([1, 2], 3), test=plain([2, -1], 4)).save_to_disk(negative)
+    with pytest.raises(DataError, match=r"\[test\]: label -1 at row 1 out of range \[0, 2\)"):
+        load(f"hf:{negative}?label=y", None, "test", None)
+
+
+def test_an_empty_dataset_is_one_line_naming_it(tmp_path, monkeypatch):
+    folder = tmp_path / "empty"
+    plain([], 0).save_to_disk(folder)
+    with pytest.raises(DataError, match="is it empty") as error:
+        describe(f"hf:{folder}?label=y")
+    assert str(error.value).startswith(f"hf:{folder}: datasets cannot read {folder} (")
+    assert "\n" not in str(error.value)
+    loaded = datasets.DatasetDict(train=plain([0, 1], 0), test=plain([], 1))  # e.g. from the Hub
+    monkeypatch.setattr(hf_module, "load_hf", lambda target, root, config: (loaded, "hub"))
+    with pytest.raises(
+        DataError, match=r"^hf:x\?label=y: the test split holds no rows \(an empty dataset\)$"
+    ):
+        describe("hf:x?label=y")

@@ -52,6 +52,7 @@ def test_manual_folder_is_where_tfds_looks(tmp_path):
     reader = TfdsReader(VTAB1K["resisc45"].tfds, tmp_path)
     assert reader.manual_dir == tmp_path / "downloads" / "manual"
     assert reader.needs_manual_download() and "manual_dir" in reader.manual_instructions
+    assert reader.needs_download()  # not in this TFDS folder yet: prepare() would download (network probed)
     (reader.manual_dir).mkdir(parents=True)
     (reader.manual_dir / "NWPU-RESISC45.rar").write_bytes(b"x")
     assert not reader.needs_manual_download()

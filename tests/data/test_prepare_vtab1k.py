@@ -308,3 +308,106 @@ def test_a_package_one_builder_needs_fails_that_task_only(tmp_path):
     outcomes = prepare_vtab1k(tmp_path, ["dtd", "eurosat"], reader=reader, progress=False, log=lambda m: None)
     assert [o.status for o in outcomes] == ["failed", "prepared"]
     assert "needs a Python package: No module named 'cv2'" in outcomes[0].message
+
+
+def prepare_cli(out, capsys) -> tuple[int, str]:
+    code = main(["data", "prepare", "vtab1k", "--out", str(out), "--tasks", "dtd", "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_a_staging_folder_that_is_a_link_or_a_file_is_refused_and_nothing_is_deleted(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(convert_module, "_reader", fakes([])[0])
+    user = tmp_path / "user"
+    (user / "dtd").mkdir(parents=True)
+    (user / "dtd" / "mine.txt").write_text("user data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PARTIAL).symlink_to(user)  # the whole staging folder is a link
+    code, err = prepare_cli(out, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"vprompt data: error: {out / PARTIAL}: the staging folder") and "a symlink" in err
+    (out / PARTIAL).unlink()
+    (out / PARTIAL).mkdir()
+    (out / PARTIAL / "dtd").symlink_to(user / "dtd")  # one task's staging folder is a link
+    code, err = prepare_cli(out, capsys)
+    assert code == 2 and err.count("\n") == 1 and "a symlink to" in err
+    (out / PARTIAL / "dtd").unlink()
+    (out / PARTIAL / "dtd").write_text("")  # a file
+    code, err = prepare_cli(out, capsys)
+    assert code == 2 and "staging folder of vprompt data prepare is not a folder" in err
+    assert (user / "dtd" / "mine.txt").read_text() == "user data" and not (out / "dtd").exists()
+    (out / PARTIAL / "dtd").unlink()  # a plain staging folder: prepared, and removed once empty
+    assert prepare_cli(out, capsys)[0] == 0 and (out / "dtd" / MARKER).is_file()
+    assert not (out / PARTIAL).exists()
+
+
+def test_an_out_that_is_empty_a_file_or_a_broken_link_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert_module, "_reader", fakes([])[0])
+    monkeypatch.chdir(tmp_path)
+    code, err = prepare_cli("", capsys)
+    assert (code, err) == (
+        2,
+        "vprompt data: error: the output folder (--out) is empty; name the folder to write the tasks into\n",
+    )
+    assert list(tmp_path.iterdir()) == []  # not written into the current folder
+    (tmp_path / "file").write_text("x")
+    code, err = prepare_cli(tmp_path / "file", capsys)
+    assert code == 2 and err.count("\n") == 1 and "(--out): it is a file, not a folder" in err
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    code, err = prepare_cli(tmp_path / "link", capsys)
+    assert code == 2 and err.count("\n") == 1 and "(--out): it is a broken symlink" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+def test_offline_the_network_is_probed_once_and_each_download_fails_at_once(tmp_path, monkeypatch):
+    probes = []
+    monkeypatch.setattr(convert_module, "network_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", dict)  # no proxy
+    log = []
+    reader, _ = fakes(log, dtd={"prepared": False}, eurosat={"prepared": False})
+    outcomes = prepare_vtab1k(
+        tmp_path, ["dtd", "eurosat", "clevr_count"], reader=reader, progress=False, log=lambda m: None
+    )
+    assert [o.status for o in outcomes] == ["failed", "failed", "prepared"]  # clevr_count: in the TFDS folder
+    assert probes == [1] and not any(entry[0] == "prepare" and entry[1] != "clevr_count" for entry in log)
+    assert outcomes[0].message == (
+        "no network (storage.googleapis.com cannot be reached), so TFDS cannot download dtd: run this "
+        "command with --tfds-dir DIR on a machine that is online, copy DIR here and pass --tfds-dir DIR"
+    )
+    assert not (tmp_path / "dtd").exists() and not (tmp_path / PARTIAL).exists()
+
+
+def test_data_already_in_the_tfds_folder_needs_no_network(tmp_path, monkeypatch):
+    def probe():
+        raise AssertionError("probed although nothing needs downloading")
+
+    monkeypatch.setattr(convert_module, "network_reachable", probe)
+    reader, _ = fakes([])
+    (outcome,) = prepare_vtab1k(tmp_path, ["dtd"], reader=reader, progress=False, log=lambda m: None)
+    assert outcome.status == "prepared"
+
+
+def test_the_probe_is_one_short_connection_to_tfds_or_the_proxy(monkeypatch):
+    calls = []
+
+    class Connection:
+        def close(self):
+            calls.append("closed")
+
+    def connect(address, timeout):
+        calls.append((address, timeout))
+        if address[0] == "storage.googleapis.com":
+            raise OSError("Name or service not known")
+        return Connection()
+
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", dict)  # no proxy
+    monkeypatch.setattr(convert_module.socket, "create_connection", connect)
+    assert convert_module.network_reachable() is False
+    assert calls == [(("storage.googleapis.com", 443), 3.0)]
+    calls.clear()
+    proxies = {"https": "http://proxy.example:3128"}  # downloads go through it: probe it
+    monkeypatch.setattr(convert_module.urllib.request, "getproxies", lambda: proxies)
+    assert convert_module.network_reachable() is True
+    assert calls == [(("proxy.example", 3128), 3.0), "closed"]

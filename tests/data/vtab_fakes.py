@@ -26,10 +26,13 @@ def example(task, split: str, index: int) -> dict:
 
 
 class FakeReader:
-    """``counts`` TFDS split sizes; ``fail_after``: raise ``error`` once that many examples were read."""
+    """``counts`` TFDS split sizes; ``fail_after``: raise ``error`` once that many examples were read;
+    ``prepared=False``: not in the TFDS folder yet (``prepare`` would download)."""
 
-    def __init__(self, task, counts, manual=False, fail_after=None, error=RuntimeError, log=None):
-        self.task, self._counts, self.manual = task, dict(counts), manual
+    def __init__(
+        self, task, counts, manual=False, fail_after=None, error=RuntimeError, log=None, prepared=True
+    ):
+        self.task, self._counts, self.manual, self.prepared = task, dict(counts), manual, prepared
         self.fail_after, self.error, self.read = fail_after, error, 0
         self.version, self.note, self.manual_dir = "9.9.9", "", "/fake/tfds/downloads/manual"
         self.manual_instructions = "Download the files from the challenge page."
@@ -37,6 +40,9 @@ class FakeReader:
 
     def needs_manual_download(self) -> bool:
         return self.manual
+
+    def needs_download(self) -> bool:
+        return not self.prepared
 
     def prepare(self) -> None:
         self.log.append(("prepare", self.task.name))

@@ -73,8 +73,9 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from PIL import Image
     from timm.data import ImageNetInfo, create_transform
+
+    from ..data.datasets import open_image
 
     bb = build_backbone(args).eval()
     if bb.num_classes != 1000:
@@ -84,8 +85,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for path in args.images:
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
-        with Image.open(path) as im:
-            x = transform(im.convert("RGB")).unsqueeze(0)
+        x = transform(open_image(path)).unsqueeze(0)  # upright (EXIF), 16-bit and palettes as in training
         with torch.no_grad():
             probs = bb(x).softmax(-1)[0]
         top = probs.topk(args.top)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 #: How torch's DataLoader re-raises an exception from a worker: ``exc_type(msg)`` with this header on msg.
 _WORKER_HEADER = re.compile(r"Caught \S+ in .+?\.\nOriginal Traceback \(most recent call last\):\n", re.S)
@@ -55,13 +55,20 @@ class MissingFileError(DataError, FileNotFoundError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB. 16-bit greyscale (``I;16*``, and ``I``, read as 16-bit values) is
-    scaled to 8 bits by its high byte (``value >> 8``), not clipped at 255 as ``convert("RGB")`` does."""
+    """Any PIL image as 8-bit RGB, upright: an EXIF orientation tag (a phone's rotated photo) is applied
+    (``ImageOps.exif_transpose``). 16-bit greyscale (``I;16*``, and ``I``, read as 16-bit values) is
+    scaled to 8 bits by its high byte (``value >> 8``), not clipped at 255 as ``convert("RGB")`` does.
+    An image with a transparent colour (a palette PNG or GIF) goes through RGBA (no PIL warning); the
+    colour under the transparency is kept, as for RGBA images."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image).astype(np.int64)
         image = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+    if "transparency" in image.info:
+        image = image.convert("RGBA")
     return image.convert("RGB")
 
 

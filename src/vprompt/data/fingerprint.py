@@ -1,7 +1,8 @@
 """A dataset's fingerprint: which items it holds, to tell later whether the data under a run changed.
 
-For image files: the file list (paths relative to the files' common folder), each file's size and
-label, hashed together; for in-memory arrays: the pixels and labels, hashed. Runs record it per split.
+For image files: the file list (paths relative to the files' common folder, as the bytes the file
+system holds, so names that are not valid UTF-8 work too), each file's size and label, hashed together;
+for in-memory arrays: the pixels and labels, hashed. Runs record it per split.
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ def fingerprint(dataset) -> dict[str, Any]:
         for path, sample in zip(paths, samples, strict=True):
             size = os.stat(path).st_size if os.path.exists(path) else -1
             total += max(size, 0)
-            digest.update(
-                f"{os.path.relpath(path, common) if common else path}\t{size}\t{sample.label}\n".encode()
-            )
+            name = os.path.relpath(path, common) if common else path
+            digest.update(os.fsencode(f"{name}\t{size}\t{sample.label}\n"))  # names need not be UTF-8
         result |= {"files": len(set(paths)), "bytes": total}
     elif isinstance(base, ArrayDataset):
         chosen = np.asarray(indices, dtype=np.int64)

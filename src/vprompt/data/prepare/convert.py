@@ -6,20 +6,32 @@ files are complete and ``vprompt data check``'s checks pass on them, with ``.vpr
 was read: TFDS name, version, split sizes and slices) inside. A task folder holding that file is finished
 and is skipped by the next run; an interrupted task leaves only its partial folder, which the next run
 deletes and writes again. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
+
+Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in it) that is a symlink or
+a file is refused, as is an ``out`` that is empty, a file or a broken symlink. Before TFDS downloads
+anything (only for a task not in the TFDS folder yet) the network is probed, once per command
+(:func:`network_reachable`, 3 s); offline, each such task fails at once, saying to use a pre-built
+``--tfds-dir``, instead of spending minutes in TFDS's retries.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from PIL import Image
 
+from ...files import ensure_dir
 from ..checks import check_dataset
 from .vtab1k import VTAB1K, VtabTask
 
@@ -27,6 +39,8 @@ MARKER = ".vprompt-prepared.json"
 PARTIAL = ".vprompt-partial"
 JPEG_QUALITY = 95
 WRITTEN_SPLITS = ("train800", "val200", "test")
+#: Where :func:`network_reachable` connects (TFDS's bucket; a set HTTPS proxy instead) and how long it waits.
+PROBE_HOST, PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 3.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,31 @@ def _reader(spec: str, tfds_dir):
     from .tfds_reader import TfdsReader
 
     return TfdsReader(spec, tfds_dir)
+
+
+def probe_target() -> tuple[str, int]:
+    """:data:`PROBE_HOST`, or the HTTPS proxy downloads would go through."""
+    proxy = urllib.request.getproxies().get("https")
+    return (urlsplit(proxy).hostname or "", urlsplit(proxy).port or 80) if proxy else PROBE_HOST
+
+
+def network_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to :data:`PROBE_HOST` (or the HTTPS proxy, if one is set) opens within
+    ``timeout`` seconds, the name lookup included."""
+    host = probe_target()
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)  # a slow name lookup ignores the timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 def select_tasks(tasks: Iterable[str] | None) -> list[VtabTask]:
@@ -73,13 +112,16 @@ def prepare_vtab1k(
     A task that fails or needs a manual download does not stop the others.
     """
     reader = reader or _reader
-    out = Path(out).expanduser()
     chosen = select_tasks(tasks)
-    out.mkdir(parents=True, exist_ok=True)
+    if not str(out).strip():
+        raise ValueError("the output folder (--out) is empty; name the folder to write the tasks into")
+    out = ensure_dir(Path(out).expanduser(), "data root (--out)")
+    plain_folder(out / PARTIAL)
     outcomes = []
+    online = functools.cache(network_reachable)  # probed once per command, and only if a task needs it
     for number, task in enumerate(chosen, 1):
         where = f"[{number}/{len(chosen)}] {task.name}"
-        outcome = _prepare_task(task, out, tfds_dir, reader, progress, where)
+        outcome = _prepare_task(task, out, tfds_dir, reader, progress, where, online)
         log(f"{where}: {outcome.status}: {outcome.message}")
         outcomes.append(outcome)
     partial = out / PARTIAL
@@ -88,7 +130,7 @@ def prepare_vtab1k(
     return outcomes
 
 
-def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, where: str) -> Outcome:
+def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, where: str, online) -> Outcome:
     final = out / task.name
     if (final / MARKER).is_file():
         return Outcome(task.name, "skipped", f"already prepared in {final}")
@@ -107,6 +149,14 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
                 f"TFDS cannot download {task.tfds_name}: put its files in {source.manual_dir} and run again. "
                 + " ".join(source.manual_instructions.split()),
             )
+        if source.needs_download() and not online():
+            return Outcome(
+                task.name,
+                "failed",
+                f"no network ({probe_target()[0]} cannot be reached), so TFDS cannot download "
+                f"{task.tfds_name}: run this command with --tfds-dir DIR on a machine that is online, "
+                "copy DIR here and pass --tfds-dir DIR",
+            )
         source.prepare()
         counts = source.counts()
         slices = task.slices(counts)
@@ -115,7 +165,7 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
     except Exception as e:  # TFDS raises many kinds (download errors, missing files, bad versions)
         return Outcome(task.name, "failed", f"TFDS {task.tfds}: {type(e).__name__}: {e}")
     staging = out / PARTIAL / task.name
-    if staging.exists():
+    if plain_folder(staging):
         shutil.rmtree(staging)  # an interrupted earlier attempt: ours by name, never finished
     staging.mkdir(parents=True)
     try:
@@ -131,6 +181,18 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
     note = f" ({source.note})" if getattr(source, "note", "") else ""
     sizes = ", ".join(f"{k} {v}" for k, v in written.items())
     return Outcome(task.name, "prepared", f"{sizes} from {task.tfds_name} {source.version}{note}")
+
+
+def plain_folder(path: Path) -> bool:
+    """Whether ``path``, a staging folder vprompt deletes, exists; a ``ValueError`` unless it is absent or a
+    plain folder (a symlink is never deleted through, whatever it points to)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = f"a symlink to {os.readlink(path)!r}" if path.is_symlink() else "not a folder"
+        raise ValueError(
+            f"{path}: the staging folder of vprompt data prepare is {kind}; remove it (vprompt deletes "
+            "nothing through it) and run again"
+        )
+    return path.exists()
 
 
 def _write_task(task, source, slices, staging: Path, progress: bool, where: str) -> dict[str, int]:

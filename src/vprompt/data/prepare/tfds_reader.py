@@ -1,7 +1,8 @@
 """Reading one TFDS dataset as numpy examples: the only place vprompt imports TensorFlow (Datasets).
 
-:class:`TfdsReader` is what :func:`~.convert.prepare_vtab1k` reads from; anything with the same five
-members (``version``, ``needs_manual_download``, ``prepare``, ``counts``, ``examples``) can stand in for it.
+:class:`TfdsReader` is what :func:`~.convert.prepare_vtab1k` reads from; anything with the same six
+members (``version``, ``needs_manual_download``, ``needs_download``, ``prepare``, ``counts``, ``examples``)
+can stand in for it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class TfdsReader:
         if not self.builder.MANUAL_DOWNLOAD_INSTRUCTIONS or self.builder.is_prepared():
             return False
         return not (self.manual_dir.is_dir() and any(self.manual_dir.iterdir()))
+
+    def needs_download(self) -> bool:
+        """True when the dataset is not prepared in ``data_dir`` yet (:meth:`prepare` would download)."""
+        return not self.builder.is_prepared()
 
     def prepare(self) -> None:
         """Download and prepare the dataset (once; TFDS keeps it under ``data_dir``)."""

@@ -3,17 +3,19 @@ validation split of train/test-only data, and the registry that maps a spec's fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..datasets import ImageListDataset, take
+from ..datasets import DataError, ImageListDataset, take
 from ..entries import check_inside
 
 #: Datasets that ship only train and test get a validation split: this fraction of the training set,
-#: drawn once with a fixed seed; ``train`` is the rest and ``trainval`` the whole training set.
+#: drawn once with a fixed seed, never a class's last image; ``train`` is the rest and ``trainval`` the
+#: whole training set (see :func:`held_out_indices`).
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_SEED = 0
 
@@ -49,11 +51,28 @@ def need_dir(path: Path, what: str) -> Path:
     return path
 
 
-def held_out_indices(n: int) -> tuple[list[int], list[int]]:
-    """``(train, val)`` indices of a training set of ``n`` items: a fixed random 10% is held out for val."""
-    order = np.random.default_rng(HELD_OUT_SEED).permutation(n)
+def held_out_indices(n: int, labels: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices of a training set of ``n`` items: a fixed random 10% is held out for val.
+
+    Given the items' ``labels``, val never takes a class's last image: the seeded draw passes over an item
+    whose class has no other one left for train, so a class with a single image keeps it for training (and
+    val holds fewer items, none if every class has one image).
+    """
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(n).tolist()
     n_val = max(1, round(n * HELD_OUT_FRACTION)) if n > 1 else 0
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+    if labels is None:
+        val = order[:n_val]
+    else:
+        left = Counter(labels)  # the images each class still has for train
+        val = []
+        for i in order:
+            if len(val) == n_val:
+                break
+            if left[labels[i]] > 1:
+                left[labels[i]] -= 1
+                val.append(i)
+    chosen = set(val)
+    return [i for i in range(n) if i not in chosen], sorted(val)
 
 
 #: Data that ships as one pool of images gets a test split: this fraction of every class, drawn once
@@ -85,7 +104,8 @@ class Source:
     """A resolved spec: ``info`` plus ``dataset(split, transform)``; subclasses implement ``_dataset``.
 
     A source whose data has only train (and test) lists its splits through :func:`with_held_out` and sets
-    ``held_out = True``: ``val`` is then a fixed 10% of the native training set, ``train`` the rest and
+    ``held_out = True``: ``val`` is then a fixed 10% of the native training set (never a class's last image:
+    a class with one image keeps it for train; refused when every class has one), ``train`` the rest and
     ``trainval`` all of it.
     """
 
@@ -102,7 +122,12 @@ class Source:
             full = self._checked("train", transform)
             if split == "trainval":
                 return full
-            train, val = held_out_indices(len(full))
+            train, val = held_out_indices(len(full), getattr(full, "targets", None))
+            if split == "val" and not val:
+                raise DataError(
+                    f"{full.source}: every class has a single training image, so none is held out for val "
+                    "(each keeps its only image for training); add images, give a val split, or train --final"
+                )
             return take(full, train if split == "train" else val)
         return self._checked(split, transform)
 

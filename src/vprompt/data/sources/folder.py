@@ -22,11 +22,14 @@ class FolderSource(Source):
 
     Splits, first match wins: (1) split lists ``<path>/<split>.txt`` with one image path per line, relative
     to ``<path>`` and starting with the class folder (``cat/001.jpg``); (2) split folders
-    ``<path>/<split>/<class>/...`` for ``train``/``val``/``test``; (3) otherwise (torchvision's
+    ``<path>/<split>/<class>/...`` for ``train``/``val``/``test`` (without ``val``, a seeded 10% of
+    ``train`` is held out as val, never a class's last image: a class with a single image keeps it for
+    training, and val is refused when every class has only one; see :func:`.base.held_out_indices`);
+    (3) otherwise (torchvision's
     ``ImageFolder`` layout) one pool, ``all``, from which seeded, class-stratified ``val`` and ``test``
     are held out: :data:`HOLD_OUT` by default, or ``folder:<path>?val=0.1&test=0.2&seed=0``. Each class
-    gives ``round(n·fraction)`` images (at least one) to val and to test; ``train`` is the rest and
-    ``trainval`` train + val.
+    gives ``round(n·fraction)`` images (at least one) to val and to test and keeps at least one for
+    ``train`` (a class too small for that is refused); ``train`` is the rest and ``trainval`` train + val.
 
     Folders are walked following symlinks (images or class folders may live on another disk); a broken
     symlink, a symlink loop, a folder reached twice and an empty class folder each raise :class:`DataError`

@@ -8,8 +8,12 @@ are looked up under the data root first.
 
 The image column is the one named ``image=`` (``--image-column``), else the first ``Image`` feature; the
 label column the one named ``label=`` (``--label-column``), else the first ``ClassLabel`` feature. Class
-names come from the ``ClassLabel``. Splits: ``train``, ``validation`` (also ``valid``, ``val``, ``dev``) →
-``val``, ``test``; without a validation split a fixed 10% of ``train`` is held out, as for the other sources.
+names come from the ``ClassLabel``; a column of plain integers gives one class per value found in any split,
+in value order, named ``class_<value>`` (labels 3, 10, 200 are classes 0, 1, 2 named ``class_3``,
+``class_10``, ``class_200``; negative values are refused). An image column that is not an ``Image`` feature
+is read as image paths or bytes, and refused, naming it, when its first value is no image. Splits:
+``train``, ``validation`` (also ``valid``, ``val``, ``dev``) → ``val``, ``test``; without a validation split
+a fixed 10% of ``train`` is held out, as for the other sources. A split without rows is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 import torch
 
-from ..datasets import DataError
-from .base import DatasetInfo, Source, generic_names, register_source, with_held_out
+from ..datasets import DataError, to_rgb
+from .base import DatasetInfo, Source, register_source, with_held_out
 
 OPTIONS = ("image", "label", "config")
 VAL_NAMES = ("validation", "valid", "val", "dev")
@@ -76,12 +80,18 @@ def load_hf(target: str, root: Path | None, config: str | None):
         return datasets.load_dataset("imagefolder", data_dir=str(folder)), "imagefolder"
     path = _local(target, root)
     if path is not None:
-        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            return datasets.load_from_disk(str(path)), "save_to_disk"
-        if path.is_file() and path.suffix == ".parquet":
-            return datasets.load_dataset("parquet", data_files={"train": str(path)}), "parquet"
-        if path.is_dir() and any(path.rglob("*.parquet")):
-            return datasets.load_dataset("parquet", data_dir=str(path)), "parquet"
+        try:
+            if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+                return datasets.load_from_disk(str(path)), "save_to_disk"
+            if path.is_file() and path.suffix == ".parquet":
+                return datasets.load_dataset("parquet", data_files={"train": str(path)}), "parquet"
+            if path.is_dir() and any(path.rglob("*.parquet")):
+                return datasets.load_dataset("parquet", data_dir=str(path)), "parquet"
+        except (IndexError, ValueError) as e:  # what datasets raises for a dataset without rows
+            raise DataError(
+                f"hf:{target}: datasets cannot read {path} ({type(e).__name__}: {_line(e)}); "
+                "is it empty (no rows)?"
+            ) from None
         raise DataError(
             f"{path}: neither a save_to_disk folder (dataset_dict.json / state.json) nor parquet files; "
             "for a folder of class sub-folders use hf:imagefolder:<dir> or folder:<dir>"
@@ -99,34 +109,60 @@ def load_hf(target: str, root: Path | None, config: str | None):
         ) from None
 
 
-def _pick(features, wanted: str | None, kind, what: str, flag: str) -> str:
+def _line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _pick(spec: str, features, wanted: str | None, kind, what: str, flag: str) -> str:
     if wanted is not None:
         if wanted not in features:
-            raise DataError(f"no {what} column {wanted!r}; columns: {', '.join(features)}")
+            raise DataError(f"{spec}: no {what} column {wanted!r}; columns: {', '.join(features)}")
         return wanted
     found = [name for name, f in features.items() if isinstance(f, kind)]
     if not found:
         raise DataError(
-            f"no {kind.__name__} column to use as the {what}; columns: {', '.join(features)}; name one with {flag}"
+            f"{spec}: no {kind.__name__} column to use as the {what}; columns: {', '.join(features)}; "
+            f"name one with {flag}"
         )
     return found[0]
+
+
+def _as_images(ds, column: str, spec: str):
+    """``ds`` with ``column`` (image paths or bytes) read as images; its first row is decoded to see it is."""
+    datasets = _datasets()
+    feature = ds.features[column]
+    try:
+        ds = ds.cast_column(column, datasets.Image())
+        ds[0][column].load()
+    except Exception as e:  # pyarrow (a cast that cannot be), PIL, a missing file: many kinds
+        kind = getattr(feature, "dtype", type(feature).__name__)
+        raise DataError(
+            f"{spec}: column {column!r} ({kind}) does not hold images ({type(e).__name__}: {_line(e)}); "
+            "name the image column with --image-column (image=)"
+        ) from None
+    return ds
 
 
 class HFSplit(torch.utils.data.Dataset):
     """One split of a ``datasets.Dataset``: ``(image, label)`` from its image and label columns."""
 
-    def __init__(self, ds, image: str, label: str, num_classes: int, source: str, transform=None):
+    def __init__(
+        self, ds, image: str, label: str, num_classes: int, source: str, transform=None, values=None
+    ):
         self.ds, self.image, self.label = ds, image, label
         self.num_classes, self.source, self.transform = num_classes, source, transform
-        labels = np.asarray(list(ds[label]))
+        raw = labels = np.asarray(list(ds[label]))
         if labels.size and labels.dtype.kind not in "iu":
             raise DataError(
                 f"{source}: label column {label!r} holds {labels.dtype} values, not class indices"
             )
+        if values and labels.size:  # plain integers: class i is the i-th of the sorted values
+            index = np.minimum(np.searchsorted(values, labels), len(values) - 1)
+            labels = np.where(np.asarray(values)[index] == labels, index, -1)
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes)) if labels.size else []
         if len(bad):
             raise DataError(
-                f"{source}: label {int(labels[bad[0]])} at row {int(bad[0])} out of range [0, {num_classes})"
+                f"{source}: label {int(raw[bad[0]])} at row {int(bad[0])} out of range [0, {num_classes})"
             )
         self.targets = labels.astype(np.int64).tolist()
 
@@ -142,7 +178,7 @@ class HFSplit(torch.utils.data.Dataset):
             raise DataError(
                 f"{self.source}: row {index}: cannot decode image ({type(e).__name__}: {e})"
             ) from e
-        image = image.convert("RGB")
+        image = to_rgb(image)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
@@ -162,22 +198,29 @@ class HFSource(Source):
                 self.native[key] = ds
         if "train" not in self.native:
             raise DataError(f"{spec}: no train split (splits: {', '.join(loaded)})")
+        empty = [name for name, ds in self.native.items() if len(ds) == 0]
+        if empty:
+            raise DataError(f"{spec}: the {' and '.join(empty)} split holds no rows (an empty dataset)")
         features = self.native["train"].features
-        self.image = _pick(features, options.get("image"), datasets.Image, "image", "--image-column (image=)")
+        self.image = _pick(
+            spec, features, options.get("image"), datasets.Image, "image", "--image-column (image=)"
+        )
         self.label = _pick(
-            features, options.get("label"), datasets.ClassLabel, "label", "--label-column (label=)"
+            spec, features, options.get("label"), datasets.ClassLabel, "label", "--label-column (label=)"
         )
         for name, ds in self.native.items():
             if not isinstance(ds.features[self.image], datasets.Image):  # e.g. raw bytes or paths
-                self.native[name] = ds.cast_column(self.image, datasets.Image())
+                self.native[name] = _as_images(ds, self.image, spec)
         feature = features[self.label]
+        self.values = None
         if isinstance(feature, datasets.ClassLabel):
             names = tuple(str(n) for n in feature.names)
         else:
-            values = list(self.native["train"][self.label])
-            if not values or not all(isinstance(v, int | np.integer) for v in values):
+            values = [v for ds in self.native.values() for v in ds[self.label]]
+            if not all(isinstance(v, int | np.integer) for v in values):
                 raise DataError(f"{spec}: label column {self.label!r} is neither a ClassLabel nor integers")
-            names = generic_names(int(max(values)) + 1)
+            self.values = sorted({int(v) for v in values if v >= 0})
+            names = tuple(f"class_{v}" for v in self.values)
         native = tuple(s for s in ("train", "val", "test") if s in self.native)
         self.held_out = "val" not in self.native
         splits = with_held_out(native) if self.held_out else ("train", "val", "trainval", *native[2:])
@@ -190,7 +233,7 @@ class HFSource(Source):
         else:
             ds = self.native[split]
         source = f"{self.spec} [{split}]"
-        return HFSplit(ds, self.image, self.label, self.info.num_classes, source, transform)
+        return HFSplit(ds, self.image, self.label, self.info.num_classes, source, transform, self.values)
 
 
 @register_source("hf", usage="hf:<hub name | folder | file.parquet | imagefolder:<dir>>")
