@@ -59,8 +59,16 @@ def _file_mode() -> int:
 def ensure_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     """Create ``path`` (and its parents) or raise a :class:`WriteError` that names it."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise WriteError(
+            errno.ENOENT,
+            f"cannot use {path} as a {what}: it is a symbolic link to {os.readlink(path)}, which does not "
+            "exist; remove the link or choose another path",
+        )
     if path.exists() and not path.is_dir():
-        raise WriteError(errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder")
+        raise WriteError(
+            errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder; choose another path"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
