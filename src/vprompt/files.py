@@ -3,7 +3,8 @@
 Every file a run, an adapter or a sweep writes goes through :func:`atomic_write`: the bytes go to a temporary
 file in the same folder, are flushed to disk, then renamed over the target. A failure (full disk, no
 permission, a read-only folder, an interruption) leaves the previous version intact and raises
-:class:`WriteError`, an ``OSError`` whose message says what failed, where, and what to do.
+:class:`WriteError`, an ``OSError`` whose message says what failed, where, and what to do. What is read back
+(weights, adapter configs) goes through :func:`refuse_non_finite`: NaN or inf is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ def _file_mode() -> int:
 def ensure_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     """Create ``path`` (and its parents) or raise a :class:`WriteError` that names it."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WriteError(errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder")
     if path.is_symlink() and not path.exists():
         raise WriteError(
             errno.ENOENT,
             f"cannot use {path} as a {what}: it is a broken symlink (to {os.readlink(path)!r}); "
             "remove it or choose another path",
+        )
+    if path.exists() and not path.is_dir():
+        raise WriteError(
+            errno.ENOTDIR, f"cannot use {path} as a {what}: it is a file, not a folder; choose another path"
         )
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -123,3 +126,33 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def non_finite(data: object, key: str = "") -> list[str]:
+    """The keys (``options.alpha``, ``head.weight``) at which ``data`` (parsed JSON, or a dict of tensors)
+    holds NaN or ±inf."""
+    import math
+
+    import torch
+
+    if isinstance(data, dict):
+        return [k for name, v in data.items() for k in non_finite(v, f"{key}.{name}" if key else str(name))]
+    if isinstance(data, list):
+        return [k for i, v in enumerate(data) for k in non_finite(v, f"{key}[{i}]")]
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [key]
+    if isinstance(data, torch.Tensor) and (data.is_floating_point() or data.is_complex()):
+        return [] if bool(torch.isfinite(data).all()) else [key]
+    return []
+
+
+def refuse_non_finite(data: object, path: str | os.PathLike) -> None:
+    """Refuse what was read from ``path`` when it holds NaN or ±inf: one line naming the file and the keys
+    (such values would give NaN outputs silently)."""
+    keys = non_finite(data)
+    if keys:
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        raise ValueError(
+            f"{path}: non-finite values (NaN or inf) in {', '.join(keys[:3])}{more}; the file is damaged or "
+            "comes from a diverged training, not loading it"
+        )

@@ -112,5 +112,5 @@ def test_unknown_names_suggest_close_matches():
 
 
 def test_hub_weights_offline_say_how_to_pass_a_local_file():
-    with pytest.raises(WeightsUnavailableError, match="weights='path/to/weights.safetensors'"):
+    with pytest.raises(WeightsUnavailableError, match="Pass a local file with --weights FILE"):
         vprompt.backbone("resnet18")  # HF_HUB_OFFLINE=1 in tests: no network is touched

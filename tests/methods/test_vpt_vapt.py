@@ -417,7 +417,10 @@ def test_cnn_backbone_is_refused(method):
 
 
 def test_vapt_kernel_larger_than_the_grid_is_refused():
-    with pytest.raises(MethodNotApplicable, match="4×4 kernel does not fit the 3×3 patch grid"):
+    with pytest.raises(
+        MethodNotApplicable,
+        match="vapt kernel=4 is out of range: it must be from 1 to 3 \\(the 3×3 patch grid",
+    ):
         TunedModel(dinov2_reg(), VAPT(VAPTConfig(kernel=4)))
 
 

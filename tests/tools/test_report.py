@@ -66,8 +66,8 @@ def test_report_numbers_match_the_run_summaries(runs, tmp_path):
     text = (tmp_path / "report.md").read_text()
     cells = [pm(float(r["accuracy_mean"]), float(r["accuracy_std"]), int(r["n"])) for r in rows]
     test_pivot = text.split("## Test accuracy")[1].split("###")[0]
-    assert "| dataset | ap site=block.1 | ap site=block.5 | linear |" in test_pivot
-    assert f"| synthetic:4x32 | {cells[0]} | {cells[1]} | {cells[2]} |" in test_pivot
+    assert "| dataset | backbone | ap site=block.1 | ap site=block.5 | linear |" in test_pivot
+    assert f"| synthetic:4x32 | vit_tiny_patch16_224 | {cells[0]} | {cells[1]} | {cells[2]} |" in test_pivot
     assert "± " in cells[2] and "6 finished runs in 4 configurations" in text
     with open(tmp_path / "runs.csv") as f:
         per_run = list(csv.DictReader(f))

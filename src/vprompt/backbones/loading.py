@@ -9,16 +9,19 @@ Names:
 from __future__ import annotations
 
 import difflib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
 import torchvision
 from torch import nn
 
+from ..files import refuse_non_finite
 from . import offline
 from .backbone import Backbone, replace_classifier
 from .families import classifier_name
@@ -160,21 +163,63 @@ def _timm_create(arch: str, img_size: int | None, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, **kwargs)
 
 
+#: seconds to wait for the weights' server before calling it out of reach (timm's own retries take a minute)
+PROBE_SECONDS = 3.0
+
+
+def reachable(host: str, port: int = 443, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (one try, no retries)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _no_weights(what: str, name: str, why: str) -> WeightsUnavailableError:
+    offline_names = ", ".join(f"offline:{n}" for n in OFFLINE)
+    return WeightsUnavailableError(
+        f"could not get the pretrained weights of {what}: {why}. Pass a local file with --weights FILE "
+        f"(.safetensors, .pth or .npz; vprompt.backbone({name!r}, weights=FILE)), use an offline backbone "
+        f"({offline_names}), or pretrained=False for random weights"
+    )
+
+
+def _cached_url(url: str | None) -> bool:
+    """Whether torch.hub already holds the download of ``url`` (read without the network)."""
+    return bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name).is_file()
+
+
 def _timm_hub(arch, num_classes, img_size, name, model_kwargs) -> Backbone:
+    from huggingface_hub import constants
+
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    cfg = timm.models.get_pretrained_cfg(arch)
+    from_hf = bool(cfg and cfg.hf_hub_id)
+    host = urlparse(constants.ENDPOINT if from_hf else (cfg.url if cfg else "") or "").hostname
+    offline = "HF_HUB_OFFLINE is set" if from_hf and constants.HF_HUB_OFFLINE else ""
+    cached = not from_hf and _cached_url(cfg.url if cfg else None)
+    if host and not offline and not cached and not reachable(host):
+        offline = f"{host} cannot be reached (offline?)"
+        if not from_hf:
+            raise _no_weights(f"timm model {arch!r}", name, offline)
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or bool(offline)  # the Hugging Face cache may hold them
     try:
         model = _timm_create(arch, img_size, pretrained=True, **kwargs)
     except (OSError, ConnectionError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "No pretrained weights" not in str(e):
             raise
-        raise WeightsUnavailableError(
-            f"could not get pretrained weights for timm model {arch!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}). Offline? Pass a local file instead: "
-            f"vprompt.backbone({name!r}, weights='path/to/weights.safetensors') or --weights PATH; "
-            f"or pretrained=False for random weights."
-        ) from e
+        why = (
+            f"{offline}, and they are not in the local cache"
+            if offline
+            else f"{type(e).__name__}: {_short(e)}"
+        )
+        raise _no_weights(f"timm model {arch!r}", name, why) from e
+    finally:
+        constants.HF_HUB_OFFLINE = saved
     new_head = num_classes is not None and num_classes != model.pretrained_cfg.get("num_classes")
     return Backbone(model, _timm_data_config(model, img_size), name, source="hub", new_head=new_head)
 
@@ -220,6 +265,7 @@ def _timm_npz(arch, num_classes, img_size, path: Path, name, model_kwargs) -> Ba
         model.load_pretrained(str(path))
     except Exception as e:  # the npz reader raises KeyError/ValueError/OSError for foreign files
         raise WeightsUnavailableError(f"could not load {path} into timm {arch!r}: {_short(e)}") from e
+    refuse_non_finite(model.state_dict(), path)
     new_head = num_classes is not None and num_classes != _num_outputs(model)
     if new_head:
         replace_classifier(model, num_classes)
@@ -238,13 +284,13 @@ def _timm_data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
 
 def _torchvision_hub(arch: str) -> dict[str, torch.Tensor]:
     weights = torchvision.models.get_model_weights(arch).DEFAULT
+    name, host = f"torchvision:{arch}", urlparse(weights.url).hostname
+    if host and not _cached_url(weights.url) and not reachable(host):
+        raise _no_weights(f"torchvision {weights}", name, f"{host} cannot be reached (offline?)")
     try:
         return weights.get_state_dict(progress=False)
     except (OSError, ConnectionError) as e:
-        raise WeightsUnavailableError(
-            f"could not download torchvision weights {weights} ({_short(e)}). Offline? Pass a local file: "
-            f"vprompt.backbone('torchvision:{arch}', weights='path/to/file.pth') or --weights PATH."
-        ) from e
+        raise _no_weights(f"torchvision {weights}", name, _short(e)) from e
 
 
 def _torchvision(arch, num_classes, img_size, state_dict, source, name) -> Backbone:
@@ -292,10 +338,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             import numpy as np
 
             with np.load(path) as arrays:
-                return {k: torch.from_numpy(arrays[k]) for k in arrays.files}
-        return timm.models.load_state_dict(str(path), weights_only=True)
+                state = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        else:
+            state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as e:  # every reader has its own exception types for a corrupt file
         raise WeightsUnavailableError(f"could not read weights file {path}: {_short(e)}") from e
+    refuse_non_finite(state, path)
+    return state
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -303,9 +352,21 @@ def _num_outputs(model: nn.Module) -> int:
     return head.out_features if isinstance(head, nn.Linear) else 0
 
 
+def shorten(text: str, limit: int = 400) -> str:
+    """``text`` on one line, at most about ``limit`` characters, cut only between words (never mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    if cut <= 0:  # one long first word (a URL): kept whole
+        cut = text.find(" ", limit)
+        if cut < 0:
+            return text
+    return text[:cut].rstrip(",;:") + " ..."
+
+
 def _short(e: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+    return shorten(str(e), limit)
 
 
 def _unknown(name: str, choices: list[str]) -> None:

@@ -25,7 +25,7 @@ import resource
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
@@ -83,6 +83,25 @@ def safe_torch_load(path: Path | io.BytesIO, what: str) -> Any:
         raise CheckpointError(f"{what}: damaged or not a checkpoint ({first})") from None
 
 
+def lock_folder(path: Path, what: str) -> IO:
+    """Create ``path`` if needed and take its exclusive lock (an ``flock`` on ``path/.lock``, which dies with
+    the process, even on ``kill -9``); :class:`RunLocked` when another process holds it. Closing the
+    returned file releases the lock."""
+    ensure_dir(path, what)
+    try:
+        f = open(path / LOCK, "a")  # noqa: SIM115 - held open while the folder is in use
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write into the {what} {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunLocked(
+            f"{what} {path} is in use by another vprompt process; wait for it or choose another --output"
+        ) from None
+    return f
+
+
 class RunDir:
     """Paths and readers/writers of one run directory."""
 
@@ -129,19 +148,7 @@ class RunDir:
                 f"{self.path} is not a vprompt run folder (it holds {', '.join(foreign[:3])}"
                 f"{' ...' if len(foreign) > 3 else ''}); choose another --output, nothing was written"
             )
-        ensure_dir(self.path, "run folder")
-        try:
-            f = open(self.path / LOCK, "a")  # noqa: SIM115 - held open for the run's lifetime
-        except OSError as e:
-            raise WriteError(e.errno, f"cannot write into the run folder {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise RunLocked(
-                f"{self.path} is in use by another vprompt process; wait for it or choose another --output"
-            ) from None
-        self._lock_file = f
+        self._lock_file = lock_folder(self.path, "run folder")
         remove_stale_temps(self.path)
         remove_stale_temps(self.path / ADAPTER)
 

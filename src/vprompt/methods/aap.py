@@ -61,7 +61,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .ap import ActivationPrompt, APConfig
-from .base import MethodNotApplicable
+from .base import SIZE_FACTOR, MethodNotApplicable, check_size
 from .parts import FeatureProjector, shared_depthwise_conv
 
 
@@ -83,10 +83,8 @@ class AdaptiveActivationPrompt(ActivationPrompt):
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config
-        if c.hidden < 1 or c.kernel < 1 or c.kernel % 2 == 0:
-            raise MethodNotApplicable(
-                f"aap needs hidden >= 1 and an odd kernel >= 1, got hidden={c.hidden}, kernel={c.kernel}"
-            )
+        if c.kernel % 2 == 0:
+            raise MethodNotApplicable(f"aap needs an odd kernel (it is centred), got kernel={c.kernel}")
         if not 0.0 <= c.dropout < 1.0:
             raise MethodNotApplicable(f"aap dropout must be in [0, 1), got {c.dropout}")
         if c.site and c.site in backbone.sites:
@@ -99,6 +97,15 @@ class AdaptiveActivationPrompt(ActivationPrompt):
                 )
             self.layout, self.prefix, self.grid = site.layout, site.prefix_tokens, site.grid
             dim = site.shape[{"tokens": 1, "nchw": 0, "nhwc": 2, "vector": 0}[site.layout]]
+            h, w = {"tokens": site.grid, "nchw": site.shape[1:], "nhwc": site.shape[:2]}.get(
+                site.layout, (1, 1)
+            )
+            where = f"site {site.name!r} of {backbone.name!r}"
+            reach = f"2·side+1 for the {h}×{w} grid of {where}: a wider kernel's outer taps never reach it"
+            check_size(self, "kernel", c.kernel, 2 * max(h, w) + 1, reach)
+            check_size(
+                self, "hidden", c.hidden, SIZE_FACTOR * dim, f"{SIZE_FACTOR}× the {dim} channels of {where}"
+            )
             #: ONE K×K kernel shared by all channels, initialised as a centred delta (identity)
             self.kernel = nn.Parameter(torch.zeros(c.kernel, c.kernel))
             with torch.no_grad():

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import tokenwise
-from .base import Method, MethodConfig, MethodNotApplicable
+from .base import Method, MethodConfig, MethodNotApplicable, check_size
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Adapter(Method):
                 f"adapter goes after transformer-block MLPs; backbone {backbone.name!r} is of family "
                 f"{backbone.family.name!r}, which has none"
             )
-        if self.config.r < 1:
-            raise MethodNotApplicable(f"adapter bottleneck r must be at least 1, got {self.config.r}")
+        width = min(mlp_width(mlp) for mlp in mlps)
+        check_size(self, "r", self.config.r, width, f"the width {width} of the MLPs it follows: a bottleneck")
         self.adapters = nn.ModuleList(BottleneckAdapter(mlp_width(mlp), self.config.r) for mlp in mlps)
         for mlp, adapter in zip(mlps, self.adapters, strict=True):
             self._handles.append(mlp.register_forward_hook(self._hook(adapter)))

@@ -122,6 +122,20 @@ class Method(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
 
 
+#: hidden sizes and prompt counts may be at most this many times what they apply to (a transformer MLP's
+#: width ratio): beyond it the method's part costs more than the backbone part it adapts
+SIZE_FACTOR = 4
+
+
+def check_size(method: Method, option: str, value: int, high: int, bound: str, low: int = 1) -> None:
+    """Refuse a size-like option outside ``[low, high]`` when the method is attached: one line naming the
+    option, the value and the bound (``bound`` says where ``high`` comes from)."""
+    if not low <= value <= high:
+        raise MethodNotApplicable(
+            f"{method.name} {option}={value} is out of range: it must be from {low} to {high} ({bound})"
+        )
+
+
 def require_tokens(method: Method, backbone: Backbone) -> None:
     """Token-prompt methods need a plain ViT token sequence (CLS/register prefix + patch grid)."""
     if not backbone.family.has_tokens:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..backbones.loading import shorten
+
 #: ``owner/name`` as the Hub spells repository ids
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -20,8 +22,7 @@ class HubUnavailableError(ConnectionError):
 
 
 def _why(error: Exception) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) < 300 else text[:297] + "..."
+    return shorten(str(error), 300) or type(error).__name__
 
 
 def local_folder(path_or_repo_id: str | Path, revision: str | None = None) -> Path:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..backbones import Backbone
-from .base import Method, MethodConfig, MethodNotApplicable
+from .base import Method, MethodConfig, MethodNotApplicable, check_size
 
 ADAPTER_NAME = "default"
 
@@ -103,6 +103,16 @@ def resolve_targets(model: nn.Module, head_name: str, targets: str, r: int) -> l
     return names
 
 
+def max_rank(layer: nn.Module) -> int:
+    """The largest rank a LoRA update ``B A`` of ``layer`` can have: its input (per output) or output size."""
+    if isinstance(layer, nn.Conv2d):  # A is a conv with the layer's kernel: in/groups · kh · kw inputs
+        return min(
+            layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1],
+            layer.out_channels,
+        )
+    return min(layer.in_features, layer.out_features)
+
+
 class LoRA(Method):
     name = "lora"
     summary = "low-rank updates (peft) of attention qkv (transformers) or non-grouped convolutions (CNNs)"
@@ -121,12 +131,13 @@ class LoRA(Method):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         cfg = self.config
-        if cfg.r < 1:
-            raise MethodNotApplicable(f"lora rank must be at least 1, got {cfg.r}")
         model = backbone.model
         if hasattr(model, "peft_config"):
             raise MethodNotApplicable(f"backbone {backbone.name!r} already carries peft adapters")
         names = resolve_targets(model, backbone.head_name, cfg.targets, cfg.r)
+        smallest = min(names, key=lambda n: max_rank(model.get_submodule(n)))
+        high = max_rank(model.get_submodule(smallest))
+        check_size(self, "r", cfg.r, high, f"the largest rank of an update of target {smallest}")
         peft_config = peft.LoraConfig(
             r=cfg.r,
             lora_alpha=cfg.alpha,

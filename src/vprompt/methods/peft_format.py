@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from ..backbones import Backbone
-from ..files import write_bytes, write_text
+from ..files import refuse_non_finite, write_bytes, write_text
 from .lora import ADAPTER_NAME, LoRAConfig
 
 if TYPE_CHECKING:
@@ -99,6 +99,9 @@ def load_peft(directory: Path, backbone: Backbone | None) -> TunedModel:
         config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable peft adapter config ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a peft adapter config (expected a JSON object)")
+    refuse_non_finite(config, path)
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: a peft {config.get('peft_type')} adapter; vprompt reads peft's LoRA only")
     if backbone is None:
@@ -135,6 +138,7 @@ def load_peft(directory: Path, backbone: Backbone | None) -> TunedModel:
         state = load(weights.read_bytes())
     except (SafetensorError, ValueError, OSError) as e:
         raise ValueError(f"{weights}: missing, damaged or not a safetensors file ({e})") from None
+    refuse_non_finite(state, weights)
     model.load_trainable_state_dict({_from_peft(k): v for k, v in state.items()})
     return model
 

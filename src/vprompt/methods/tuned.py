@@ -12,7 +12,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from ..backbones import Backbone
-from ..files import ensure_dir, write_bytes, write_text
+from ..files import ensure_dir, refuse_non_finite, write_bytes, write_text
 from .base import Method
 
 #: vprompt's own files (names of their own: peft's are ``adapter_config.json`` / ``adapter_model.safetensors``,
@@ -301,6 +301,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         problems.append("backbone.build_args")
     if problems:
         raise ValueError(f"{path}: damaged adapter config (missing or wrong: {', '.join(problems)})")
+    refuse_non_finite(config, path)
     return config
 
 
@@ -309,6 +310,8 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
     try:
-        return load(path.read_bytes())
+        state = load(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as e:
         raise ValueError(f"{path}: damaged or not a safetensors file ({e})") from None
+    refuse_non_finite(state, path)
+    return state

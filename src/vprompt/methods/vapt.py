@@ -48,7 +48,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
-from .base import Method, MethodConfig, MethodNotApplicable
+from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
@@ -82,18 +82,15 @@ class VAPT(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         geo = TokenGeometry.of(self, backbone)
-        if c.num_prompts < 1 or c.hidden < 1 or c.kernel < 1:
-            raise MethodNotApplicable(
-                f"vapt needs num_prompts, hidden and kernel >= 1, got {c.num_prompts}, {c.hidden}, {c.kernel}"
-            )
         for option in ("prompt_dropout", "conv_dropout", "dropout"):
             if not 0.0 <= getattr(c, option) <= 1.0:
                 raise MethodNotApplicable(f"vapt {option} must be in [0, 1], got {getattr(c, option)}")
         h, w = geo.grid
-        if min(h, w) < c.kernel:
-            raise MethodNotApplicable(
-                f"vapt's {c.kernel}×{c.kernel} kernel does not fit the {h}×{w} patch grid of {backbone.name!r}"
-            )
+        check_size(self, "num_prompts", c.num_prompts, *geo.prompt_bound(backbone))
+        check_size(
+            self, "hidden", c.hidden, SIZE_FACTOR * geo.dim, f"{SIZE_FACTOR}× the embedding size {geo.dim}"
+        )
+        check_size(self, "kernel", c.kernel, min(h, w), f"the {h}×{w} patch grid of {backbone.name!r}")
         self.geometry = geo
         dim, layers = geo.dim, geo.depth - 1  # adaptive prompts before blocks 1..L-1
         conv_tokens = (h - c.kernel + 1) * (w - c.kernel + 1)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from .base import MethodNotApplicable
+from .base import MethodNotApplicable, check_size
 from .label_mapping import LabelMappedMethod, LabelMappingConfig
 
 #: vp-pad's border width at a 224-px input (Bahng et al.); scaled with the input size
@@ -70,10 +70,10 @@ class PadPrompt(LabelMappedMethod):
         w = self.config.width
         if w is None:
             w = round(PAD_WIDTH_AT_224 * height / 224)
-        if not 0 < 2 * w < min(height, width):
-            raise MethodNotApplicable(
-                f"vp-pad border width {w} does not fit a {height}×{width} input (need 0 < 2·width < side)"
-            )
+        side = min(height, width)
+        check_size(
+            self, "width", w, (side - 1) // 2, f"two borders must leave pixels of the {height}×{width} input"
+        )
         self.width = w
         self.size = (height, width)
         # drawn on the CPU (same values whatever the device), then moved next to the backbone
@@ -136,11 +136,8 @@ class ExpansivePrompt(LabelMappedMethod):
         self.attach_head(backbone)
         channels, height, width = backbone.input_size
         inner = self.inner_size(backbone)
-        if not 0 < inner < min(height, width):
-            raise MethodNotApplicable(
-                f"vp-expansive inner_size {inner} must be smaller than the {height}×{width} backbone input "
-                "(e.g. inner_size=128 at 224; choose a smaller inner_size or a larger img_size)"
-            )
+        bound = f"smaller than the {height}×{width} backbone input, e.g. 128 at 224; or use a larger img_size"
+        check_size(self, "inner_size", inner, min(height, width) - 1, bound)
         mean = torch.tensor(backbone.data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(backbone.data_config["std"], dtype=torch.float32).view(1, -1, 1, 1)
         if mean.shape[1] != channels or std.shape[1] != channels:

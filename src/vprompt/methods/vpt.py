@@ -26,7 +26,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
-from .base import Method, MethodConfig, MethodNotApplicable, require_tokens
+from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size, require_tokens
 from .timm_views import hide_prompts
 
 #: families every token-prompt method supports, for ``vprompt methods``
@@ -62,6 +62,11 @@ class TokenGeometry:
         height, width = backbone.input_size[-2:]
         patch_area = max(1, height // h) * max(1, width // w)
         return cls(embed.prefix_tokens, (h, w), embed.shape[-1], depth, patch_area)
+
+    def prompt_bound(self, backbone: Backbone) -> tuple[int, str]:
+        """The most prompt tokens a method may insert, and why: :data:`SIZE_FACTOR` times the sequence."""
+        tokens = self.prefix + self.grid[0] * self.grid[1]
+        return SIZE_FACTOR * tokens, f"{SIZE_FACTOR}× the {tokens} tokens of {backbone.name!r}'s sequence"
 
     def vpt_init_(self, prompts: torch.Tensor) -> torch.Tensor:
         """VPT's xavier-uniform init: ``U(-b, b)`` with ``b = sqrt(6 / (3·p² + D))``."""
@@ -126,8 +131,7 @@ class VPTShallow(Method):
     def attach(self, backbone: Backbone) -> None:
         geo = TokenGeometry.of(self, backbone)
         num_prompts = self.config.num_prompts
-        if num_prompts < 1:
-            raise MethodNotApplicable(f"{self.name} needs num_prompts >= 1, got {num_prompts}")
+        check_size(self, "num_prompts", num_prompts, *geo.prompt_bound(backbone))
         dropout = self.default_dropout if self.config.dropout is None else self.config.dropout
         if not 0.0 <= dropout < 1.0:
             raise MethodNotApplicable(f"{self.name} dropout must be in [0, 1), got {dropout}")

@@ -10,6 +10,8 @@ runs one Ray task per job on a local Ray instance or on the cluster at ``address
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import time
 import traceback
@@ -20,7 +22,7 @@ from typing import Any
 
 from ..engine import train
 from ..engine.run import config_differences
-from ..engine.rundir import ERROR, RunDir, write_json, write_text
+from ..engine.rundir import ERROR, RunDir, lock_folder, write_json, write_text
 
 FAILURES = "failures.json"
 ENGINES = ("local", "ray")
@@ -98,6 +100,23 @@ def check_reusable(jobs: Sequence[Job]) -> None:
             f"this sweep's folder holds finished runs made with other options: {clashes[0]}{more}; nothing "
             "was run or overwritten. Use another --output for the new options (or delete those runs)"
         )
+
+
+def one_sweep_at_a_time(sweep: Callable) -> Callable:
+    """Run ``sweep`` (a function with an ``out`` argument) holding the lock of its folder ``out``: a second
+    sweep into the same folder is refused (``RunLocked``) instead of mixing its runs with the first's. The
+    lock dies with its process, so a sweep killed with ``kill -9`` can simply be run again."""
+    signature = inspect.signature(sweep)
+
+    @functools.wraps(sweep)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        lock = lock_folder(Path(signature.bind(*args, **kwargs).arguments["out"]), "sweep folder")
+        try:
+            return sweep(*args, **kwargs)
+        finally:
+            lock.close()
+
+    return locked
 
 
 def describe(outcome: Outcome) -> str:

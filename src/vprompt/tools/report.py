@@ -12,7 +12,12 @@ only in their seed (or in how they were executed: device, workers, precision, ca
 *configuration*, whose accuracy is the mean ± sample standard deviation over its runs. Final runs report
 test accuracy, tuning runs validation accuracy; the two are never mixed. A configuration is labelled by its
 method and the options that tell it apart from the other configurations of the same method on the same
-dataset (``ap site=block.3``, ``vpt-deep lr=0.01 weight_decay=0.0001``).
+dataset and backbone (``ap site=block.3``, ``vpt-deep lr=0.01 weight_decay=0.0001``).
+
+Accuracies are averaged across (dataset, backbone) *cells* only over a set every compared configuration
+was run on: the tables' mean row only for configurations with every cell, the accuracy-vs-cost plots
+over the cells common to all configurations (named in the figure), and no such plot when there are
+none (the report says why). Every table has a backbone column.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import yaml
 
 from ..engine.rundir import CONFIG, SUMMARY, RunDir, write_text
+from ..files import ensure_dir
 from ..methods import SITE_METHODS
 from . import plots
 from .executors import ERROR
@@ -148,7 +154,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups = [Group(rs) for rs in by_key.values()]
     siblings: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
-        siblings[(g.data, g.method, g.split)].append(g)
+        siblings[(g.data, g.options.get("backbone"), g.method, g.split)].append(g)
     for gs in siblings.values():
         keys = sorted({k for g in gs for k in g.options})
         varying = [k for k in keys if len({json.dumps(g.options.get(k), default=str) for g in gs}) > 1]
@@ -158,25 +164,31 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 # ------------------------------------------------------------------------------------------ tables
+def cell_of(row: dict[str, Any]) -> tuple[str, str]:
+    """The (dataset, backbone) cell of a result row: accuracies of different cells are never averaged."""
+    return str(row["data"]), str(row["backbone"])
+
+
 def pivot(rows: list[dict[str, Any]]) -> str:
-    """Dataset × configuration (mean ± std), with the mean over datasets and the trainable parameters."""
-    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    """(dataset, backbone) × configuration (mean ± std); the mean over the cells for configurations run on
+    every one of them; the trainable parameters."""
+    cells_seen = list(dict.fromkeys(cell_of(r) for r in rows))
     labels = sorted(dict.fromkeys(r["label"] for r in rows), key=lambda lb: (lb.split(" ")[0], lb))
-    cells = {(r["data"], r["label"]): r for r in rows}
-    body = [[d] + [pm_row(cells.get((d, lb))) for lb in labels] for d in datasets]
-    if len(datasets) > 1:
+    cells = {(*cell_of(r), r["label"]): r for r in rows}
+    body = [[d, b] + [pm_row(cells.get((d, b, lb))) for lb in labels] for d, b in cells_seen]
+    if len(cells_seen) > 1:
         means = []
         for lb in labels:
-            have = [cells[(d, lb)]["accuracy_mean"] for d in datasets if (d, lb) in cells]
-            complete = len(have) == len(datasets) and None not in have
+            have = [cells[(*c, lb)]["accuracy_mean"] for c in cells_seen if (*c, lb) in cells]
+            complete = len(have) == len(cells_seen) and None not in have
             means.append(f"{sum(have) / len(have):.2f}" if complete else "–")
-        body.append(["**mean**"] + means)
+        body.append([f"**mean** of {len(cells_seen)}", "(rows above)"] + means)
     params = []
     for lb in labels:
         values = {r["trainable_parameters_without_head"] for r in rows if r["label"] == lb}
         params.append(f"{values.pop():,}" if len(values) == 1 and None not in values else "varies")
-    body.append(["params w/o head"] + params)
-    return markdown(["dataset"] + labels, body)
+    body.append(["params w/o head", ""] + params)
+    return markdown(["dataset", "backbone"] + labels, body)
 
 
 def pm_row(row: dict[str, Any] | None) -> str:
@@ -186,6 +198,7 @@ def pm_row(row: dict[str, Any] | None) -> str:
 def details(rows: list[dict[str, Any]]) -> str:
     headers = [
         "dataset",
+        "backbone",
         "configuration",
         "n",
         "accuracy (%)",
@@ -204,7 +217,7 @@ def details(rows: list[dict[str, Any]]) -> str:
         "peak_memory_mib",
         "eval_images_per_second",
     ]
-    body = [[r["data"], r["label"], r["n"], pm_row(r)] + [r[k] for k in keys] for r in rows]
+    body = [[r["data"], r["backbone"], r["label"], r["n"], pm_row(r)] + [r[k] for k in keys] for r in rows]
     return markdown(headers, body)
 
 
@@ -266,12 +279,23 @@ def linear_references(
     return refs
 
 
-def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """One point per configuration label: means over the datasets it was run on; and the dataset count.
-    With one dataset a point also carries its seed spread (``accuracy_std``) and ``n``."""
-    by_label: dict[str, list[dict]] = defaultdict(list)
+def common_cells(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (dataset, backbone) cells on which every configuration label of ``rows`` has an accuracy."""
+    by_label: dict[str, set] = defaultdict(set)
     for r in rows:
         if r["accuracy_mean"] is not None:
+            by_label[r["label"]].add(cell_of(r))
+    return sorted(set.intersection(*by_label.values())) if by_label else []
+
+
+def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """One point per configuration label: means over the (dataset, backbone) cells that every label was
+    run on (:func:`common_cells`), and those cells; no points when there are none. With one cell a point
+    also carries its seed spread (``accuracy_std``) and ``n``."""
+    common = common_cells(rows)
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["accuracy_mean"] is not None and cell_of(r) in common:
             by_label[r["label"]].append(r)
     points = []
     for label, rs in by_label.items():
@@ -287,7 +311,14 @@ def tradeoff_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], i
         if len(rs) == 1:
             point |= {"accuracy_std": rs[0]["accuracy_std"], "n": rs[0]["n"]}
         points.append(point)
-    return points, len({r["data"] for r in rows})
+    return points, common
+
+
+def cells_text(cells: list[tuple[str, str]], most: int = 4) -> str:
+    """``d1 on b1, d2 on b1`` (``N (dataset, backbone) cells`` when there are more than ``most``)."""
+    if len(cells) > most:
+        return f"{len(cells)} (dataset, backbone) cells, listed in report.md"
+    return ", ".join(f"{d} on {b}" for d, b in cells)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -308,6 +339,7 @@ def write_report(
     runs, failed, unfinished = find_runs(dirs)
     if not runs and not failed:
         raise ValueError(f"no run directories (summary.json) under {', '.join(map(str, dirs))}")
+    ensure_dir(out, "report folder (--output)")
     groups = group_runs(runs)
     rows = [g.row() for g in groups]
     files = {"md": out / "report.md", "results": out / "results.csv", "runs": out / "runs.csv"}
@@ -376,28 +408,30 @@ def _plots(
         )
         text.append("![layer preference](layer_preference.png)\n")
     split = "test" if any(r["split"] == "test" for r in rows) else "val"
-    points, n = tradeoff_points([r for r in rows if r["split"] == split])
+    chosen_rows = [r for r in rows if r["split"] == split]
+    points, common = tradeoff_points(chosen_rows)
     if points:
-        chosen = [g for g in groups if g.split == split]
-        title = f"{split} accuracy" + (f", mean over {n} datasets" if n > 1 else "") + f"\n{caption(chosen)}"
-        files["accuracy_vs_parameters"] = plots.tradeoffs(
-            points,
-            ["trainable_parameters"],
-            out / "accuracy_vs_parameters.png",
-            title,
-            formats=formats,
-            size=size,
-        )
-        files["accuracy_vs_cost"] = plots.tradeoffs(
-            points,
-            ["train_seconds", "peak_memory_mib"],
-            out / "accuracy_vs_cost.png",
-            title,
-            formats=formats,
-            size=size,
-        )
+        chosen = [g for g in groups if g.split == split and cell_of(g.row()) in common]
+        where = f"mean over {cells_text(common)}" if len(common) > 1 else cells_text(common)
+        title = f"{split} accuracy, {where}\n{caption(chosen)}"
+        panels = {"accuracy_vs_parameters": ["trainable_parameters"]}
+        panels["accuracy_vs_cost"] = ["train_seconds", "peak_memory_mib"]
+        for key, axes in panels.items():
+            files[key] = plots.tradeoffs(points, axes, out / f"{key}.png", title, formats=formats, size=size)
         text += [
+            f"Accuracy against cost, each configuration's {split} accuracy averaged over the same "
+            f"{len(common)} (dataset, backbone) cell(s): {cells_text(common, most=len(common))}.\n",
             "![accuracy vs trainable parameters](accuracy_vs_parameters.png)\n",
             "![accuracy vs train time and peak memory](accuracy_vs_cost.png)\n",
         ]
+    elif chosen_rows:
+        runs_on = defaultdict(list)
+        for r in chosen_rows:
+            runs_on[r["label"]].append(" on ".join(cell_of(r)))
+        text.append(
+            "No accuracy-vs-cost plots: the configurations share no (dataset, backbone) cell, so a mean over "
+            "each one's own cells would not compare ("
+            + "; ".join(f"{lb}: {', '.join(cs)}" for lb, cs in sorted(runs_on.items()))
+            + ").\n"
+        )
     return (["## Plots\n"] + text) if text else []

@@ -27,7 +27,7 @@ from ..engine.run import as_config
 from ..engine.rundir import write_json, write_text
 from ..methods import SITE_METHODS, method_config
 from . import plots
-from .executors import Executor, Job, failures, write_failures
+from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
 from .tables import markdown, pm, write_csv
 from .tuning import Plan, run_plans
 
@@ -94,6 +94,7 @@ def site_depths(base: dict[str, Any]) -> dict[str, int]:
     return {name: site.index for name, site in backbone.sites.items()}
 
 
+@one_sweep_at_a_time
 def layers(
     config: Any,
     out: str | Path,
@@ -208,6 +209,7 @@ def grid(
     return lrs, wds, seeds if seeds is not None else tune.get("seeds", DEFAULT_SEEDS)
 
 
+@one_sweep_at_a_time
 def tune(
     config: Any,
     out: str | Path,
@@ -234,6 +236,7 @@ def tune(
 
 
 # --------------------------------------------------------------------------------------------- suite
+@one_sweep_at_a_time
 def suite(
     family: str,
     config: Any,
