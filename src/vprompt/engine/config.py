@@ -202,15 +202,23 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     Method options are checked against the method's own config when the run is resolved.
     """
     known = config_fields()
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    options = dict(values.pop("method_options", None) or {})
+    values = typed(values)
+    options = values.pop("method_options", {})
     for key in [k for k in values if k not in known]:
         options[key] = values.pop(key)
-    hints = get_type_hints(TrainConfig)
-    values = {k: coerce(k, v, hints[k]) for k, v in values.items()}
     config = TrainConfig(**values)
     config.method_options = options
     return config
+
+
+def typed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``-`` in keys read as ``_`` and each run option coerced to its type (unknown keys,
+    method options written flat, are kept as they are)."""
+    hints = get_type_hints(TrainConfig)
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if values.get("method_options") is None:
+        values["method_options"] = {}
+    return {k: coerce(k, v, hints[k]) if k in hints else v for k, v in values.items()}
 
 
 def coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -246,6 +254,14 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
         expected = "a string"
+    elif get_origin(kind) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        expected = "a mapping (option: value)"
+    elif get_origin(kind) is list:
+        if isinstance(value, list | tuple):
+            return [coerce(name, v, get_args(kind)[0]) for v in value]
+        expected = "a list"
     else:
         return value
     raise ValueError(f"option {name!r}: expected {expected}, got {value!r}")

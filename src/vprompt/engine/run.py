@@ -21,7 +21,7 @@ from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
 from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
-from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict
+from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict, typed
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
@@ -49,7 +49,8 @@ def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[st
     else:
         values = dict(config or {})
     values.pop("resolved", None)  # written by runs for the record; derived, never read back
-    options = {**(values.pop("method_options", None) or {}), **overrides.pop("method_options", {})}
+    values, overrides = typed(values), typed(overrides)  # one clear error for a wrongly typed value
+    options = {**values.pop("method_options"), **overrides.pop("method_options")}
     values = {**values, **overrides, "method_options": options}
     return make_config(values if complete else recipes.apply(values))
 
