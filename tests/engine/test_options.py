@@ -37,6 +37,18 @@ def test_options_that_would_ruin_a_run_are_refused(options, message):
         check_config(TrainConfig(**{**BASE, **options}))
 
 
+def test_workers_beyond_four_per_cpu_core_are_refused_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr("vprompt.engine.config.usable_cpus", lambda: 2)
+    check_config(TrainConfig(**BASE, workers=8))
+    with pytest.raises(
+        ValueError, match=r"workers 9 is more than 4 × the 2 CPU cores .*--workers 8 or fewer"
+    ):
+        check_config(TrainConfig(**BASE, workers=9))
+    with pytest.raises(ValueError, match="workers 10000 is more than"):
+        vprompt.train(**dict(TINY, method="linear", workers=10000), output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_yaml_values_are_coerced_to_the_option_types():
     config = make_config({**BASE, "lr": "1e-2", "epochs": "3", "progress": "false", "grad_clip": None})
     assert (config.lr, config.epochs, config.progress, config.grad_clip) == (0.01, 3, False, None)

@@ -9,6 +9,7 @@ the run's options. :func:`resolve_config` checks everything a run needs before a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -267,6 +268,18 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     raise ValueError(f"option {name!r}: expected {expected}, got {value!r}")
 
 
+#: data processes per usable CPU core that ``--workers`` may ask for (more only thrash the machine)
+WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _finite(config: TrainConfig, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
@@ -317,6 +330,12 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"img_size must be a positive number of pixels, got {config.img_size}")
     if config.workers is not None and config.workers < 0:
         raise ValueError(f"workers must be >= 0, got {config.workers}")
+    bound = WORKERS_PER_CPU * usable_cpus()
+    if config.workers is not None and config.workers > bound:
+        raise ValueError(
+            f"workers {config.workers} is more than {WORKERS_PER_CPU} × the {usable_cpus()} CPU cores this "
+            f"process may use; give --workers {bound} or fewer"
+        )
     check_schedule(config)
 
 
