@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -287,8 +288,37 @@ def _finite(config: TrainConfig, *names: str) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}")
 
 
+def recipe_note(config: TrainConfig, message: str) -> str:
+    """``message`` with, for each option it names whose value the config's recipe set, where the value
+    comes from and how to override it."""
+    if not config.recipe:
+        return message
+    from .. import recipes
+
+    try:
+        wanted = recipes.load(config.recipe).values(config.method or None, config.data)
+    except ValueError:
+        return message
+    sources = [(wanted.pop("method_options"), config.method_options), (wanted, to_dict(config))]
+    named = [
+        f"; {k} {v!r} comes from recipe {config.recipe}: override it with --{k.replace('_', '-')}"
+        for recipe_values, used in sources
+        for k, v in recipe_values.items()
+        if k != "method" and used.get(k) == v and re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", message)
+    ]
+    return message + "".join(named)
+
+
 def check_config(config: TrainConfig) -> None:
-    """Clear errors for values no run can use (before anything is built)."""
+    """Clear errors for values no run can use (before anything is built); a value a recipe set is named
+    as the recipe's."""
+    try:
+        _check_config(config)
+    except ValueError as e:
+        raise ValueError(recipe_note(config, str(e))) from None
+
+
+def _check_config(config: TrainConfig) -> None:
     for name in ("backbone", "method", "data"):
         if not getattr(config, name):
             raise ValueError(f"--{name} is required")
@@ -320,7 +350,9 @@ def check_config(config: TrainConfig) -> None:
     if config.min_lr < 0 or config.min_lr > config.lr:
         raise ValueError(f"min_lr must be in [0, lr] (the cosine decays from lr to it), got {config.min_lr}")
     if config.warmup_epochs > config.epochs:
-        raise ValueError(f"warmup_epochs ({config.warmup_epochs}) is longer than the run ({config.epochs})")
+        raise ValueError(
+            f"warmup_epochs {config.warmup_epochs:g} is longer than the run (epochs {config.epochs})"
+        )
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise ValueError(
             f"grad_clip must be positive (the largest gradient norm kept), got {config.grad_clip}; "

@@ -20,8 +20,17 @@ import torch
 from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
-from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
-from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict, typed
+from ..methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter, method_config
+from .config import (
+    TrainConfig,
+    check_config,
+    data_location,
+    make_config,
+    read_yaml,
+    recipe_note,
+    to_dict,
+    typed,
+)
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
@@ -61,6 +70,16 @@ def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedM
     ``data_info`` (the dataset's :class:`~vprompt.data.DatasetInfo`) fills method defaults that depend on
     the data (vp-expansive's inner size); the head is initialised as ``config.head_init`` says.
     """
+    try:
+        return _build_model(config, num_classes, data_info)
+    except ValueError as e:  # a value that does not fit the model: named as its recipe's, if it is
+        note = recipe_note(config, str(e))
+        if note == str(e):
+            raise
+        raise (MethodNotApplicable if isinstance(e, MethodNotApplicable) else ValueError)(note) from None
+
+
+def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel:
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
