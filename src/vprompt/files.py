@@ -37,6 +37,30 @@ class WriteError(OSError):
         return self.strerror or super().__str__()
 
 
+#: a write that fails with less free space than this left on its file system failed for want of space
+FULL_BELOW = 1 << 20
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of ``folder`` (``None``: unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def error_code(error: BaseException, folder: str | os.PathLike) -> int:
+    """The errno of a failed write; ENOSPC also for writers that lose it (torch's
+    ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``) when the disk is full."""
+    code = getattr(error, "errno", None)
+    if code:
+        return code
+    free = free_bytes(folder)
+    full = free is not None and free < FULL_BELOW
+    return errno.ENOSPC if full or reason(error) == _REASONS[errno.ENOSPC] else errno.EIO
+
+
 def reason(error: BaseException) -> str:
     """A short human reason for an OS-level failure, with the usual remedy."""
     code = getattr(error, "errno", None)
@@ -83,6 +107,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """
     path = Path(path)
     ensure_dir(path.parent)
+    previous = path.exists()
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as e:
@@ -95,13 +120,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException as e:
+        code = error_code(e, path.parent)  # before the partial file is deleted and its space freed
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
-        raise WriteError(
-            getattr(e, "errno", None) or errno.EIO,
-            f"cannot write {path}: {reason(e)}; the previous version is intact",
-        ) from e
+        why = _REASONS.get(code) or reason(e)
+        kept = "the previous version is intact" if previous else "there was no previous version"
+        raise WriteError(code, f"cannot write {path}: {why}; {kept}") from e
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -37,6 +37,18 @@ def test_options_that_would_ruin_a_run_are_refused(options, message):
         check_config(TrainConfig(**{**BASE, **options}))
 
 
+def test_workers_beyond_four_per_cpu_core_are_refused_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr("vprompt.engine.config.usable_cpus", lambda: 2)
+    check_config(TrainConfig(**BASE, workers=8))
+    with pytest.raises(
+        ValueError, match=r"workers 9 is more than 4 × the 2 CPU cores .*--workers 8 or fewer"
+    ):
+        check_config(TrainConfig(**BASE, workers=9))
+    with pytest.raises(ValueError, match="workers 10000 is more than"):
+        vprompt.train(**dict(TINY, method="linear", workers=10000), output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_yaml_values_are_coerced_to_the_option_types():
     config = make_config({**BASE, "lr": "1e-2", "epochs": "3", "progress": "false", "grad_clip": None})
     assert (config.lr, config.epochs, config.progress, config.grad_clip) == (0.01, 3, False, None)
@@ -90,3 +102,54 @@ def test_weights_that_blow_up_on_the_last_step_stop_the_run_without_an_adapter(t
     assert not run.finished and not (run / "adapter").exists()
     state = run.load_checkpoint()
     assert state["progress"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+TINY_ARGS = ["--backbone", TINY["backbone"], "--random-init", "--img-size", "32", "--data", TINY["data"]]
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "Traceback" not in err and err.startswith(f"vprompt {command}: error: ")
+    ), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method_options: 5\n", "option 'method_options': expected a mapping"),
+        ("recipe: [a, b]\n", "option 'recipe': expected a string, got ['a', 'b']"),
+        ("schedule: multistep\nlr_milestones: 0.5\n", "option 'lr_milestones': expected a list"),
+        ("method_options: [site]\n", "option 'method_options': expected a mapping"),
+    ],
+)
+def test_wrongly_typed_yaml_containers_are_one_line_on_the_cli(tmp_path, capsys, text, message):
+    from vprompt.cli import main
+
+    (tmp_path / "bad.yaml").write_text(text)
+    args = ["train", "--config", str(tmp_path / "bad.yaml"), *TINY_ARGS, "--method", "linear"]
+    assert main([*args, "--output", str(tmp_path / "run")]) == 2
+    assert message in one_line_error(capsys, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_backbone_build_args_in_an_adapter_config_are_one_line(tmp_path, capsys):
+    import json
+
+    from vprompt.cli import main
+
+    run = tmp_path / "run"
+    vprompt.train(**dict(TINY, method="linear", epochs=1), output=run)
+    path = run / "adapter" / "vprompt_config.json"
+    good = json.loads(path.read_text())
+    for key, value, message in [
+        ("img_size", "big", "backbone.build_args: option 'img_size': expected an integer, got 'big'"),
+        ("bogus", 1, "backbone.build_args: "),  # timm: unexpected keyword argument 'bogus'
+    ]:
+        bad = json.loads(json.dumps(good))
+        bad["backbone"]["build_args"][key] = value
+        path.write_text(json.dumps(bad))
+        assert main(["eval", str(run)]) == 2
+        err = one_line_error(capsys, "eval")
+        assert f"{path}: {message}" in err and key in err and "the adapter config is damaged" in err

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from timm.scheduler import CosineLRScheduler
 from tiny_runs import TINY, same_weights, strip_timing, weights
 
@@ -52,6 +53,39 @@ def test_resume_refuses_a_changed_config(tmp_path, monkeypatch):
     RunDir(tmp_path / "r").save_checkpoint({"never": "read"})
     with pytest.raises(ValueError, match=r"cannot resume: the config differs .*lr: 0.05 → 0.1"):
         vprompt.train(**dict(TINY, method="linear", epochs=1, lr=0.1), output=tmp_path / "r", resume=True)
+
+
+def test_resume_by_name_refuses_a_hand_edited_config_and_resumes_an_unedited_one(
+    tmp_path, monkeypatch, capsys
+):
+    """`train --resume RUN` reads RUN's config.yaml: an edit there (lr 0.05 → 0.5, epochs 2 → 3) is caught
+    by the option digests in the checkpoint; the unedited run resumes to the uninterrupted result."""
+    from vprompt.cli import main
+
+    options = dict(TINY, method="linear", epochs=2)
+    vprompt.train(**options, output=tmp_path / "whole")
+    write_metrics = RunDir.write_metrics
+
+    def write_then_interrupt(self, rows):
+        write_metrics(self, rows)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "write_metrics", write_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            vprompt.train(**options, output=tmp_path / "cut")
+    run = RunDir(tmp_path / "cut")
+    original = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(original), "lr": 0.5, "epochs": 3}))
+    assert main(["train", "--resume", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot resume" in err and "epochs (now 3), lr (now 0.5)" in err
+    assert run.load_checkpoint()["progress"]["epoch"] == 1 and not run.finished
+    (run / "config.yaml").write_text(original)
+    assert main(["train", "--resume", str(run.path)]) == 0
+    same_weights(weights(run.path), weights(tmp_path / "whole"))
+    assert strip_timing(run.read_metrics()) == strip_timing(RunDir(tmp_path / "whole").read_metrics())
 
 
 #: runs the CLI in a child that stops itself (SIGSTOP) right after its first epoch's checkpoint and metrics

@@ -18,9 +18,9 @@ from vprompt.files import WriteError
 LINEAR = dict(TINY, method="linear", epochs=2)
 
 
-def fail_writes(monkeypatch, code: int, after: int = 0, match: str = ""):
+def fail_writes(monkeypatch, code: int | Exception, after: int = 0, match: str = ""):
     """Make the (after+1)-th and later atomic writes whose target contains ``match`` fail with ``code``
-    at the moment the data is flushed, as a full disk does."""
+    (an errno, or the exception to raise) at the moment the data is flushed, as a full disk does."""
     calls = {"n": 0}
     original = files.atomic_write
 
@@ -31,7 +31,7 @@ def fail_writes(monkeypatch, code: int, after: int = 0, match: str = ""):
 
                 def broken(f):
                     write(f)
-                    raise OSError(code, os.strerror(code))
+                    raise OSError(code, os.strerror(code)) if isinstance(code, int) else code
 
                 return original(path, broken)
         return original(path, write)
@@ -54,6 +54,32 @@ def test_a_full_disk_at_the_second_checkpoint_keeps_the_first_and_resumes(tmp_pa
     vprompt.train(**LINEAR, output=tmp_path / "whole")
     same_weights(weights(cut.path), weights(tmp_path / "whole"))
     assert strip_timing(cut.read_metrics()) == strip_timing(RunDir(tmp_path / "whole").read_metrics())
+
+
+def test_a_full_disk_at_the_first_checkpoint_claims_no_previous_one(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    with monkeypatch.context() as m:
+        fail_writes(m, errno.ENOSPC, match=CHECKPOINT)
+        with pytest.raises(WriteError) as caught:
+            vprompt.train(**LINEAR, output=run.path)
+    assert "checkpoint.pt: no space left on the device" in str(caught.value)
+    assert "intact" not in str(caught.value) and "there was no previous version" in str(caught.value)
+    assert not run.has_checkpoint() and not [p for p in os.listdir(run.path) if p.endswith(".tmp")]
+
+
+#: what torch.save raises when the disk fills up under it (the errno is lost)
+TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456"
+
+
+@pytest.mark.parametrize(("free", "words"), [(0, "no space left on the device"), (2**40, "unexpected pos")])
+def test_torchs_runtime_error_is_a_full_disk_only_when_the_disk_is_full(tmp_path, monkeypatch, free, words):
+    monkeypatch.setattr(files, "free_bytes", lambda folder: free)
+    fail_writes(monkeypatch, RuntimeError(TORCH_FULL), match=CHECKPOINT)
+    with pytest.raises(
+        WriteError, match=rf"checkpoint\.pt: .*{words}.*there was no previous version"
+    ) as caught:
+        vprompt.train(**LINEAR, output=tmp_path / "run")
+    assert caught.value.errno == (errno.ENOSPC if free == 0 else errno.EIO)
 
 
 def test_a_full_disk_while_writing_the_adapter_is_one_clear_error_and_resumable(tmp_path, monkeypatch):
@@ -86,6 +112,28 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(WriteError, match="is a file, not a folder"):
         vprompt.train(**LINEAR, output=tmp_path / "taken")
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_an_output_that_is_a_dangling_symlink_is_refused_in_one_line(tmp_path, capsys):
+    from vprompt.cli import main
+
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(WriteError, match=r"out as a run folder: it is a broken symlink \(to .*gone"):
+        vprompt.train(**LINEAR, output=tmp_path / "out")
+    args = [
+        "train",
+        "--backbone",
+        TINY["backbone"],
+        "--random-init",
+        "--img-size",
+        "32",
+        "--data",
+        TINY["data"],
+    ]
+    assert main([*args, "--method", "linear", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "broken symlink" in err, err
+    assert not (tmp_path / "gone").exists()
 
 
 def test_a_folder_of_the_users_own_files_is_never_written_into(tmp_path):

@@ -93,3 +93,50 @@ def test_tracker_needing_a_folder_is_refused_without_output():
         vprompt.train(TINY, method="linear", log="tensorboard")
     with pytest.raises(ValueError, match="option 'log': expected one of csv, tensorboard, wandb"):
         vprompt.train(TINY, method="linear", log="mlflow")
+
+
+def test_wandb_that_cannot_reach_its_server_falls_back_to_offline_and_says_so(tmp_path, monkeypatch, capsys):
+    """An API key but no reachable server (wandb.init raises CommError): the run trains, logged offline."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    real_init, modes = wandb.init, []
+
+    def init(**kwargs):
+        modes.append(kwargs.get("mode"))
+        if kwargs.get("mode") != "offline":
+            raise wandb.errors.CommError("failed to reach api.wandb.ai")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    run = tmp_path / "run"
+    vprompt.train(TINY, method="linear", epochs=1, output=run, log="wandb")
+    assert modes == [None, "offline"] and (run / "summary.json").is_file()
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vprompt: warning")]
+    assert len(warning) == 1 and "failed to reach api.wandb.ai" in warning[0] and "wandb sync" in warning[0]
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_one_line_before_training(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from vprompt.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tensorboard").write_text("mine")
+    args = [
+        "train",
+        "--backbone",
+        TINY["backbone"],
+        "--random-init",
+        "--img-size",
+        "32",
+        "--data",
+        TINY["data"],
+    ]
+    assert main([*args, "--method", "linear", "--log", "tensorboard", "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "tensorboard as a --log tensorboard folder: it is a file, not a folder" in err
+    assert (run / "tensorboard").read_text() == "mine" and not (run / "checkpoint.pt").exists()

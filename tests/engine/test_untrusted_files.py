@@ -130,6 +130,24 @@ def test_a_damaged_checkpoint_is_never_resumed_from(interrupted, damage):
         vprompt.train(**LINEAR, output=interrupted.path, resume=True)
 
 
+def test_random_bytes_are_not_a_vprompt_checkpoint_and_not_called_code(tmp_path):
+    """Random bytes fail torch's weights-only unpickler too: they are called corrupt, not code; a whole
+    pickle that imports a callable (bare, or in torch's zip) is still refused as code."""
+    import pickle
+    import random
+
+    run = RunDir(tmp_path)
+    for seed in range(20):
+        (run / CHECKPOINT).write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(CheckpointError) as caught:
+            run.load_checkpoint()
+        assert "not a vprompt checkpoint (corrupt or another format)" in str(caught.value), seed
+    (run / CHECKPOINT).write_bytes(pickle.dumps({"model": _Payload(tmp_path / "pwned")}, protocol=2))
+    with pytest.raises(CheckpointError, match="could run code"):
+        run.load_checkpoint()
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_a_payload_bit_flip_is_caught_by_the_checksum(interrupted):
     state = torch.load(interrupted / CHECKPOINT, weights_only=True)
     state["payload"][len(state["payload"]) // 2] ^= 1  # one bit, inside a valid container

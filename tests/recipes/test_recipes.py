@@ -233,3 +233,40 @@ def test_vprompt_recipes_lists_and_shows(capsys):
     assert capsys.readouterr().out == recipes.text("ilm-vp")
     assert main(["recipes", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_a_recipe_warmup_longer_than_the_run_names_the_recipe(tmp_path, capsys):
+    with pytest.raises(ValueError) as caught:
+        vprompt.train(**dict(TINY, epochs=3), recipe="vapt-vtab", output=tmp_path / "run")
+    assert str(caught.value) == (
+        "warmup_epochs 10 is longer than the run (epochs 3); warmup_epochs 10 comes from recipe vapt-vtab: "
+        "override it with --warmup-epochs"
+    )
+    assert not (tmp_path / "run").exists()
+    args = [
+        "train",
+        "--recipe",
+        "vapt-vtab",
+        "--epochs",
+        "3",
+        "--backbone",
+        TINY["backbone"],
+        "--random-init",
+    ]
+    assert main([*args, "--data", TINY["data"], "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "comes from recipe vapt-vtab" in err and "Traceback" not in err
+    check_config(as_config({**TINY, "recipe": "vapt-vtab", "epochs": 3, "warmup_epochs": 1}, {}))
+
+
+def test_a_recipe_value_that_does_not_fit_the_input_size_names_the_recipe_and_option(tmp_path):
+    """bahng-vp's 30-px vp-pad border cannot fit a 32-px input: refused, naming where 30 comes from."""
+    from vprompt.engine.run import build_model
+    from vprompt.methods import MethodNotApplicable
+
+    with pytest.raises(MethodNotApplicable) as caught:
+        vprompt.train(**TINY, recipe="bahng-vp", output=tmp_path / "run")
+    assert "vp-pad border width 30 does not fit a 32×32 input" in str(caught.value)
+    assert str(caught.value).endswith("; width 30 comes from recipe bahng-vp: override it with --width")
+    config = as_config({**TINY, "recipe": "bahng-vp", "method_options": {"width": 4}}, {})
+    assert build_model(config, 10).method.width == 4  # overridden: it fits

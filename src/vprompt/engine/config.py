@@ -9,6 +9,8 @@ the run's options. :func:`resolve_config` checks everything a run needs before a
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -202,15 +204,23 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     Method options are checked against the method's own config when the run is resolved.
     """
     known = config_fields()
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    options = dict(values.pop("method_options", None) or {})
+    values = typed(values)
+    options = values.pop("method_options", {})
     for key in [k for k in values if k not in known]:
         options[key] = values.pop(key)
-    hints = get_type_hints(TrainConfig)
-    values = {k: coerce(k, v, hints[k]) for k, v in values.items()}
     config = TrainConfig(**values)
     config.method_options = options
     return config
+
+
+def typed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``-`` in keys read as ``_`` and each run option coerced to its type (unknown keys,
+    method options written flat, are kept as they are)."""
+    hints = get_type_hints(TrainConfig)
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if values.get("method_options") is None:
+        values["method_options"] = {}
+    return {k: coerce(k, v, hints[k]) if k in hints else v for k, v in values.items()}
 
 
 def coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -246,9 +256,29 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
         expected = "a string"
+    elif get_origin(kind) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        expected = "a mapping (option: value)"
+    elif get_origin(kind) is list:
+        if isinstance(value, list | tuple):
+            return [coerce(name, v, get_args(kind)[0]) for v in value]
+        expected = "a list"
     else:
         return value
     raise ValueError(f"option {name!r}: expected {expected}, got {value!r}")
+
+
+#: data processes per usable CPU core that ``--workers`` may ask for (more only thrash the machine)
+WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _finite(config: TrainConfig, *names: str) -> None:
@@ -258,8 +288,37 @@ def _finite(config: TrainConfig, *names: str) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}")
 
 
+def recipe_note(config: TrainConfig, message: str) -> str:
+    """``message`` with, for each option it names whose value the config's recipe set, where the value
+    comes from and how to override it."""
+    if not config.recipe:
+        return message
+    from .. import recipes
+
+    try:
+        wanted = recipes.load(config.recipe).values(config.method or None, config.data)
+    except ValueError:
+        return message
+    sources = [(wanted.pop("method_options"), config.method_options), (wanted, to_dict(config))]
+    named = [
+        f"; {k} {v!r} comes from recipe {config.recipe}: override it with --{k.replace('_', '-')}"
+        for recipe_values, used in sources
+        for k, v in recipe_values.items()
+        if k != "method" and used.get(k) == v and re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", message)
+    ]
+    return message + "".join(named)
+
+
 def check_config(config: TrainConfig) -> None:
-    """Clear errors for values no run can use (before anything is built)."""
+    """Clear errors for values no run can use (before anything is built); a value a recipe set is named
+    as the recipe's."""
+    try:
+        _check_config(config)
+    except ValueError as e:
+        raise ValueError(recipe_note(config, str(e))) from None
+
+
+def _check_config(config: TrainConfig) -> None:
     for name in ("backbone", "method", "data"):
         if not getattr(config, name):
             raise ValueError(f"--{name} is required")
@@ -291,7 +350,9 @@ def check_config(config: TrainConfig) -> None:
     if config.min_lr < 0 or config.min_lr > config.lr:
         raise ValueError(f"min_lr must be in [0, lr] (the cosine decays from lr to it), got {config.min_lr}")
     if config.warmup_epochs > config.epochs:
-        raise ValueError(f"warmup_epochs ({config.warmup_epochs}) is longer than the run ({config.epochs})")
+        raise ValueError(
+            f"warmup_epochs {config.warmup_epochs:g} is longer than the run (epochs {config.epochs})"
+        )
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise ValueError(
             f"grad_clip must be positive (the largest gradient norm kept), got {config.grad_clip}; "
@@ -301,6 +362,12 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"img_size must be a positive number of pixels, got {config.img_size}")
     if config.workers is not None and config.workers < 0:
         raise ValueError(f"workers must be >= 0, got {config.workers}")
+    bound = WORKERS_PER_CPU * usable_cpus()
+    if config.workers is not None and config.workers > bound:
+        raise ValueError(
+            f"workers {config.workers} is more than {WORKERS_PER_CPU} × the {usable_cpus()} CPU cores this "
+            f"process may use; give --workers {bound} or fewer"
+        )
     check_schedule(config)
 
 

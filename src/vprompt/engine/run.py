@@ -9,6 +9,8 @@ vprompt.evaluate_run("runs/ap", split="test")   # {"accuracy": ..., ...}
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import replace
@@ -20,19 +22,29 @@ import torch
 from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
-from ..methods import METHODS, TunedModel, attach, load_adapter, method_config
-from .config import TrainConfig, check_config, data_location, make_config, read_yaml, to_dict
+from ..methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter, method_config
+from .config import (
+    TrainConfig,
+    check_config,
+    data_location,
+    make_config,
+    read_yaml,
+    recipe_note,
+    to_dict,
+    typed,
+)
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
 from .optim import peak_lr
 from .precision import Precision
-from .rundir import ADAPTER, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
+from .rundir import ADAPTER, CONFIG, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
 from .trainer import Trainer, evaluate
 
-#: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"progress", "workers", "device", "root", "log"}
+#: config keys that do not change a run's result (cache: speed only; resolved: derived from the others);
+#: they may differ between a run and its resumption, and are left out of its checkpoint's option digests
+RESUME_FREE = {"progress", "workers", "device", "root", "log", "cache", "resolved"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -49,7 +61,8 @@ def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[st
     else:
         values = dict(config or {})
     values.pop("resolved", None)  # written by runs for the record; derived, never read back
-    options = {**(values.pop("method_options", None) or {}), **overrides.pop("method_options", {})}
+    values, overrides = typed(values), typed(overrides)  # one clear error for a wrongly typed value
+    options = {**values.pop("method_options"), **overrides.pop("method_options")}
     values = {**values, **overrides, "method_options": options}
     return make_config(values if complete else recipes.apply(values))
 
@@ -60,6 +73,16 @@ def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedM
     ``data_info`` (the dataset's :class:`~vprompt.data.DatasetInfo`) fills method defaults that depend on
     the data (vp-expansive's inner size); the head is initialised as ``config.head_init`` says.
     """
+    try:
+        return _build_model(config, num_classes, data_info)
+    except ValueError as e:  # a value that does not fit the model: named as its recipe's, if it is
+        note = recipe_note(config, str(e))
+        if note == str(e):
+            raise
+        raise (MethodNotApplicable if isinstance(e, MethodNotApplicable) else ValueError)(note) from None
+
+
+def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel:
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
@@ -140,7 +163,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     saved = with_defaults(saved)
     differ = []
     for key, value in wanted.items():
-        if key in RESUME_FREE or key in ("resolved", "cache") or value is None:  # cache: speed only
+        if key in RESUME_FREE or value is None:
             continue
         if key == "method_options":
             mine = saved.get(key) or {}
@@ -160,16 +183,39 @@ def _same_data(saved: dict[str, Any], current: dict[str, Any]) -> bool:
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     saved = with_defaults(saved)
-    differ = [
-        k
-        for k in current
-        if k not in RESUME_FREE and k not in ("resolved", "data") and saved.get(k) != current.get(k)
-    ]
+    differ = [k for k in current if k not in RESUME_FREE and k != "data" and saved.get(k) != current.get(k)]
     if not _same_data(saved, current):
         differ.append("data")
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
         raise ValueError(f"cannot resume: the config differs from the interrupted run's ({details})")
+
+
+def option_digests(resolved: dict[str, Any]) -> dict[str, str]:
+    """A SHA-256 of each option of a resolved config that changes the result (the data by its location).
+    A checkpoint holds them: a run resumes only with the options that trained it, whatever its
+    ``config.yaml`` says now."""
+    location = (resolved.get("resolved") or {}).get("data_location") or {}
+    values = {**resolved, "data": location.get("data") or resolved.get("data")}
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+        for k, v in values.items()
+        if k not in RESUME_FREE
+    }
+
+
+def check_trained_with(state: dict[str, Any], resolved: dict[str, Any], run: RunDir) -> None:
+    """The checkpoint ``state`` was trained with the options ``resolved`` gives (checkpoints written
+    before vprompt kept option digests carry none and are not checked)."""
+    saved, now = state.get("options"), option_digests(resolved)
+    if not isinstance(saved, dict):
+        return
+    differ = [f"{k} (now {resolved.get(k)!r})" for k in saved if saved[k] != now.get(k)]
+    if differ:
+        raise ValueError(
+            f"cannot resume {run.path}: its checkpoint was trained with other {', '.join(differ)} than "
+            f"{run / CONFIG} gives now; put the run's values back, or train anew in another --output"
+        )
 
 
 def train(
@@ -218,10 +264,13 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
         trainer = Trainer(model, data, config, ctx, run)
         resolved = resolved_config(config, model, data, ctx)
+        trainer.options = option_digests(resolved)
         if run is not None:
             if resume and run.has_checkpoint():
                 check_resumable(run.read_config(), resolved)
-                trainer.load_state(run.load_checkpoint())
+                state = run.load_checkpoint()
+                check_trained_with(state, resolved, run)
+                trainer.load_state(state)
             elif ctx.main:
                 run.write_config(resolved)
         trainer.tracker = open_tracker(config.log, run.path if run is not None else None, ctx.main)

@@ -20,10 +20,12 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import platform
 import resource
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,16 +73,31 @@ def safe_torch_load(path: Path | io.BytesIO, what: str) -> Any:
     containers (a pickle that would run code, a truncated or random file)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+    except OSError as e:
+        raise CheckpointError(f"{what}: cannot be read ({e.strerror or e})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        if "Weights only load failed" in str(e) and _imports_code(path):
             raise CheckpointError(
                 f"{what}: refused to load, it holds Python objects that could run code (only tensors and "
                 "plain containers are read)"
             ) from None
-        raise CheckpointError(f"{what}: damaged or not a checkpoint ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{what}: damaged or not a checkpoint ({first})") from None
+        raise CheckpointError(f"{what}: not a vprompt checkpoint (corrupt or another format)") from None
+
+
+def _imports_code(source: Path | io.BytesIO) -> bool:
+    """Whether a file that torch refused is a whole pickle (bare, or a torch zip's ``data.pkl``) that
+    imports a callable, as one that runs code does, rather than random or damaged bytes. Only parsed,
+    never unpickled."""
+    try:
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        return any(
+            op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for op, _, _ in pickletools.genops(data)
+        )
+    except Exception:  # not a whole pickle: damaged or another format
+        return False
 
 
 def lock_folder(path: Path, what: str) -> IO:

@@ -10,6 +10,8 @@ step (epoch rows at the step that ended the epoch), so a resumed run continues t
   ``summary/<value>``; the config and summary as text); on resume, events past the checkpoint are purged.
 - ``wandb``: a W&B run in ``<run>/wandb/`` with the same keys; offline (``WANDB_MODE=offline``) unless
   ``WANDB_MODE`` is set or ``WANDB_API_KEY`` is given. ``wandb sync <run>/wandb/offline-run-*`` uploads it.
+  When W&B cannot start online (no reachable server, a bad key), the run goes on offline and says so in
+  one line: a training job is not lost for want of a network, and nothing logged is lost either.
 
 With several processes only the main one tracks. The per-step loss is that process's share of the batch.
 """
@@ -20,8 +22,11 @@ import csv
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from ..files import ensure_dir
 
 STEPS = "steps.csv"
 TENSORBOARD = "tensorboard"
@@ -57,6 +62,10 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class CsvTracker(Tracker):
     def __init__(self, folder: Path):
         self.path = folder / STEPS
@@ -82,7 +91,8 @@ class TensorBoardTracker(Tracker):
             raise ImportError(
                 f"--log tensorboard needs tensorboard: pip install 'vprompt[tracking]' ({e})"
             ) from None
-        self.folder, self.writer_cls, self.writer, self.last = folder / TENSORBOARD, SummaryWriter, None, 0
+        self.folder = ensure_dir(folder / TENSORBOARD, "--log tensorboard folder")
+        self.writer_cls, self.writer, self.last = SummaryWriter, None, 0
 
     def start(self, config, resume_step):
         self.writer = self.writer_cls(str(self.folder), purge_step=resume_step or None)
@@ -117,17 +127,37 @@ class WandbTracker(Tracker):
             import wandb
         except ImportError as e:
             raise ImportError(f"--log wandb needs wandb: pip install 'vprompt[tracking]' ({e})") from None
+        ensure_dir(folder / WANDB, "--log wandb folder")
         self.wandb, self.folder, self.run = wandb, folder, None
 
     def start(self, config, resume_step):
         if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
             os.environ["WANDB_MODE"] = "offline"  # no account: keep everything on disk, no network
-        self.run = self.wandb.init(
+        init = dict(
             project=os.environ.get("WANDB_PROJECT", "vprompt"),
             name=self.folder.name,
             dir=str(self.folder),
             config=config,
         )  # a resumed run is a second W&B run that continues the step axis
+        try:
+            self.run = self.wandb.init(**init)
+            return
+        except Exception as e:  # CommError, UsageError, AuthenticationError ...: no common base but Exception
+            failure = _first_line(e)
+            if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
+                raise RuntimeError(f"--log wandb: W&B did not start ({failure}); use --log csv") from None
+        offline = self.folder / WANDB
+        print(
+            f"vprompt: warning: W&B did not start online ({failure}); logging offline into {offline} "
+            f"(upload it later: wandb sync {offline}/offline-run-*)",
+            file=sys.stderr,
+        )
+        try:
+            self.run = self.wandb.init(**init, mode="offline")
+        except Exception as e:
+            raise RuntimeError(
+                f"--log wandb: W&B did not start, not even offline ({_first_line(e)})"
+            ) from None
 
     def steps(self, rows):
         for step, loss, lr in rows:

@@ -154,6 +154,7 @@ class Trainer:
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
         self.tracker = Tracker()  # run.py sets the one --log asks for
+        self.options: dict[str, str] = {}  # run.py sets the digests of the options that train the run
 
     # ------------------------------------------------------------------------ frozen-prefix cache
     def plan_cache(self) -> tuple[tuple[str, str] | None, str]:
@@ -236,6 +237,7 @@ class Trainer:
             "progress": {k: v for k, v in vars(p).items() if k != "best_state"},
             "best_state": p.best_state,
             "rng": self.ctx.gather(rng_state()),
+            "options": self.options,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:

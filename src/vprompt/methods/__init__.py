@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from ..backbones import Backbone, create_backbone
 from .aap import AdaptiveActivationPrompt
@@ -21,7 +21,7 @@ from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
 from .hub import HubUnavailableError, local_folder
 from .lora import LoRA
 from .peft_format import is_peft_folder, load_peft
-from .tuned import TunedModel, check_backbone_matches, has_config, read_config, read_weights
+from .tuned import CONFIG_FILE, TunedModel, check_backbone_matches, has_config, read_config, read_weights
 from .vapt import VAPT
 from .vp import ExpansivePrompt, PadPrompt
 from .vpt import VPTDeep, VPTShallow
@@ -88,11 +88,24 @@ def load_adapter(
         return load_peft(directory, backbone)
     config = read_config(directory)
     if backbone is None:
-        backbone = create_backbone(**config["backbone"]["build_args"])
+        backbone = rebuild_backbone(config["backbone"]["build_args"], Path(directory) / CONFIG_FILE)
     check_backbone_matches(config, backbone)
     model = attach(backbone, config["method"], **config["options"])
     model.load_trainable_state_dict(read_weights(directory))
     return model
+
+
+def rebuild_backbone(build_args: dict[str, Any], where: Path) -> Backbone:
+    """The backbone an adapter config's ``build_args`` describe (its other keys go to timm); a wrongly
+    typed or unknown argument is one error naming the file, the key and what it expects."""
+    from ..engine.config import coerce
+
+    hints = get_type_hints(create_backbone)
+    try:
+        args = {k: coerce(k, v, hints[k]) if k in hints else v for k, v in build_args.items()}
+        return create_backbone(**args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: backbone.build_args: {e}; the adapter config is damaged") from None
 
 
 __all__ = [
