@@ -152,6 +152,19 @@ def test_a_folder_of_the_users_own_files_is_never_written_into(tmp_path):
         vprompt.train(**LINEAR, output=tmp_path / "other")
 
 
+def test_an_output_inside_another_run_is_refused(tmp_path):
+    outer = tmp_path / "run"
+    vprompt.train(**LINEAR, output=outer)
+    before = sorted(p.name for p in outer.rglob("*"))
+    (tmp_path / "link").symlink_to(outer)
+    for inside in (outer / "sub", outer / "adapter", outer / "a" / "b", tmp_path / "link" / "sub"):
+        with pytest.raises(
+            FileExistsError, match=rf"is inside the run folder {outer}; choose a folder outside"
+        ):
+            vprompt.train(**LINEAR, output=inside)
+    assert sorted(p.name for p in outer.rglob("*")) == before  # nothing written into the outer run
+
+
 def test_two_trainings_into_one_folder_at_once_the_second_is_refused(tmp_path):
     held = RunDir(tmp_path / "run")
     held.claim()  # another process (an open file description) holds the run's lock

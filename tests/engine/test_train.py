@@ -50,6 +50,7 @@ def test_run_directory_holds_everything(tiny, tmp_path):
     assert summary["trainable_parameters_without_head"] == 5 * 192
     assert summary["total_parameters"] > 5_000_000 and summary["test_accuracy"] > 50
     assert summary["versions"]["torch"] == torch.__version__ and summary["device"]["type"] == "cpu"
+    assert summary["device"]["kernels"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX512, AVX2
     for key in ("train_seconds", "peak_memory_mib", "eval_images_per_second"):
         assert summary[key] > 0
     # the adapter holds the trainable state only, and reloads to the same test accuracy

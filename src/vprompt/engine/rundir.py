@@ -147,18 +147,29 @@ class RunDir:
             if entry not in RUN_FILES and not temp and not entry.startswith("vprompt-cache-"):
                 theirs.append(entry)
         if not theirs and (self.path / CONFIG).is_file():
-            with contextlib.suppress(Exception):
-                config = yaml.safe_load((self.path / CONFIG).read_text())
-                if isinstance(config, dict) and "resolved" in config:
-                    return []
+            if self.holds_run_config():
+                return []
             theirs.append(f"{CONFIG} (not a vprompt run config)")
         return theirs
+
+    def holds_run_config(self) -> bool:
+        """The folder's ``config.yaml`` is one a vprompt run wrote."""
+        with contextlib.suppress(Exception):
+            config = yaml.safe_load((self.path / CONFIG).read_text())
+            return isinstance(config, dict) and "resolved" in config
+        return False
 
     def claim(self) -> None:
         """Create the folder if needed and take its lock (one process per run folder); remove temporary files
         that an interrupted write left. A folder that holds other files than a run's is refused."""
         if self.path.exists() and not self.path.is_dir():
             raise WriteError(errno.ENOTDIR, f"--output {self.path} is a file, not a folder; choose another")
+        outer = next((p for p in self.path.resolve().parents if RunDir(p).holds_run_config()), None)
+        if outer is not None:
+            raise FileExistsError(
+                f"--output {self.path} is inside the run folder {outer}; choose a folder outside it "
+                "(a run folder never holds another run)"
+            )
         foreign = self.foreign_entries()
         if foreign:
             raise FileExistsError(
@@ -295,10 +306,20 @@ def environment(device: torch.device) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - a dependency
         pass
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {"versions": versions, "device": {"type": device.type, "name": name}, "host": platform.node()}
+        info = {"type": device.type, "name": torch.cuda.get_device_name(device)}
+    else:  # float32 results depend on the kernels torch chose (their summation order): part of the record
+        name = f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        info = {"type": device.type, "name": name, "kernels": torch.backends.cpu.get_cpu_capability()}
+    return {"versions": versions, "device": info, "host": platform.node()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def provenance() -> dict[str, Any]:
