@@ -266,7 +266,7 @@ def test_a_recipe_value_that_does_not_fit_the_input_size_names_the_recipe_and_op
 
     with pytest.raises(MethodNotApplicable) as caught:
         vprompt.train(**TINY, recipe="bahng-vp", output=tmp_path / "run")
-    assert "vp-pad border width 30 does not fit a 32×32 input" in str(caught.value)
+    assert str(caught.value).startswith("vp-pad width=30 is out of range: it must be from 1 to 15")
     assert str(caught.value).endswith("; width 30 comes from recipe bahng-vp: override it with --width")
     config = as_config({**TINY, "recipe": "bahng-vp", "method_options": {"width": 4}}, {})
     assert build_model(config, 10).method.width == 4  # overridden: it fits
