@@ -1,37 +1,9 @@
 """Only what the head reads: a CLS-pooled ViT's last block computes the CLS row alone.
 
-When a plain timm ViT pools with its class token (``global_pool='token'``, the VPT/VAPT setting), the
-classifier reads row 0 of the last block's output and nothing else. That block still needs the keys
-and values of every token, but its query, attention output, projection and MLP are needed for one row
-only: in ViT-B/16 at 224 px that is about 10/12 of the last block's arithmetic (≈7% of a forward, and
-as much of the input-gradient backward) spent on rows no one reads.
-
-:class:`ClsOnlyBlocks` replaces the model's ``blocks`` container (same children, same ``state_dict``
-keys). During a forward to the logits through :class:`~vprompt.backbones.Backbone` (``forward`` and
-``forward_from``, the engine's two entry points) its last block computes
-
-    ``h = norm1(x)``; ``K, V`` from ``h`` (all rows); ``q`` from ``h[:, :1]``;
-    ``y = x[:, :1] + ls1(proj(attn(q, K, V)))``; ``y + ls2(mlp(norm2(y)))``
-
-and hands ``(B, 1, D)`` to the final norm and the pooling. The logits equal the full computation's up to
-float rounding (the same sums, in other GEMM shapes); gradients likewise.
-
-It steps aside (the block runs as timm wrote it) whenever that would not hold or cannot be checked:
-
-- the model is not a plain :class:`~timm.models.vision_transformer.VisionTransformer` that pools the
-  class token (average or attention pooling, an overridden ``forward_head`` / ``pool`` such as DeiT's
-  distillation head, an attention mask, the backbone's switch :attr:`Backbone.cls_only_last_block` off);
-- the last block is not timm's ``Block`` with timm's ``Attention``;
-- anything is hooked where it would see the shortened rows, unless it says it is safe there: functions
-  hooked at the last block's output (a site) must be marked :func:`keeps_cls_row` (they leave row 0 as
-  it is, like the prompt removal of VPT/VAPT) or :func:`tokenwise` (they act on each row alone);
-  torch hooks on the last block's modules after its ``qkv`` projection, on the blocks container or on
-  the final norm must be marked :func:`tokenwise`. Anything else (an activation prompt on the last
-  block, a capture for the cache, ``vprompt sites``' shape probe, a user's hook) means all tokens;
-- in training mode a dropout after ``qkv`` would draw a different number of random values.
-
-Everything that is not a forward to the logits (``backbone.model(x)``, timm's ``forward_features``,
-``forward_intermediates``) computes all tokens, as timm does.
+:class:`ClsOnlyBlocks` replaces the model's ``blocks`` container; during a forward to the logits its last
+block computes the query, attention output, projection and MLP of the CLS row only (keys and values of
+every token), and steps aside wherever that would not be exact or cannot be checked.
+Design notes: ``docs/design.md``, section ``vprompt/backbones/cls_only.py``.
 """
 
 from __future__ import annotations

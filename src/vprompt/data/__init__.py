@@ -1,17 +1,8 @@
 """Datasets, splits and transforms.
 
-A dataset is named by a spec string (``vtab1k:<task>``, ``fgvc:<name>``, ``vp:<name>``,
-``torchvision:<Class>``, ``folder:<path>``, ``fashion-mnist``, ``synthetic:<classes>x<size>``) and read from
-``root``. The public surface::
-
-    info = describe("vtab1k:eurosat", root)            # DatasetInfo: num_classes, class_names, splits ...
-    ds = load("vtab1k:eurosat", root, "train", data_config)   # torch Dataset of (image tensor, label)
-    train_split, eval_split = get_protocol("vtab").splits(final=False)   # ("train", "val")
-    preflight("vtab1k:eurosat", root, ["train", "val"], head_classes=10)  # cheap check before training
-    check_num_classes(info, head_classes)
-
-``data_config`` is the backbone's timm-style data config (``input_size``, ``mean``, ``std``,
-``interpolation``); mean and std always come from it.
+A dataset is named by a spec string (``vtab1k:<task>``, ``folder:<path>``, ...) and read from ``root``:
+:func:`describe`, :func:`load`, :func:`get_protocol`, :func:`preflight`, :func:`check_num_classes`.
+Design notes: ``docs/design.md``, section ``vprompt/data/__init__.py``.
 """
 
 from __future__ import annotations

@@ -1,29 +1,7 @@
 """Protocol presets: which splits a run tunes and reports on, and the image transforms.
 
-Mean, std, input size and interpolation always come from the backbone's data config, a timm-style dict
-``{"input_size": (3, H, W), "mean": (...), "std": (...), "interpolation": "bicubic"}`` (what
-``timm.data.resolve_data_config`` returns). Every transform starts by converting the image to RGB, so
-greyscale images (e.g. 28 px Fashion-MNIST) become 3 channels and are then resized like any other.
-
-=========  ==========================  ==========================  =====================================
-protocol   tuning (train → eval)       final (train → eval)        transforms
-=========  ==========================  ==========================  =====================================
-``vtab``   train800 → val200           train800val200 → test       resize to input size; no augmentation
-``fgvc``   train → val                 trainval → test             train: resize shorter side to s·256/224,
-                                                                   random crop s, h-flip; eval: resize,
-                                                                   centre crop s
-``vp``     train → val                 trainval → test             resize to input size; no augmentation
-=========  ==========================  ==========================  =====================================
-
-Datasets that ship only train and test (Fashion-MNIST, CIFAR, ...) hold out a fixed 10% of their
-training set as ``val``; ``trainval`` is then the whole training set, as the VP papers train on.
-
-The input size is the one the *model* takes: the backbone's, unless the method asks for another (the
-expansive prompt of ILM-VP takes its inner image, so the image is resized once, straight to that size).
-
-``preprocess="resize-crop"`` replaces the resize of ``vtab`` and ``vp`` by Bahng et al.'s
-``Resize(256)`` → ``CenterCrop(224)`` (shorter side to ``round(s·256/224)``, centre crop ``s``), in
-training and evaluation alike.
+Mean, std, input size and interpolation always come from the model's data config.
+Design notes: ``docs/design.md``, section ``vprompt/data/transforms.py``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The frozen-prefix cache: a site's activations for a whole dataset, computed once.
 
-When nothing trained acts before a method's first site (:meth:`Method.first_site`; e.g. AP at
-``block.9``) and the training images are transformed deterministically (the VTAB protocol), the
-activations there are the same every epoch. They are computed once, held in memory or memory-mapped
-on disk (in float32, float16 or bfloat16), and every later step runs only the rest of the network
-(:meth:`Backbone.forward_from`). On a GPU an in-memory cache that fits is kept on the GPU itself
-(:func:`cache_device`), so a batch is an index into it, not a copy from the host; the activations are
-computed under the run's autocast, as the uncached run computes them. For methods that act from the input on, the cached "activation" is
-the preprocessed image: decoding and resizing then happen once too.
-
-Whether a cache is valid is checked, not assumed: the activation captured at the site, with gradients
-enabled and the method in training mode, must not depend on any trainable tensor.
+Used when nothing trained acts before the method's first site and the training transform is
+deterministic; that the captured activation depends on nothing trainable is checked, not assumed.
+Design notes: ``docs/design.md``, section ``vprompt/engine/cache.py``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Data-parallel training through torchrun and PyTorch DDP (no home-made engine).
 
-Launch any ``vprompt train`` command with ``torchrun --nproc_per_node N -m vprompt train ...``: torchrun
-sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; :func:`setup` then joins the process group (NCCL on
-GPUs, gloo on CPU) and the trainer wraps the model in ``DistributedDataParallel``. Without those
-variables everything runs in one process and the helpers here are no-ops.
-
-The batch size in the config is the *global* batch: every global batch is split into contiguous,
-near-equal parts, one per process, and each process scales its summed loss so that DDP's gradient
-average equals the gradient of the mean loss over the global batch. A run on N processes therefore
-takes the same steps as a run on one (up to floating-point summation order) for methods without
-dropout; with dropout (vpt-deep, vapt, lora with dropout) each process draws its own masks.
+The config's batch size is the *global* batch; without torchrun's variables the helpers here are no-ops.
+Design notes: ``docs/design.md``, section ``vprompt/engine/distributed.py``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """Where a run is tracked besides ``metrics.jsonl``: ``--log csv`` (default), ``tensorboard`` or ``wandb``.
 
-The trainer talks to one small interface, :class:`Tracker`: ``steps`` (per optimisation step: the loss of
-the step's batch and the learning rate it used), ``epoch`` (the epoch's ``metrics.jsonl`` row), ``finish``
-(the summary) and ``close``. ``start`` records the resolved config. Every value is logged at the global
-step (epoch rows at the step that ended the epoch), so a resumed run continues the same axis:
-
-- ``csv``: ``<run>/steps.csv`` (``step,loss,lr``); rows past the checkpoint are dropped on resume.
-- ``tensorboard``: event files in ``<run>/tensorboard/`` (``train/loss``, ``train/lr``, ``epoch/<metric>``,
-  ``summary/<value>``; the config and summary as text); on resume, events past the checkpoint are purged.
-- ``wandb``: a W&B run in ``<run>/wandb/`` with the same keys; offline (``WANDB_MODE=offline``) unless
-  ``WANDB_MODE`` is set or ``WANDB_API_KEY`` is given. ``wandb sync <run>/wandb/offline-run-*`` uploads it.
-  When W&B cannot start online (no reachable server, a bad key), the run goes on offline and says so in
-  one line: a training job is not lost for want of a network, and nothing logged is lost either.
-
-With several processes only the main one tracks. The per-step loss is that process's share of the batch.
+The trainer talks to one small interface, :class:`Tracker`; every value is logged at the global step.
+Design notes: ``docs/design.md``, section ``vprompt/engine/tracking.py``.
 """
 
 from __future__ import annotations

@@ -1,54 +1,9 @@
 """Adaptive activation prompts (AAP): AP's *where* (an intermediate activation) with VAPT's *what* (a prompt
 computed from the input).
 
-At one site of any family (ViT tokens, CNN NCHW, Swin NHWC) the activation ``A`` is replaced by
-
-    A + P + g(A),    g(A) = W2 · ReLU(dropout(W1 · (k ⊛ LN(A))))
-
-where every part is chosen for what it buys at the smallest cost (``D`` channels, ``N`` positions):
-
-- ``P``, AP's static prompt (:mod:`.ap`), in AP's ``full`` / ``channel`` / ``spatial`` shapes, zero-init:
-  the input-independent shift AP's paper shows is already strong. Cost: the prompt's size (``T·D``,
-  ``C·H·W``, ``D`` or ``N``).
-- ``LN``: a layer normalisation over the channels at each position, without affine parameters. The
-  generator then reads standardised features whatever the site: a CNN stem, a post-BatchNorm stage and
-  a DINOv2 residual stream (channels with values in the hundreds) differ in scale by orders of magnitude,
-  and without it the generator's step size and its hidden ReLUs would depend on the site's scale. The
-  affine parameters are left out because they add nothing: a per-channel scale commutes with a kernel
-  shared by all channels and is absorbed exactly by ``W1``; a shift only adds a bias to the hidden layer
-  (VAPT's per-layer LayerNorm spends ``2·D`` parameters on them). Cost: no parameters, one pass.
-- ``k ⊛``: ONE ``K×K`` kernel shared by all channels, applied depthwise (VAPT's channel-wise
-  convolution), with zero padding so that ``g(A)`` keeps ``A``'s grid (VAPT's unpadded ``K=2`` shrinks
-  the grid because its token projector pools it away; here the output lives on the activation's own
-  positions, so there is no token projector). It gives each position's prompt its neighbourhood
-  (edges, texture, where an object is), which a per-position map cannot see. Initialised as a centred
-  delta, so training starts from a pointwise generator with every tap trainable; odd ``K`` only, so the
-  kernel is centred. Prefix tokens (CLS, registers) have no grid: each is its own 1×1 grid under the
-  same zero padding, i.e. it is scaled by the centre tap. Cost: ``K²`` parameters (9), one depthwise
-  convolution (``N·D·K²`` multiply-adds).
-- ``W2·ReLU(dropout(W1·))``: VAPT's low-rank feature projector (``D → hidden → D``, no biases,
-  :class:`~.parts.FeatureProjector`) without its residual ``z + ...`` (which would make ``g`` non-zero at
-  the start). It mixes channels through a ``hidden``-wide bottleneck: what the generator can express
-  beyond a per-channel gain. ``W2`` starts at zero, so ``g(A) = 0`` and the prompted model equals the
-  backbone exactly at initialisation; ``W1`` keeps ``nn.Linear``'s random init, so ``W2`` gets a
-  gradient from the first step and the rest from the second (LoRA's A/B scheme). Cost: ``2·D·hidden``
-  parameters, ``2·N·D·hidden`` multiply-adds.
-
-Trainable parameters, head excluded (checked in ``tests/methods/test_aap.py``; random-init backbones at
-224 px, ``hidden`` 8, ``kernel`` 3), AP's in brackets:
-
-=========================================  =================  ==============  ============
-site (activation)                          full               channel         spatial
-=========================================  =================  ==============  ============
-ViT-B/16 ``block.6`` (197×768)             163,593 (151,296)  13,065 (768)    12,494 (197)
-ResNet-50 ``stage.1`` (512×28×28)          409,609 (401,408)  8,713 (512)     8,985 (784)
-ResNet-50 ``stage.2`` (1024×14×14)         217,097 (200,704)  17,417 (1,024)  16,589 (196)
-EfficientNet-Lite0 ``stage.3`` (80×14×14)  16,969 (15,680)    1,369 (80)      1,485 (196)
-=========================================  =================  ==============  ============
-
-The generator adds ``K² + 2·D·hidden`` parameters to AP's, whatever the shape. It reads the site's *raw*
-activation, which depends on nothing trained, so the frozen-prefix cache may hold the activations at
-the site, as for AP (the engine checks it).
+At one site of any family the activation ``A`` becomes ``A + P + g(A)``, with
+``g(A) = W2 · ReLU(dropout(W1 · (k ⊛ LN(A))))`` and ``W2`` zero-initialised.
+Design notes: ``docs/design.md``, section ``vprompt/methods/aap.py``.
 """
 
 from __future__ import annotations

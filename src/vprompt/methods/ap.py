@@ -1,19 +1,8 @@
 """Activation prompts (AP): one learned perturbation, shared by all inputs, added to a site's activation.
 
-Zhang et al., "Visual Prompting Reimagined: The Power of Activation Prompts" (AISTATS 2026). The prompt
-is added to the *output* of the chosen site (for ``block.N``: after the block's residual sums, before
-the next block), which is where the paper's layer-wise analysis places it. It starts at zero, so the
-prompted model starts exactly as the backbone.
-
-Shapes, per site layout (batch excluded):
-
-=========  ==============  ==============  ==============
-shape      tokens (T, D)   nchw (C, H, W)  nhwc (H, W, C)
-=========  ==============  ==============  ==============
-full       T×D             C×H×W           H×W×C
-channel    D               C×1×1           1×1×C
-spatial    T×1             1×H×W           H×W×1
-=========  ==============  ==============  ==============
+Zhang et al., "Visual Prompting Reimagined: The Power of Activation Prompts" (AISTATS 2026). Zero-init, in
+the shapes ``full``, ``channel`` and ``spatial``.
+Design notes: ``docs/design.md``, section ``vprompt/methods/ap.py``.
 """
 
 from __future__ import annotations

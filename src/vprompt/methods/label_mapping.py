@@ -1,21 +1,8 @@
 """Label mappings: read a task's classes off the backbone's own (source) classifier.
 
-Input-level visual prompting keeps the whole pretrained model, classifier included, and maps each
-target class to one source class instead of training a new head:
-
-- ``flm`` (frequency label mapping): before training, run the prompted model over the training set,
-  count ``[source argmax × true target]`` pairs, and greedily give each target class its most frequent
-  unused source class (:func:`greedy_mapping`);
-- ``ilm`` (iterative label mapping, ILM-VP): the same, recomputed at the start of every epoch (every
-  ``mapping_interval`` epochs: ILM-VP's ``--mapping-interval``);
-- ``rlm`` (random label mapping): distinct source classes drawn once, from ``mapping_seed``;
-- ``first``: target class ``k`` is source class ``k`` (Bahng et al.'s ``output[:, indices]`` with
-  ``indices = range(K)``, ``main_vision.py``);
-- ``linear``: no mapping, a new linear head is trained instead.
-
-:class:`LabelMappedMethod` is the base of the VP methods: it adds these options' behaviour (checks at
-attach, ``trains_head``, ``num_target_classes``, ``map_logits``, fitting in ``on_epoch_start``) so each
-VP method only builds its prompt. The mapping is a persistent ``long`` buffer, saved with the adapter.
+``flm``, ``ilm``, ``rlm``, ``first``, or ``linear`` (a new head); :class:`LabelMappedMethod` is the base
+of the VP methods.
+Design notes: ``docs/design.md``, section ``vprompt/methods/label_mapping.py``.
 """
 
 from __future__ import annotations

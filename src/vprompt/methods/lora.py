@@ -1,17 +1,8 @@
 """LoRA: low-rank updates of chosen Linear / Conv2d layers, injected with the peft library.
 
-Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (ICLR 2022). Each target layer ``W``
-becomes ``W x + (alpha / r) · B A dropout(x)`` with ``A`` (r × in) randomly initialised and ``B``
-(out × r) zero-initialised by peft, so the model starts exactly as the backbone.
-
-Targets (``targets="auto"``): the attention ``qkv`` projections of transformers (timm's fused qkv
-Linear in ViT and Swin; one low-rank update of the whole 3·D output) and, where there are none, every
-non-grouped ``Conv2d`` of a CNN (peft gives a conv LoRA ``A`` with the layer's kernel and stride and a
-1×1 ``B``). The classifier head is never a target. Targets can also be given as comma-separated
-module-name suffixes (``"fc1,fc2"``, ``"attn.proj"``), resolved here into exact module names.
-
-The adapted layers live inside the backbone (peft wraps each one, keeping the original as
-``base_layer``); :meth:`LoRA.detach` puts the original modules back.
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (ICLR 2022); :meth:`LoRA.detach` puts
+the original modules back.
+Design notes: ``docs/design.md``, section ``vprompt/methods/lora.py``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """peft's own adapter format for LoRA: files ``peft.PeftModel.from_pretrained`` loads, and back.
 
-A LoRA model saved by vprompt also writes ``adapter_config.json`` (a ``peft.LoraConfig``: ``r``,
-``lora_alpha``, the exact target module names, the classifier head in ``modules_to_save``) and
-``adapter_model.safetensors`` (keys as peft writes them: ``base_model.model.<module>.lora_A.weight``),
-so on the same timm model::
-
-    peft_model = peft.PeftModel.from_pretrained(timm_model, "out/adapter")
-
-gives the same outputs. Conversely :func:`load_peft` rebuilds a vprompt LoRA model from a folder that
-peft's ``save_pretrained`` wrote, onto a given backbone. Other methods have no peft equivalent and
-write only vprompt's own files (``vprompt_config.json``, ``vprompt_model.safetensors``).
+Design notes: ``docs/design.md``, section ``vprompt/methods/peft_format.py``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """timm's entry points on a ViT that carries prompt tokens (VPT, VAPT): what the user sees is honest.
 
-Token-prompt methods insert ``N_p`` tokens after the prefix (CLS/register) tokens and remove them at
-the output of the last block, so ``forward``, ``forward_features`` and ``forward_head`` see exactly the
-backbone's own token positions. Between blocks, though, the sequence is ``[prefix, prompts, X]``, and
-timm's ``forward_intermediates`` (and ``get_intermediate_layers``, which calls it) would hand those
-tokens out: wrong shapes, or — for the ``NCHW`` format — a silent reshape of prompts into patches.
-
-:func:`hide_prompts` installs, on the model instance, a ``forward_intermediates`` that calls timm's own
-and removes the prompt tokens from every intermediate (and from the final features when ``stop_early``
-ended before the last block), then formats the result as timm does. ``prune_intermediate_layers``,
-which would drop the block that removes the prompts, is refused with the reason. Both go with the
-method's other hooks when it is detached.
+:func:`hide_prompts` makes ``forward_intermediates`` skip the prompt tokens and refuses
+``prune_intermediate_layers``.
+Design notes: ``docs/design.md``, section ``vprompt/methods/timm_views.py``.
 """
 
 from __future__ import annotations

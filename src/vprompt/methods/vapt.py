@@ -1,40 +1,9 @@
 """Visual adaptive prompt tuning (VAPT): prompt tokens computed from the current token features.
 
 Le et al., "Adaptive Prompt: Unlocking the Power of Visual Prompt Tuning" (ICLR 2026 as "Revisit Visual
-Prompt Tuning: The Expressiveness of Prompt Experts"). For a ViT with L blocks, embedding size D, patch
-grid h×w and ``N_p`` prompts (SPEC §2.1):
-
-1. block 0 gets a static VPT prompt ``P0`` (``N_p×D``, VPT init) inserted after the prefix tokens,
-   through a prompt dropout (``prompt_dropout``, training only);
-2. before every block l = 1..L−1 (at the output of block l−1) the old prompt tokens are dropped and
-   new ones are computed from the patch tokens X:
-
-   - a per-layer ``LayerNorm(D)`` (per token, so normalising ``[CLS, X]`` and dropping CLS equals
-     normalising X alone);
-   - X reshaped to ``(B, D, h, w)``, a depthwise convolution with ONE learnable ``K×K`` kernel per layer
-     shared by all D channels (no padding, no bias, initialised ``N(0, 1)``) → ``(B, D, h−K+1, w−K+1)``,
-     then ``Dropout2d`` (``conv_dropout``);
-   - a per-layer token-wise projector ``Linear((h−K+1)(w−K+1) → N_p)`` over the spatial axis, weight and
-     bias zero-initialised → ``(B, N_p, D)``;
-   - ONE feature projector shared by all layers: ``z + W2·ReLU(dropout(W1·z))`` (no biases; ``dropout``).
-
-   The result ``P_l(X)`` fills the prompt slots: ``[prefix, P_l(X), X]`` enters block l. Because the
-   token projectors start at zero, every adaptive prompt starts at exactly zero;
-3. at the output of the last block the prompt tokens are removed, so the final norm and pooling see the
-   backbone's own token positions (timm's ``forward_intermediates`` skips them too, see
-   :mod:`.timm_views`).
-
-Parameters for ViT-B/16 at 224, ``N_p``=10, head excluded: 7,680 (P0) + 12,288 (feature projector) +
-16,896 (11 LayerNorms) + 18,700 (11 token projectors) + 44 (11 kernels) = 55,608.
-
-The three dropouts and the kernel init follow the official code (Minhchuyentoancbn/VAPT): the block-0
-prompt dropout is its ``MODEL.PROMPT.DROPOUT`` (0.1 in its README's commands), the ``Dropout2d`` after
-the convolution is fixed at 0.1 there, the feature projector's dropout is ``MODEL.PROMPT.DROPOUT_MLP``
-(0.1), and each kernel is drawn by ``torch.randn``. ``tests/methods/test_official_reference.py`` pins
-values and gradients against numbers computed with that code.
-
-The convolution, ``Dropout2d`` and token projector are evaluated in an equivalent, cheaper order (see
-:meth:`VAPT.adaptive_prompts`); the tests check values and gradients against the literal order.
+Prompt Tuning: The Expressiveness of Prompt Experts"); pinned against the official code
+(Minhchuyentoancbn/VAPT) by ``tests/methods/test_official_reference.py``.
+Design notes: ``docs/design.md``, section ``vprompt/methods/vapt.py``.
 """
 
 from __future__ import annotations

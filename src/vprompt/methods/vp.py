@@ -1,16 +1,7 @@
 """Input-level visual prompting (VP): a learned perturbation of the pixels, shared by all inputs.
 
-- ``vp-pad`` (Bahng et al., "Exploring Visual Prompts for Adapting Large-Scale Models", 2022): a border
-  of learned pixels, ``width`` wide, *added* to the normalised input image; the interior is untouched.
-- ``vp-expansive`` (ILM-VP style, Chen et al., "Understanding and Improving Visual Prompting: A
-  Label-Mapping Perspective", CVPR 2023): the image comes at ``inner_size`` (the method asks the data
-  pipeline for it, :meth:`ExpansivePrompt.data_config`, so the source image is resized once, straight to
-  that size, as ILM-VP's loaders do), is zero-padded to the backbone's input size (an odd extra pixel on
-  the top and left, as ILM-VP's ``ExpansiveVisualPrompt``), and ``sigmoid(θ)`` is added on the border
-  only; the prompt lives in pixel space, so the backbone's normalisation is applied after it.
-
-Both hook the ``input`` site (every backbone has one) and can train a new linear head or map onto the
-backbone's own classifier (``mapping``: flm / ilm / rlm, see :mod:`.label_mapping`).
+``vp-pad`` (Bahng et al., 2022) and ``vp-expansive`` (ILM-VP, Chen et al., CVPR 2023), at the ``input`` site.
+Design notes: ``docs/design.md``, section ``vprompt/methods/vp.py``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Visual prompt tuning (VPT): learned prompt tokens inserted into a plain ViT's token sequence.
 
-Jia et al., "Visual Prompt Tuning" (ECCV 2022). ``N_p`` prompt tokens are inserted after the prefix
-tokens (CLS, registers, distillation token) of the ``embed`` site, so block 0 sees ``[prefix, P, X]``.
-
-- ``vpt-shallow``: only those prompts; they travel through every block like ordinary tokens.
-- ``vpt-deep``: before every later block ``l`` (at the output of block ``l-1``) the prompt slots are
-  overwritten by that layer's own prompts ``P_l``.
-
-At the output of the last block the prompt tokens are removed again, so the final norm and the pooling
-(CLS token, average of the patch tokens, attention pooling) see exactly the backbone's own token
-positions; timm's ``forward_intermediates`` is made to skip them too (:mod:`.timm_views`). Prompts are initialised xavier-uniform with bound ``sqrt(6 / (3·p² + D))`` (``p`` the patch
-size, ``D`` the embedding size) and pass through a dropout as they are inserted.
-
-The helpers here (:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT.
+Jia et al., "Visual Prompt Tuning" (ECCV 2022): ``vpt-shallow`` and ``vpt-deep``. The helpers here
+(:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT.
+Design notes: ``docs/design.md``, section ``vprompt/methods/vpt.py``.
 """
 
 from __future__ import annotations

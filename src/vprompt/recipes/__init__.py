@@ -1,18 +1,7 @@
 """Recipes: the papers' training protocols as data, one YAML file each in this folder.
 
-A recipe names the methods it is for, the run options it sets (every ``TrainConfig`` field but the
-method and the data), each method's own options, per-dataset values, and the tuning grid and seeds
-that ``vprompt sweep tune|suite`` use. Each value cites the repository and file it comes from.
-
-    recipe = recipes.load("vpt-vtab")
-    values = recipe.values("vpt-deep", "vtab1k:dtd")   # what it sets for that method and dataset
-    config = vprompt.train(recipe="vpt-vtab", method="vpt-deep", data="vtab1k:dtd", lr=0.5, ...)
-
-Explicit options win over a recipe (:func:`apply` puts the recipe's values *under* the given ones); a
-run records the recipe's name and every value it set (:func:`record`). Keys a recipe may not set, and
-values of the wrong type, are errors when it is loaded; method options are checked against the
-method when the run's method is resolved, values against what the engine supports when the config is
-checked, so nothing a recipe names is silently ignored.
+Explicit options win over a recipe (:func:`apply`); a run records what the recipe set (:func:`record`).
+Design notes: ``docs/design.md``, section ``vprompt/recipes/__init__.py``.
 """
 
 from __future__ import annotations

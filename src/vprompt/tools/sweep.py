@@ -1,17 +1,7 @@
 """Sweeps: many runs planned from one base config, run by an :class:`~.executors.Executor`, summarised.
 
-sweep.layers(config, "out")                          AP at each site: <out>/layers/<shape>/<site>
-sweep.tune(config, "out", lrs=[...], wds=[...])      lr × wd grid on validation: <out>/tune/lr<lr>-wd<wd>,
-                                                     then the chosen point on the final split: <out>/final/seed<k>
-sweep.suite("vtab1k", config, "out")                 one method over a benchmark family: <out>/<dataset>/...
-
-``config`` is anything :func:`vprompt.train` takes (a dict, a :class:`~vprompt.TrainConfig`, a YAML path).
-When it names a ``recipe``, the recipe's tuning grid and seeds are the defaults of ``lrs``, ``wds`` and
-``seeds``, and a suite gives each dataset its own recipe values (pass a dict or YAML for that: a
-:class:`~vprompt.TrainConfig` is taken as complete).
-Run directories are named after what varies, so running a sweep again reuses its finished runs, resumes
-its interrupted ones and retries its failed ones (listed in ``<out>/failures.json``). The tuning rule is
-in :mod:`.tuning`.
+:func:`layers`, :func:`tune`, :func:`suite`; the tuning rule is in :mod:`.tuning`.
+Design notes: ``docs/design.md``, section ``vprompt/tools/sweep.py``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """Build the processed VTAB-1k layout (``<out>/<task>/{train800,val200,train800val200,test}.txt`` + images)
 from TFDS, task by task: with progress, resumable, atomic and verified.
 
-Each task is written into ``<out>/.vprompt-partial/<task>/`` and renamed to ``<out>/<task>/`` only once its
-files are complete and ``vprompt data check``'s checks pass on them, with ``.vprompt-prepared.json`` (what
-was read: TFDS name, version, split sizes and slices) inside. A task folder holding that file is finished
-and is skipped by the next run; an interrupted task leaves only its partial folder, which the next run
-deletes and writes again. ``train800val200`` lists the images of ``train800`` and ``val200`` (no copies).
-
-Nothing is deleted through a symlink: a ``.vprompt-partial`` (or a task folder in it) that is a symlink or
-a file is refused, as is an ``out`` that is empty, a file or a broken symlink. Before TFDS downloads
-anything (only for a task not in the TFDS folder yet) the network is probed, once per command
-(:func:`network_reachable`, 3 s); offline, each such task fails at once, saying to use a pre-built
-``--tfds-dir``, instead of spending minutes in TFDS's retries.
+Nothing is deleted through a symlink; offline, tasks that need a download stop at once.
+Design notes: ``docs/design.md``, section ``vprompt/data/prepare/convert.py``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The official VTAB-1k definitions of the 19 tasks, as data: TFDS dataset and version, which slices of
 which TFDS splits form ``train800`` / ``val200`` / ``test``, and how each task's label is read or derived.
 
-Every fact here is taken from google-research/task_adaptation (Apache-2.0), the file named in
-:attr:`VtabTask.source` (``task_adaptation/data/<file>.py``), with the task's arguments from
-``scripts/run_all_tasks.sh`` (e.g. ``kitti(task="closest_vehicle_distance")``). Nothing here imports
-TensorFlow: the label derivations work on the numpy dicts ``tfds.as_numpy`` yields.
-
-Split slicing. VTAB-1k's ``train800`` is always the first 800 examples of the TFDS training split; ``val200``
-is the first 200 of the official validation part, which is either a TFDS split of its own or a slice of the
-TFDS training split starting at the end of the official ``train`` part; ``test`` is the official test part.
-``train800val200`` is ``train800`` + ``val200``.
+Taken from google-research/task_adaptation (Apache-2.0); nothing here imports TensorFlow.
+Design notes: ``docs/design.md``, section ``vprompt/data/prepare/vtab1k.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ spec and hands it to its family. Adding a source is adding one file here and imp
 
 Split names are logical: ``train``, ``val``, ``trainval``, ``test`` (plus ``all`` for a class folder without
 split lists). VTAB-1k also accepts its file names ``train800``, ``val200``, ``train800val200``.
-See the README's Data section for the exact folder layouts.
+See ``docs/guide.md`` (Data) for the exact folder layouts.
 """
 
 from __future__ import annotations

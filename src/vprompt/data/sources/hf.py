@@ -1,19 +1,7 @@
 """``hf:<what>[?image=<column>&label=<column>&config=<name>]``: data read with Hugging Face ``datasets``.
 
-``<what>`` is, in this order: ``imagefolder:<dir>`` (``datasets``' image-folder builder: one sub-folder per
-class, optionally inside ``train/`` ``validation/`` ``test/``), a folder written by ``save_to_disk``, a
-``.parquet`` file or a folder of them (split names from the file names: ``train-*.parquet``,
-``test-*.parquet`` ...), or a Hub name (needs the internet or the local ``datasets`` cache). Relative paths
-are looked up under the data root first.
-
-The image column is the one named ``image=`` (``--image-column``), else the first ``Image`` feature; the
-label column the one named ``label=`` (``--label-column``), else the first ``ClassLabel`` feature. Class
-names come from the ``ClassLabel``; a column of plain integers gives one class per value found in any split,
-in value order, named ``class_<value>`` (labels 3, 10, 200 are classes 0, 1, 2 named ``class_3``,
-``class_10``, ``class_200``; negative values are refused). An image column that is not an ``Image`` feature
-is read as image paths or bytes, and refused, naming it, when its first value is no image. Splits:
-``train``, ``validation`` (also ``valid``, ``val``, ``dev``) → ``val``, ``test``; without a validation split
-a fixed 10% of ``train`` is held out, as for the other sources. A split without rows is refused.
+``<what>`` is ``imagefolder:<dir>``, a ``save_to_disk`` folder, ``.parquet`` files or a Hub name.
+Design notes: ``docs/design.md``, section ``vprompt/data/sources/hf.py``.
 """
 
 from __future__ import annotations
