@@ -189,7 +189,8 @@ class ObjectSplit(torch.utils.data.Dataset):
         self.base, self.reader, self.targets = base, reader, targets
         self.num_classes, self.source, self.transform = num_classes, source, transform
         self.input_size = tuple(input_size) if input_size is not None else None
-        self[0]  # the first item's kind and shape are checked now, not in the first batch
+        with seeded():  # the first item's kind and shape are checked now, not in the first batch
+            self[0]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -236,11 +237,13 @@ class ObjectSource(Source):
         parts = _splits(data)
         first = next(iter(parts.values()))
         self.reader = _reader(first, f"data ({type(first).__name__})")
-        names = [n for ds in parts.values() if (n := _class_names(ds, self.reader.label)) is not None]
+        named = {k: n for k, ds in parts.items() if (n := _class_names(ds, self.reader.label)) is not None}
+        names = list(named.values())
         if len(set(names)) > 1:
-            raise DataError(f"data: the splits name different classes ({list(names[0])} and others)")
+            listed = "; ".join(f"{k}: {', '.join(n)}" for k, n in named.items())
+            raise DataError(f"data: the splits name different classes ({listed})")
         self.targets = {k: _targets(ds, self.reader, f"{k} data") for k, ds in parts.items()}
-        found = max(max(t) for t in self.targets.values()) + 1
+        found = max(1, *(max(t) + 1 for t in self.targets.values()))
         self.num_classes = num_classes = len(names[0]) if names else found
         for split, labels in self.targets.items():
             bad = next((i for i, t in enumerate(labels) if not 0 <= t < num_classes), None)
