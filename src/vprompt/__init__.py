@@ -3,7 +3,7 @@
 from ._version import __version__
 from .backbones import Backbone, Site, WeightsUnavailableError
 from .backbones import create_backbone as backbone
-from .engine import TrainConfig, evaluate_run, load_run, train
+from .engine import TrainConfig, evaluate_run, load_run, predict, train
 from .methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "evaluate_run",
     "load_adapter",
     "load_run",
+    "predict",
     "train",
 ]

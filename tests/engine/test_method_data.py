@@ -135,4 +135,5 @@ def test_run_delivers_the_inner_image_end_to_end(tmp_path):
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(picture)
     from vprompt.engine.inference import predict
 
-    assert len(predict(out, [Path(picture)], top=2)[0]) == 2
+    [(path, ranked)] = predict(out, [Path(picture)], top=2)
+    assert path == str(picture) and len(ranked) == 2

@@ -197,7 +197,7 @@ def test_predict_with_a_bf16_run_works_in_fp32(cpu_has_bf16, tmp_path):
     vprompt.train(**dict(TINY, method="linear", epochs=1), precision="bf16", device="cpu", output=run)
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
-    (ranked,) = predict(run, [image], top=2)
+    ((_, ranked),) = predict(run, [image], top=2)
     names = RunDir(run).read_config()["resolved"]["data"]["class_names"]
     assert [name in names for name, _ in ranked] == [True, True]
     assert ranked[0][1] >= ranked[1][1] > 0 and ranked[0][1] + ranked[1][1] <= 1 + 1e-6

@@ -118,7 +118,8 @@ def test_predict_and_export(tiny, tmp_path):
     vprompt.train(**tiny, method="vapt", method_options={"num_prompts": 2}, output=out)
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
-    [ranked] = predict(out, [image], top=2)
+    [(path, ranked)] = predict(out, [image], top=2)
+    assert path == str(image)
     assert len(ranked) == 2 and ranked[0][0].startswith("class_") and ranked[0][1] >= ranked[1][1]
     diff = export_onnx(out, tmp_path / "model.onnx")
     assert diff is not None and diff < 1e-4

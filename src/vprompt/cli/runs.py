@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -26,9 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes (with their names) of images under a finished run")
-    p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    p.add_argument("run", type=Path, help="run directory (or an adapter folder)")
+    p.add_argument(
+        "images", nargs="+", type=Path, help="image files or folders (searched recursively, in path order)"
+    )
+    p.add_argument("--top", type=int, default=5, help="classes shown per image (default: 5)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text: one line per image; json: a list of {path, top: [{class, probability}]}; "
+        "csv: columns path, rank, class, probability (one row per image and rank)",
+    )
+    p.add_argument("--output", type=Path, default=None, help="write to this file instead of printing")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a finished run's model (prompts included) to ONNX")
@@ -54,11 +66,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+FORMATS = ("text", "json", "csv")
+
+
+def format_predictions(results: list, kind: str) -> str:
+    """``predict``'s results as text (a line per image), json or csv (see ``vprompt predict --help``)."""
+    if kind == "json":
+        rows = [
+            json.dumps({"path": path, "top": [{"class": c, "probability": p} for c, p in ranked]})
+            for path, ranked in results
+        ]
+        return "[\n" + ",\n".join(rows) + "\n]\n"
+    if kind == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability"])
+        for path, ranked in results:
+            writer.writerows([path, rank, c, f"{p:.6f}"] for rank, (c, p) in enumerate(ranked, 1))
+        return out.getvalue()
+    return "".join(
+        f"{path}: " + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + "\n" for path, ranked in results
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine.inference import predict
+    from ..files import write_text
 
-    for path, ranked in zip(args.images, predict(args.run, args.images, top=args.top), strict=True):
-        print(f"{path.name}: " + ", ".join(f"{name} {p:.2f}" for name, p in ranked))
+    results = predict(args.run, args.images, top=args.top)
+    text = format_predictions(results, args.format)
+    if args.output is None:
+        print(text, end="")
+    else:
+        write_text(args.output, text)
+        print(f"wrote {args.output} ({len(results)} images)")
     return 0
 
 

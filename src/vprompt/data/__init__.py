@@ -12,7 +12,7 @@ import os
 from .checks import CheckReport, check_dataset, check_num_classes, preflight
 from .datasets import DataError, MissingFileError, subset
 from .packaged import foolbox_imagenet
-from .sources import DatasetInfo, resolve
+from .sources import DatasetInfo, Source, from_objects, resolve
 from .transforms import (
     PROTOCOLS,
     Protocol,
@@ -26,14 +26,14 @@ _TRAIN_SPLITS = {"train", "trainval", "train800", "train800val200"}
 
 
 def describe(
-    spec: str, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+    spec: str | Source, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
 ) -> DatasetInfo:
     """The :class:`DatasetInfo` of a spec (class count and names, splits); checks the root exists."""
     return resolve(spec, root, allow_outside_root=allow_outside_root).info
 
 
 def load(
-    spec: str,
+    spec: str | Source,
     root: str | os.PathLike | None,
     split: str,
     data_config: dict | None,
@@ -45,6 +45,7 @@ def load(
 ):
     """A ``torch.utils.data.Dataset`` of ``(image, label)`` for one split of ``spec``.
 
+    ``spec``: a spec string, or a :class:`Source` (data given as Python objects: :func:`from_objects`).
     ``split``: ``train``, ``val``, ``trainval`` or ``test`` (see ``describe(spec).splits``).
     ``protocol``: ``vtab``, ``fgvc`` or ``vp``; default from the spec's family (``default_protocol``).
     ``train``: use the protocol's training transform; default True for ``train``/``trainval``.
@@ -60,7 +61,9 @@ def load(
     if data_config is not None:
         if train is None:
             train = split in _TRAIN_SPLITS
-        transform = build_transform(data_config, protocol or default_protocol(spec), train, preprocess)
+        protocol = protocol or default_protocol(source.info.spec)
+        transform = build_transform(data_config, protocol, train, preprocess)
+        source.input_size = tuple(data_config["input_size"])
     return source.dataset(split, transform)
 
 
@@ -71,12 +74,14 @@ __all__ = [
     "MissingFileError",
     "PROTOCOLS",
     "Protocol",
+    "Source",
     "build_transform",
     "check_dataset",
     "check_num_classes",
     "default_protocol",
     "describe",
     "foolbox_imagenet",
+    "from_objects",
     "get_protocol",
     "is_train_deterministic",
     "load",

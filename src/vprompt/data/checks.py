@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from .datasets import DataError, ImageListDataset
-from .sources import DatasetInfo, resolve
+from .sources import DatasetInfo, Source, resolve
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _default_splits(info: DatasetInfo) -> list[str]:
 
 
 def check_dataset(
-    spec: str,
+    spec: str | Source,
     root: str | os.PathLike | None = None,
     splits: list[str] | None = None,
     full: bool = True,
@@ -80,6 +80,7 @@ def check_dataset(
     """
     source = resolve(spec, root, allow_outside_root=allow_outside_root)
     info = source.info
+    spec = info.spec if isinstance(spec, Source) else spec
     expected = info.expected_sizes if expected_sizes is None else expected_sizes
     report = CheckReport(info)
     for split in splits or _default_splits(info):
@@ -136,7 +137,7 @@ def check_num_classes(info: DatasetInfo, head_classes: int) -> None:
 
 
 def preflight(
-    spec: str,
+    spec: str | Source,
     root: str | os.PathLike | None,
     splits: list[str],
     head_classes: int | None = None,
@@ -161,7 +162,9 @@ def preflight(
     if head_classes is not None:
         check_num_classes(report.info, head_classes)
     if report.problems:
-        raise DataError(f"{spec}: " + "; ".join(report.problems))
+        raise DataError(
+            f"{report.info.spec if isinstance(spec, Source) else spec}: " + "; ".join(report.problems)
+        )
     return report.info
 
 

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+#: the file name endings read as images where a folder is searched for them
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
 #: How torch's DataLoader re-raises an exception from a worker: ``exc_type(msg)`` with this header on msg.
 _WORKER_HEADER = re.compile(r"Caught \S+ in .+?\.\nOriginal Traceback \(most recent call last\):\n", re.S)
 
@@ -92,6 +95,26 @@ def open_image(path: Path) -> Image.Image:
             return to_rgb(image)
     except Exception as e:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError...)
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """``path`` itself when it is a file; for a folder, the image files under it (searched recursively,
+    names starting with ``.`` and files with other endings skipped), sorted by path."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise MissingFileError(f"{path}: no such image file or folder")
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and p.is_file()
+    )
+    if not found:
+        raise DataError(f"{path}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
 
 
 class Sample(tuple):

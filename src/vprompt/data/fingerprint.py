@@ -2,7 +2,8 @@
 
 For image files: the file list (paths relative to the files' common folder, as the bytes the file
 system holds, so names that are not valid UTF-8 work too), each file's size and label, hashed together;
-for in-memory arrays: the pixels and labels, hashed. Runs record it per split.
+for in-memory arrays: the pixels and labels, hashed; for data given as Python objects: the labels and
+a sample of the items' bytes. Runs record it per split.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import ArrayDataset, ImageListDataset, IndexedDataset
+from .sources.objects import ObjectSplit
 
 
 def base_and_indices(dataset) -> tuple[Any, list[int]]:
@@ -45,6 +47,8 @@ def fingerprint(dataset) -> dict[str, Any]:
         chosen = np.asarray(indices, dtype=np.int64)
         digest.update(np.ascontiguousarray(base.images[chosen]).tobytes())
         digest.update(np.ascontiguousarray(base.labels[chosen]).tobytes())
+    elif isinstance(base, ObjectSplit):
+        digest.update(base.digest(indices).encode())
     else:
         digest.update(f"{type(base).__name__}:{len(indices)}".encode())
     result["sha256"] = digest.hexdigest()

@@ -35,12 +35,15 @@ class CacheRefused(ValueError):
     """A frozen-prefix cache was asked for where it would change the results."""
 
 
-def cache_site(model: TunedModel, augments: bool, protocol: str) -> tuple[str | None, str]:
+def cache_site(
+    model: TunedModel, augments: bool, protocol: str, why_random: str | None = None
+) -> tuple[str | None, str]:
     """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not."""
     if augments:
         return (
             None,
-            f"protocol {protocol!r} augments training images randomly, so activations change every epoch",
+            why_random
+            or f"protocol {protocol!r} augments training images randomly, so activations change every epoch",
         )
     bb = model.backbone
     site = model.method.first_site(bb)

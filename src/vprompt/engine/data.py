@@ -124,16 +124,27 @@ class EpochBatches:
 
 @dataclass(frozen=True)
 class DataPlan:
-    """What a run will read, decided and checked before anything heavy is built."""
+    """What a run will read, decided and checked before anything heavy is built (``source``: data given
+    as Python objects, else ``None``: the config's spec names it)."""
 
     info: vdata.DatasetInfo
     protocol: str
     splits: Splits
+    source: vdata.Source | None = None
+
+    @property
+    def randomness(self) -> str | None:
+        """Why the training items may differ between epochs (no frozen-prefix cache then), or ``None``."""
+        if not vdata.is_train_deterministic(self.protocol):
+            return f"protocol {self.protocol!r} augments training images randomly, so activations change every epoch"
+        if self.info.own_transforms:
+            return "the dataset's items are tensors from its own transforms, which may be random"
+        return None
 
     @property
     def augments(self) -> bool:
-        """Whether the training transform is random (no frozen-prefix cache then)."""
-        return not vdata.is_train_deterministic(self.protocol)
+        """Whether the training items may be random (no frozen-prefix cache then)."""
+        return self.randomness is not None
 
 
 def data_spec(config: TrainConfig) -> str:
@@ -143,8 +154,9 @@ def data_spec(config: TrainConfig) -> str:
     return with_columns(config.data, config.image_column, config.label_column)
 
 
-def plan_data(config: TrainConfig) -> DataPlan:
-    """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample."""
+def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPlan:
+    """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample.
+    ``source``: the data given as Python objects (``config.data`` then only describes it)."""
     protocol = config.protocol or vdata.default_protocol(config.data)
     if vdata.get_protocol(protocol).train_augments and config.preprocess != "protocol":  # unknown: an error
         raise ValueError(
@@ -153,9 +165,9 @@ def plan_data(config: TrainConfig) -> DataPlan:
     splits = resolve_splits(config, protocol)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
     info = vdata.preflight(
-        data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root
+        source or data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root
     )
-    return DataPlan(info, protocol, splits)
+    return DataPlan(info, protocol, splits, source)
 
 
 @dataclass
@@ -176,6 +188,7 @@ class RunData:
         sizes = {k: len(getattr(self, k)) for k in ("train", "val", "test") if getattr(self, k) is not None}
         return {
             "spec": plan.info.spec,
+            **({"description": plan.info.name} if plan.source is not None else {}),
             "protocol": plan.protocol,
             "splits": {k: getattr(plan.splits, k) for k in ("train", "val", "test")},
             "sizes": sizes,
@@ -194,7 +207,7 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
         if split is None:
             return None
         ds = vdata.load(
-            data_spec(config),
+            plan.source or data_spec(config),
             config.root,
             split,
             data_config,

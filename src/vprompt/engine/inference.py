@@ -12,33 +12,75 @@ import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .._version import __version__
 from ..data import build_transform
-from ..data.datasets import open_image
+from ..data.datasets import image_files, open_image, to_rgb
 from ..files import write_bytes
-from .run import class_names, load_run, run_config
+from ..methods import TunedModel, load_adapter
+from .run import load_run, run_config
+from .rundir import CONFIG
+
+
+def _predictor(model_or_run) -> tuple[TunedModel, dict[str, str]]:
+    """The model (in eval mode) and its preprocessing, from a TunedModel, a run folder or an adapter."""
+    if isinstance(model_or_run, TunedModel):
+        model = model_or_run
+    elif (Path(model_or_run) / CONFIG).is_file():
+        model = load_run(model_or_run)
+    else:
+        model = load_adapter(model_or_run).eval()
+    return model, model.preprocessing or {"protocol": "vp", "preprocess": "protocol"}
+
+
+def _inputs(images) -> list[tuple[str | None, object]]:
+    """``(path or None, path or PIL image)`` for each image; folders give their images, sorted."""
+    if isinstance(images, str | os.PathLike | Image.Image):
+        images = [images]
+    found: list[tuple[str | None, object]] = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            found.append((None, item))
+        else:
+            found += [(str(p), p) for p in image_files(item)]
+    return found
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:
-    """For each image, the ``top`` classes of the run's model as ``(class name, probability)``."""
+def predict(
+    model_or_run, images, top: int = 5, batch_size: int = 32
+) -> list[tuple[str | None, list[tuple[str, float]]]]:
+    """The ``top`` classes of each image as ``(path, [(class name, probability), ...])``, best first.
+
+    ``model_or_run``: a :class:`~vprompt.TunedModel`, a run folder or an adapter folder. ``images``: a
+    PIL image, an image file or a folder (searched recursively for images, in path order), or a list of
+    them; a PIL image's path is ``None``. Images are prepared as the model's training evaluated them
+    (its protocol's evaluation transform, the backbone's mean and std).
+    """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
-    config = run_config(run_dir)
-    model = load_run(run_dir)
-    names = class_names(run_dir)
+    model, preprocessing = _predictor(model_or_run)
+    names = model.class_names or [f"class_{i}" for i in range(model.num_classes)]
     transform = build_transform(
-        model.data_config, config.protocol or "vp", train=False, preprocess=config.preprocess
+        model.data_config, preprocessing["protocol"], False, preprocessing["preprocess"]
     )
-    batch = torch.stack([transform(open_image(Path(p))) for p in images])
-    probs = model(batch).softmax(-1)
-    k = min(top, probs.shape[-1])
-    values, indices = probs.topk(k, dim=-1)
-    return [
-        [(names[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist(), strict=True)]
-        for vs, ids in zip(values, indices, strict=True)
-    ]
+    inputs = _inputs(images)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start : start + batch_size]
+            pictures = [to_rgb(x) if isinstance(x, Image.Image) else open_image(x) for _, x in chunk]
+            probs = model(torch.stack([transform(p) for p in pictures]).to(device)).float().softmax(-1)
+            values, indices = probs.topk(min(top, probs.shape[-1]), dim=-1)
+            for (path, _), vs, ids in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+                results.append((path, [(names[i], v) for v, i in zip(vs, ids, strict=True)]))
+    finally:
+        model.train(was_training)
+    return results
 
 
 @contextlib.contextmanager
@@ -61,12 +103,15 @@ EXPORT_EXTRA = "pip install 'vprompt[export]'  (onnx and onnxruntime)"
 
 
 def onnx_metadata(run_dir: str | Path, model) -> dict[str, str]:
-    """What a consumer of the ONNX file needs to feed it: classes, preprocessing, provenance."""
+    """What a consumer of the ONNX file needs to feed it and read its output: class names (a list, and
+    ``id2label`` as Hugging Face calls it), preprocessing, provenance."""
     config = run_config(run_dir)
     dc = model.data_config  # the method's input where it asks for one (vp-expansive: its inner size)
     transform = build_transform(dc, config.protocol or "vp", train=False, preprocess=config.preprocess)
+    names = model.class_names
     return {
-        "vprompt.class_names": json.dumps(class_names(run_dir)),
+        "vprompt.class_names": json.dumps(names),
+        "vprompt.id2label": json.dumps({str(i): n for i, n in enumerate(names)}),
         "vprompt.input_size": json.dumps(list(dc["input_size"])),
         "vprompt.mean": json.dumps(list(dc["mean"])),
         "vprompt.std": json.dumps(list(dc["std"])),

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .. import data as vdata
 from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
@@ -67,11 +68,35 @@ def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[st
     return make_config(values if complete else recipes.apply(values))
 
 
+def data_objects(config, overrides: dict[str, Any]):
+    """``(config, overrides, source)``: data given as Python objects (a dataset, ``(train, val)``, a dict
+    of splits) as its :class:`~vprompt.data.Source`, and the ``data`` option as its description."""
+    source = None
+    for holder in (overrides, config):
+        data = holder.get("data") if isinstance(holder, dict) else getattr(holder, "data", None)
+        if data is None or isinstance(data, str | os.PathLike):
+            continue
+        source = source or vdata.from_objects(data)
+        if holder is overrides:
+            overrides = {**overrides, "data": source.info.spec}
+        else:
+            config = (
+                replace(config, data=source.info.spec)
+                if isinstance(config, TrainConfig)
+                else {
+                    **config,
+                    "data": source.info.spec,
+                }
+            )
+    return config, overrides, source
+
+
 def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedModel:
     """The backbone with the method attached, for a task of ``num_classes`` classes (seeded).
 
     ``data_info`` (the dataset's :class:`~vprompt.data.DatasetInfo`) fills method defaults that depend on
-    the data (vp-expansive's inner size); the head is initialised as ``config.head_init`` says.
+    the data (vp-expansive's inner size) and gives the model its class names; the head is initialised as
+    ``config.head_init`` says.
     """
     try:
         return _build_model(config, num_classes, data_info)
@@ -100,6 +125,8 @@ def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel
     torch.manual_seed(config.seed)  # the method's own initialisation
     model = attach(backbone, METHODS[config.method](options))
     init_head(model, config.head_init, config.seed)
+    if data_info is not None:
+        model.class_names = list(data_info.class_names)
     return model
 
 
@@ -228,22 +255,26 @@ def train(
     """Train and evaluate one run; returns its summary (also written to ``output/summary.json``).
 
     ``config`` is a :class:`TrainConfig`, a dict or a YAML file; keyword arguments override it.
+    ``data`` is a dataset spec, or Python objects: a map-style dataset, ``(train, val)`` or a dict of
+    splits (see :mod:`vprompt.data.sources.objects`); the run then records their description and
+    fingerprint, and resuming or evaluating it needs them passed again (the same fingerprint).
     ``resume=True`` continues an interrupted run in ``output`` from its last checkpoint (and returns the
     summary of a finished one without training again).
     """
+    config, overrides, source = data_objects(config, overrides)
     config = as_config(config, overrides)
     check_config(config)
     run = RunDir(output) if output is not None else None
     if run is not None and int(os.environ.get("RANK", "0")) == 0:
         run.claim()  # one process per run folder; refuses a folder of the user's own files
     try:
-        return _train(config, run, resume)
+        return _train(config, run, resume, source)
     finally:
         if run is not None:
             run.release()
 
 
-def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dict[str, Any]:
     if run is not None:
         if resume and run.finished:
             differ = config_differences(run.read_config(), to_dict(config))
@@ -255,11 +286,12 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
             return run.read_summary()
         if not resume and (run.has_checkpoint() or run.finished):
             raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
-    plan = plan_data(config)  # bad data fails here, before any model is built
+    plan = plan_data(config, source)  # bad data fails here, before any model is built
     ctx = setup(config.device)
     trainer = None
     try:
         model = build_model(config, plan.info.num_classes, plan.info)
+        model.preprocessing = {"protocol": plan.protocol, "preprocess": config.preprocess}
         data = load_data(config, plan, model.data_config, model.num_classes)
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
         trainer = Trainer(model, data, config, ctx, run)
@@ -343,12 +375,21 @@ def run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TunedModel:
-    """The trained model of a run (backbone rebuilt from its recorded arguments, kept weights loaded)."""
+    """The trained model of a run (backbone rebuilt from its recorded arguments, kept weights loaded),
+    with its class names and preprocessing (from the run's config where its adapter predates them)."""
     run = RunDir(run_dir)
     adapter = run / ADAPTER
     if not adapter.is_dir():
         raise FileNotFoundError(f"{run.path} has no {ADAPTER}/: the run has not finished")
-    return load_adapter(adapter).to(device).eval()
+    model = load_adapter(adapter).to(device).eval()
+    if model.class_names is None or model.preprocessing is None:
+        config = run_config(run_dir)
+        model.class_names = model.class_names or class_names(run_dir)
+        model.preprocessing = model.preprocessing or {
+            "protocol": config.protocol or vdata.default_protocol(config.data),
+            "preprocess": config.preprocess,
+        }
+    return model
 
 
 def class_names(run_dir: str | Path) -> list[str]:
@@ -364,14 +405,16 @@ def evaluate_run(
     **data_overrides,
 ) -> dict[str, Any]:
     """Accuracy of a finished run on one split of its dataset (or another dataset: ``data=``, ``root=``),
-    in ``precision`` (auto, fp32, bf16, fp16; default: the run's)."""
+    in ``precision`` (auto, fp32, bf16, fp16; default: the run's). A run trained on Python objects needs
+    them again as ``data=`` (the same forms as :func:`train`; ``{"test": dataset}`` for a new test set)."""
     config = run_config(run_dir)
+    _, data_overrides, source = data_objects(None, data_overrides)
     config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
     ctx = Context(device=resolve_device(device))
     model = load_run(run_dir, str(ctx.device))
     # one split, read like a validation split: evaluation transforms, no training split
     only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
-    data = load_data(only, plan_data(only), model.data_config, model.num_classes)
+    data = load_data(only, plan_data(only, source), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)
     result = evaluate(model, loader, ctx, amp)

@@ -163,7 +163,8 @@ class Trainer:
         cfg = self.config
         if cfg.cache == "off":
             return None, "off (--cache off)"
-        site, why = cache_site(self.model, self.data.augments, self.data.plan.protocol)
+        plan = self.data.plan
+        site, why = cache_site(self.model, plan.augments, plan.protocol, plan.randomness)
         if site is None:
             if cfg.cache != "auto":
                 raise CacheRefused(f"--cache {cfg.cache} refused: {why}; use --cache off")

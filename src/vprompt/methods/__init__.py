@@ -26,6 +26,9 @@ from .vapt import VAPT
 from .vp import ExpansivePrompt, PadPrompt
 from .vpt import VPTDeep, VPTShallow
 
+#: a run folder's config and its adapter folder (see :mod:`vprompt.engine.rundir`)
+RUN_CONFIG, RUN_ADAPTER = "config.yaml", "adapter"
+
 _METHODS: list[type[Method]] = [
     LinearProbe,
     FullFineTuning,
@@ -79,11 +82,18 @@ def load_adapter(
     """Rebuild a saved model: the backbone (built from the saved config unless given), the method, its state.
 
     ``path_or_repo_id`` is a folder written by ``save_pretrained`` (or by peft's, for LoRA: then
-    ``backbone`` is required) or a Hugging Face Hub repo id (``owner/name``, downloaded and cached by
+    ``backbone`` is required), a run folder (its ``adapter/``) or a Hugging Face Hub repo id (``owner/name``, downloaded and cached by
     ``huggingface_hub``). Loading onto a backbone other than the one it was trained on, or a state whose
     keys or shapes do not match, is an error, never a partial load.
     """
     directory = local_folder(path_or_repo_id, revision)
+    if not has_config(directory) and (directory / RUN_CONFIG).is_file():  # a run folder: its adapter
+        if not has_config(directory / RUN_ADAPTER):
+            raise FileNotFoundError(
+                f"{directory} is a run folder without {directory / RUN_ADAPTER}: the run has not finished "
+                "(vprompt.load_run reads finished runs)"
+            )
+        directory = directory / RUN_ADAPTER
     if not has_config(directory) and is_peft_folder(directory):
         return load_peft(directory, backbone)
     config = read_config(directory)
@@ -92,6 +102,13 @@ def load_adapter(
     check_backbone_matches(config, backbone)
     model = attach(backbone, config["method"], **config["options"])
     model.load_trainable_state_dict(read_weights(directory))
+    try:
+        model.class_names = config.get("class_names")
+    except ValueError as e:
+        raise ValueError(
+            f"{Path(directory) / CONFIG_FILE}: class_names: {e}; the adapter config is damaged"
+        ) from None
+    model.preprocessing = config.get("preprocessing")
     return model
 
 

@@ -29,12 +29,17 @@ class TunedModel(nn.Module):
 
     The backbone always stays in eval mode (no dropout or drop-path, BatchNorm statistics frozen);
     only the method's own modules follow :meth:`train` / :meth:`eval`.
+
+    ``class_names`` (one per output, ``None`` when unknown) and ``preprocessing`` (how images were
+    prepared in training: ``{"protocol": ..., "preprocess": ...}``) travel with :meth:`save_pretrained`.
     """
 
     def __init__(self, backbone: Backbone, method: Method):
         super().__init__()
         self.backbone = backbone
         self.method = method
+        self._class_names: list[str] | None = None
+        self.preprocessing: dict[str, str] | None = None
         self._requires_grad = {n: p.requires_grad for n, p in backbone.named_parameters()}
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -70,6 +75,26 @@ class TunedModel(nn.Module):
     def site_shape(self, name: str) -> tuple[int, ...]:
         """The activation shape at site ``name`` (without batch) for this model's inputs."""
         return self.input_size if name == "input" else self.backbone.site(name).shape
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each output class (index → name), or ``None`` when the model was given none."""
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names) -> None:
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise ValueError("class names must be a list of strings, one per class")
+            if len(names) != self.num_classes:
+                raise ValueError(f"{len(names)} class names for a model of {self.num_classes} classes")
+            names = list(names)
+        self._class_names = names
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """``{index: class name}``, as Hugging Face calls it (``None`` without class names)."""
+        return None if self._class_names is None else dict(enumerate(self._class_names))
 
     # ------------------------------------------------------- timm's verbs, with the method attached
 
@@ -168,10 +193,14 @@ class TunedModel(nn.Module):
             },
             "trainable_parameters": self.trainable_parameters(),
             "trainable_parameters_without_head": self.trainable_parameters(head=False),
+            **({} if self.class_names is None else {"class_names": self.class_names}),
+            **({} if self.id2label is None else {"id2label": {str(i): n for i, n in self.id2label.items()}}),
+            **({} if self.preprocessing is None else {"preprocessing": self.preprocessing}),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``vprompt_model.safetensors`` (trainable state only) and ``vprompt_config.json``.
+        """Write ``vprompt_model.safetensors`` (trainable state only) and ``vprompt_config.json`` (the
+        method, its options, the backbone, and the class names as ``class_names`` and ``id2label``).
 
         A LoRA model also writes peft's ``adapter_config.json`` + ``adapter_model.safetensors``, which
         ``peft.PeftModel.from_pretrained(<the same timm model>, directory)`` loads.
@@ -190,7 +219,8 @@ class TunedModel(nn.Module):
     def from_pretrained(
         cls, path_or_repo_id: str | Path, backbone: Backbone | None = None, revision: str | None = None
     ) -> TunedModel:
-        """A saved model from a folder or a Hugging Face Hub repo id (same as ``vprompt.load_adapter``).
+        """A saved model from a folder, a run folder (its ``adapter/``) or a Hugging Face Hub repo id
+        (same as ``vprompt.load_adapter``), with its class names.
 
         vprompt's folders rebuild their backbone from the saved config unless ``backbone`` is given; a
         folder written by peft (LoRA) needs the ``backbone`` it was trained on.
@@ -299,6 +329,11 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     ]
     if isinstance(backbone, dict) and not isinstance(backbone.get("build_args"), dict):
         problems.append("backbone.build_args")
+    names = config.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        problems.append("class_names")
+    if not isinstance(config.get("preprocessing", {}), dict):
+        problems.append("preprocessing")
     if problems:
         raise ValueError(f"{path}: damaged adapter config (missing or wrong: {', '.join(problems)})")
     refuse_non_finite(config, path)

@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (registers)
     folder,
     hf,
     mnist5k,
+    objects,
     synthetic,
     textile,
     torchvision,
@@ -29,16 +30,22 @@ from .base import SOURCES, USAGE, DatasetInfo, Source, held_out_indices, registe
 from .coop import COOP
 from .fashion_mnist import FASHION_MNIST_DEBIAN
 from .fgvc import FGVC
+from .objects import ObjectSource
 from .vp import VP_TORCHVISION
 from .vtab1k import VTAB_SPLIT_FILES, VTAB_TASKS
 
 
-def resolve(spec: str, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False) -> Source:
+def resolve(
+    spec: str | Source, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+) -> Source:
     """Parse a dataset spec and locate its files under ``root``; raises ValueError/FileNotFoundError.
+    A :class:`Source` (data given as Python objects: :func:`from_objects`) is returned as it is.
 
     Images named by a split list must lie inside the dataset folder (``..`` resolved lexically, symlinks
     not followed); ``allow_outside_root=True`` accepts entries elsewhere (absolute paths, ``../``).
     """
+    if isinstance(spec, Source):
+        return spec
     family, _, arg = spec.strip().partition(":")
     factory = SOURCES.get(family.lower())
     if factory is None:
@@ -46,6 +53,12 @@ def resolve(spec: str, root: str | os.PathLike | None = None, *, allow_outside_r
     source = factory(spec, arg, Path(root).expanduser() if root is not None else None)
     source.allow_outside_root = bool(allow_outside_root)
     return source
+
+
+def from_objects(data) -> Source:
+    """The source of data given as Python objects: a map-style dataset, ``(train, val)`` or a dict of
+    splits (see :mod:`.objects`)."""
+    return ObjectSource(data)
 
 
 __all__ = [
@@ -57,6 +70,7 @@ __all__ = [
     "VTAB_TASKS",
     "DatasetInfo",
     "Source",
+    "from_objects",
     "held_out_indices",
     "register_source",
     "resolve",

@@ -28,6 +28,8 @@ class DatasetInfo:
     ``expected_sizes`` maps split → required item count (VTAB-1k: 800/200/1000); empty when free.
     ``image_size``: the side of the images when the dataset's images are small and of one size (CIFAR,
     SVHN, GTSRB as the VP papers use it, Fashion-MNIST, synthetic), else ``None``.
+    ``own_transforms``: the items are already tensors, made by the dataset's own transforms (which may be
+    random: the frozen-prefix cache is then not used).
     """
 
     spec: str
@@ -39,6 +41,7 @@ class DatasetInfo:
     root: Path | None = None
     expected_sizes: dict[str, int] = field(default_factory=dict)
     image_size: int | None = None
+    own_transforms: bool = False
 
 
 def generic_names(n: int) -> tuple[str, ...]:
@@ -115,6 +118,9 @@ class Source:
     dir: Path | None = None
     #: Accept list entries outside ``dir`` (set by :func:`~vprompt.data.resolve`).
     allow_outside_root: bool = False
+    #: The model's input ``(C, H, W)`` (set by :func:`~vprompt.data.load`): what items that are already
+    #: tensors must be.
+    input_size: tuple[int, ...] | None = None
 
     def dataset(self, split: str, transform: Callable | None = None):
         split = self.canonical_split(split)

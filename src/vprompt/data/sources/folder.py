@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import DataError, ImageListDataset, Sample
+from ..datasets import IMAGE_SUFFIXES, DataError, ImageListDataset, Sample
 from ..entries import read_text
 from .base import DatasetInfo, Source, need_dir, register_source, with_held_out
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 class FolderSource(Source):
