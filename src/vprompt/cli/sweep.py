@@ -101,14 +101,14 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         help=f"learning rates, by spaces or commas (default: the recipe's grid, else the config's){tune_note}",
     )
     p.add_argument(
-        "--wd",
         "--weight-decay",
         dest="wd",
         nargs="+",
         default=None,
         metavar="X",
-        help="weight decays (default: the recipe's grid, else the config's)",
+        help="weight decays, by spaces or commas (default: the recipe's grid, else the config's)",
     )
+    p.add_argument("--wd", dest="wd", nargs="+", help=argparse.SUPPRESS)  # the old spelling
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
         "--seeds",
