@@ -44,7 +44,7 @@ from .trainer import Trainer, evaluate
 
 #: config keys that do not change a run's result (cache: speed only; resolved: derived from the others);
 #: they may differ between a run and its resumption, and are left out of its checkpoint's option digests
-RESUME_FREE = {"progress", "workers", "device", "root", "log", "cache", "resolved"}
+RESUME_FREE = {"progress", "quiet", "workers", "device", "root", "log", "cache", "resolved"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -387,13 +387,19 @@ class Trainer:
             self.build_caches()
             if self.train_cache is not None and p.epoch == 0:  # a resumed run counted it already
                 p.train_seconds += self.cache_summary()["build_seconds"]
+        speak = self.ctx.main and not cfg.quiet
         bar = None
-        if cfg.progress and self.ctx.main:
+        if speak and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(
-                total=cfg.epochs * self.steps_per_epoch, initial=p.epoch * self.steps_per_epoch, unit="step"
+            bar = tqdm(  # disable=None: tqdm draws no bar where its stream (stderr) is not a terminal
+                total=cfg.epochs * self.steps_per_epoch,
+                initial=p.epoch * self.steps_per_epoch,
+                unit="step",
+                disable=None,
             )
+            if bar.disable:
+                bar = None
         try:
             while p.epoch < cfg.epochs:
                 if bar is not None:
@@ -413,6 +419,8 @@ class Trainer:
                 p.epoch += 1
                 if bar is not None:
                     bar.write(epoch_line(row, cfg.epochs))
+                elif speak:
+                    print(epoch_line(row, cfg.epochs), flush=True)
                 self.tracker.epoch(row, p.updates)
                 if self.run is not None:
                     state = self.state()  # every process takes part (RNG states are gathered)
