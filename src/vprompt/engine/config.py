@@ -171,6 +171,13 @@ class TrainConfig:
             "help": "show a progress bar where stderr is a terminal (one line per epoch is printed either way)"
         },
     )
+    details: bool = field(
+        default=False,
+        metadata={
+            "help": "also write <run>/eval-<split>/ for the splits evaluated at the end: per-class accuracy, "
+            "confusion matrix (CSV, PNG), each image's prediction (CSV)"
+        },
+    )
     quiet: bool = field(
         default=False, metadata={"help": "print nothing but errors: no progress bar, no per-epoch lines"}
     )
