@@ -83,6 +83,19 @@ def test_several_seeds_give_mean_and_sample_std_per_site(tmp_path, monkeypatch):
     )
 
 
+def test_seeds_are_a_count_or_a_comma_list_in_every_sweep(capsys):
+    from vprompt.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["sweep", "tune", "--output", "o", "--seeds", "3"]).seeds == 3
+    assert parse(["sweep", "tune", "--output", "o", "--seeds", "0,1,2"]).seeds == [0, 1, 2]
+    assert parse(["sweep", "layers", "--output", "o", "--seeds", "7,"]).seeds == [7]
+    assert parse(["sweep", "layers", "--output", "o", "--seed-list", "4", "5"]).seed_list == [4, 5]
+    with pytest.raises(SystemExit):
+        parse(["sweep", "layers", "--output", "o", "--seeds", "0;1"])
+    assert "expected a count N or seeds by commas, got '0;1'" in capsys.readouterr().err
+
+
 def read_csv(path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
