@@ -285,11 +285,14 @@ def test_unknown_task_is_refused():
 def test_cli_prepare_then_check(tmp_path, monkeypatch, capsys):
     reader, _ = fakes([])
     monkeypatch.setattr(convert_module, "_reader", reader)
-    assert main(["data", "prepare", "vtab1k", "--out", str(tmp_path), "--tasks", "dtd", "--no-progress"]) == 0
+    assert (
+        main(["data", "prepare", "vtab1k", "--output", str(tmp_path), "--tasks", "dtd", "--no-progress"]) == 0
+    )
     out = capsys.readouterr().out
     assert "[1/1] dtd: prepared: train800 800, val200 200, test 7" in out and "1/1 task(s) ready" in out
     assert main(["data", "check", "vtab1k:dtd", "--root", str(tmp_path)]) == 0
-    assert main(["data", "prepare", "vtab1k", "--out", str(tmp_path), "--tasks", "dtd", "--no-progress"]) == 0
+    old = ["data", "prepare", "vtab1k", "--out", str(tmp_path), "--tasks", "dtd", "--no-progress"]
+    assert main(old) == 0  # the old spelling of --output still works
     assert "dtd: skipped" in capsys.readouterr().out
 
 
@@ -311,7 +314,7 @@ def test_a_package_one_builder_needs_fails_that_task_only(tmp_path):
 
 
 def prepare_cli(out, capsys) -> tuple[int, str]:
-    code = main(["data", "prepare", "vtab1k", "--out", str(out), "--tasks", "dtd", "--no-progress"])
+    code = main(["data", "prepare", "vtab1k", "--output", str(out), "--tasks", "dtd", "--no-progress"])
     return code, capsys.readouterr().err
 
 
@@ -349,15 +352,15 @@ def test_an_out_that_is_empty_a_file_or_a_broken_link_is_one_line(tmp_path, monk
     code, err = prepare_cli("", capsys)
     assert (code, err) == (
         2,
-        "vprompt data: error: the output folder (--out) is empty; name the folder to write the tasks into\n",
+        "vprompt data: error: the output folder (--output) is empty; name the folder to write the tasks into\n",
     )
     assert list(tmp_path.iterdir()) == []  # not written into the current folder
     (tmp_path / "file").write_text("x")
     code, err = prepare_cli(tmp_path / "file", capsys)
-    assert code == 2 and err.count("\n") == 1 and "(--out): it is a file, not a folder" in err
+    assert code == 2 and err.count("\n") == 1 and "(--output): it is a file, not a folder" in err
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     code, err = prepare_cli(tmp_path / "link", capsys)
-    assert code == 2 and err.count("\n") == 1 and "(--out): it is a broken symlink" in err
+    assert code == 2 and err.count("\n") == 1 and "(--output): it is a broken symlink" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
 
 

@@ -67,6 +67,45 @@ def test_tensorboard_events_equal_metrics_jsonl(tmp_path):
     assert '"val_accuracy"' in next(v for k, v in texts.items() if k.startswith("summary"))
 
 
+def test_tensorboard_hparams_hold_the_options_and_the_final_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    run = tmp_path / "run"
+    options = {"site": "block.11", "shape": "channel"}
+    summary = vprompt.train(
+        dict(TINY, epochs=1), method="ap", method_options=options, output=run, log="tensorboard"
+    )
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    assert set(content) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    assert values["lr"] == TINY["lr"] and values["batch_size"] == TINY["batch_size"] and values["epochs"] == 1
+    assert (
+        values["method"] == "ap" and values["backbone"] == TINY["backbone"] and values["data"] == TINY["data"]
+    )
+    assert values["method_options.site"] == "block.11" and values["method_options.shape"] == "channel"
+    assert (
+        values["optimizer"] == "sgd" and values["random_init"] == "true" and "weights" not in values
+    )  # unset
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {h.name for h in experiment.hparam_infos} == set(values)
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"summary/val_accuracy", "summary/val_loss", "summary/train_seconds"} <= metric_tags
+    assert "summary/epochs" not in metric_tags and "summary/seed" not in metric_tags  # options, not metrics
+    scalars = set(events.Tags()["scalars"])
+    assert metric_tags <= scalars  # every metric has its value in the run
+    last = events.Scalars("summary/val_accuracy")[-1].value
+    assert last == pytest.approx(summary["val_accuracy"], rel=1e-6)
+
+
 def test_wandb_offline_without_network_or_key(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -63,9 +63,9 @@ def test_tuning_run_never_touches_test(tiny, tmp_path, monkeypatch):
     evaluated = []
     original = trainer_module.Trainer.evaluate
 
-    def spy(self, dataset):
+    def spy(self, dataset, **options):
         evaluated.append("test" if dataset is self.data.test else "val")
-        return original(self, dataset)
+        return original(self, dataset, **options)
 
     monkeypatch.setattr(trainer_module.Trainer, "evaluate", spy)
     summary = vprompt.train(**tiny, method="linear", output=tmp_path / "tune")
@@ -81,8 +81,8 @@ def test_best_val_selects_by_validation(tiny, tmp_path, monkeypatch):
     planted = {1: 40.0, 2: 90.0, 3: 60.0, 4: 70.0}
     original = trainer_module.Trainer.evaluate
 
-    def planted_val(self, dataset):  # during epoch e, progress.epoch is e - 1
-        result = original(self, dataset)
+    def planted_val(self, dataset, **options):  # during epoch e, progress.epoch is e - 1
+        result = original(self, dataset, **options)
         if dataset is self.data.val and self.progress.epoch + 1 in planted:
             result["accuracy"] = planted[self.progress.epoch + 1]
         return result

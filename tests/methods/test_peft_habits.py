@@ -99,6 +99,29 @@ def test_lora_saves_in_peft_format_that_peft_loads(tmp_path, float64):
         torch.testing.assert_close(again.trainable_state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("factory", [vit, resnet], ids=["vit-qkv", "resnet-conv"])
+def test_peft_from_pretrained_takes_the_backbone_as_well_as_its_timm_model(tmp_path, factory):
+    bb = factory().eval()
+    on_backbone, on_timm = copy.deepcopy(bb), copy.deepcopy(bb.model)
+    spares = [copy.deepcopy(bb) for _ in "ab"]
+    model = trained(vprompt.attach(bb, "lora", r=4))
+    model.save_pretrained(tmp_path / "vprompt")
+    x = torch.randn(2, *bb.input_size)
+    peft_bb = peft.PeftModel.from_pretrained(on_backbone, str(tmp_path / "vprompt")).eval()
+    peft_timm = peft.PeftModel.from_pretrained(on_timm, str(tmp_path / "vprompt")).eval()
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(peft_bb(x), expected)
+        torch.testing.assert_close(peft_timm(x), expected)
+    # what peft saves from the Backbone loads back into peft, and into vprompt
+    peft_bb.save_pretrained(str(tmp_path / "peft"), save_embedding_layers=False)
+    again = peft.PeftModel.from_pretrained(spares[0], str(tmp_path / "peft")).eval()
+    ours = vprompt.load_adapter(tmp_path / "peft", spares[1]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), expected)
+        torch.testing.assert_close(ours(x), expected)
+
+
 @pytest.mark.numerics
 def test_a_peft_saved_lora_loads_into_vprompt(tmp_path, float64):
     bb = vit().eval()

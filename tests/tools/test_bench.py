@@ -157,7 +157,7 @@ def test_epoch_speedup_next_to_its_bound_at_the_bench_batch(monkeypatch):
 
 
 def test_bench_command_writes_table_json_and_plot(tmp_path, capsys):
-    args = ["bench", "--backbone", TINY_VIT, "--img-size", "32", "--batch", "2", "--steps", "2"]
+    args = ["bench", "--backbone", TINY_VIT, "--img-size", "32", "--batch-size", "2", "--steps", "2"]
     assert main([*args, "--methods", "linear,vpt-deep:num_prompts=2", "--output", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [r["method"] for r in rows] == ["linear", "vpt-deep"]

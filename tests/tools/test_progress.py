@@ -35,5 +35,7 @@ def test_each_finished_run_logs_elapsed_and_eta(tmp_path):
     logged: list[str] = []
     Executor(log=logged.append).run(jobs)
     assert len(logged) == 2
-    assert logged[0].startswith("[1/2] a: trained") and "elapsed " in logged[0] and "left" in logged[0]
+    assert logged[0].startswith("[1/2] a (synthetic:4x32 · linear · lr=0.05): trained (val ")
+    assert logged[1].startswith("[2/2] b (synthetic:4x32 · linear · lr=0.02): trained (val ")
+    assert "elapsed " in logged[0] and "left" in logged[0]
     assert logged[1].endswith("about 0s left")

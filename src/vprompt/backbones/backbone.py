@@ -26,6 +26,9 @@ class Backbone(nn.Module):
 
     #: let the last block of a CLS-pooled ViT compute only the CLS row during forwards to the logits
     cls_only_last_block: bool = True
+    #: peft's hook for state-dict keys (``PeftModel.from_pretrained`` reads it, as for transformers'
+    #: models): adapter files name modules of the inner ``model``, here one level down
+    _checkpoint_conversion_mapping = {r"^(?!model\.)": "model."}
 
     def __init__(
         self,

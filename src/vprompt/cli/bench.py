@@ -26,18 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated, each name[:option=value...], e.g. ap:site=block.9 "
         f"(default: {DEFAULT_METHODS}; ap without a site goes three quarters deep)",
     )
-    p.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--batch", dest="batch_size", type=int, help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
     p.add_argument("--steps", type=int, default=10, help="timed train steps per method (default: 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (default: random)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument(
+        "--random-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random backbone weights (default here: yes; --no-random-init loads the pretrained ones)",
+    )
+    p.add_argument(  # the old spelling of --no-random-init
+        "--pretrained", dest="random_init", action="store_false", help=argparse.SUPPRESS
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--epoch-images",
         type=int,
         default=0,
-        help="also time a training epoch on this many synthetic images (at --batch), with and without "
+        help="also time a training epoch on this many synthetic images (at --batch-size), with and without "
         "the prefix cache, and give the cache's speed-up next to its bound",
     )
     p.add_argument(
@@ -50,31 +59,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..engine.distributed import resolve_device
     from ..tools.bench import bench, last_block_notes, parse_methods, table, write
 
     rows = bench(
         args.backbone,
         parse_methods(args.methods),
-        batch=args.batch,
+        batch=args.batch_size,
         img_size=args.img_size,
         steps=args.steps,
         warmup=args.warmup,
-        pretrained=args.pretrained,
-        device=args.device,
+        pretrained=not args.random_init,
+        device=str(resolve_device(args.device)),
         threads=args.threads,
         epoch_images=args.epoch_images,
         precision=args.precision,
     )
     size = "×".join(map(str, rows[0]["input_size"]))
     title = (
-        f"{args.backbone}, {size}, batch {args.batch}, {rows[0]['device']}, {rows[0]['precision']}, "
+        f"{args.backbone}, {size}, batch {args.batch_size}, {rows[0]['device']}, {rows[0]['precision']}, "
         f"{rows[0]['threads']} threads"
     )
     write(rows, args.output, title)

@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pip install 'vprompt[prepare]'.",
     )
     p.add_argument("dataset", choices=["vtab1k"], help="what to prepare")
-    p.add_argument("--out", required=True, help="the data root to write (then: --root for vtab1k:<task>)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", dest="out", help="the data root to write (then: --root for vtab1k:<task>)")
+    out.add_argument("--out", dest="out", help=argparse.SUPPRESS)  # the old spelling
     p.add_argument(
         "--tasks", action="append", default=None, help="only these tasks (comma-separated or repeated)"
     )

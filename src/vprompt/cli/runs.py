@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="autocast of the evaluation (default: the run's precision option)",
     )
+    p.add_argument(
+        "--details",
+        action="store_true",
+        help="also write RUN/eval-<split>/: per-class accuracy, confusion matrix (CSV, PNG), each image's "
+        "prediction (CSV)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes (with their names) of images under a finished run")
@@ -59,10 +65,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         precision=args.precision,
+        details=args.details,
         data=args.data,
         root=args.root,
     )
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    shown = {k: v for k, v in result.items() if k not in ("confusion", "per_class_accuracy", "details")}
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}))
+    if args.details:
+        print(f"per-class accuracy, confusion matrix and each image's prediction in {result['details']}")
     return 0
 
 

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
     k.add_argument("--shape", choices=SHAPES, default="full", help="prompt shape (default: full)")
+    _seed_options(k, "runs per site", "the run's --seed alone")
     k.set_defaults(func=cmd_layers, accepts_method_options=True)
 
     k = kinds.add_parser(
@@ -101,24 +102,39 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         help=f"learning rates, by spaces or commas (default: the recipe's grid, else the config's){tune_note}",
     )
     p.add_argument(
-        "--wd",
         "--weight-decay",
         dest="wd",
         nargs="+",
         default=None,
         metavar="X",
-        help="weight decays (default: the recipe's grid, else the config's)",
+        help="weight decays, by spaces or commas (default: the recipe's grid, else the config's)",
     )
+    p.add_argument("--wd", dest="wd", nargs="+", help=argparse.SUPPRESS)  # the old spelling
+    _seed_options(p, "final runs", "the recipe's seeds, else 5")
+
+
+def _seed_options(p: argparse.ArgumentParser, runs: str, default: str) -> None:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
         "--seeds",
-        type=int,
+        type=seed_values,
         default=None,
-        help="final runs, seeds 0..N-1 (default: the recipe's seeds, else 5)",
+        metavar="N|S,S,...",
+        help=f"{runs}: N for seeds 0..N-1, or the seeds by commas (0,1,2) (default: {default})",
     )
     seeds.add_argument(
-        "--seed-list", type=int, nargs="+", default=None, metavar="S", help="final runs with these seeds"
+        "--seed-list", type=int, nargs="+", default=None, metavar="S", help=f"{runs} with these seeds"
     )
+
+
+def seed_values(text: str) -> int | list[int]:
+    """``"3"`` → 3 (seeds 0, 1, 2); ``"0,1,2"`` → [0, 1, 2]; ``"7,"`` → [7]."""
+    try:
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count N or seeds by commas, got {text!r}") from None
 
 
 def floats(values: list[str] | None) -> list[float] | None:
@@ -173,7 +189,13 @@ def cmd_layers(args: argparse.Namespace, extra: list[str]) -> int:
         raise ValueError("sweep layers gives every run its site from --sites; --site is not an option here")
     config = _config(args, extra, method=args.method)
     result = sweep.layers(
-        config, args.output, sites=args.sites, shape=args.shape, method=args.method, executor=_executor(args)
+        config,
+        args.output,
+        sites=args.sites,
+        shape=args.shape,
+        method=args.method,
+        seeds=_seeds(args),
+        executor=_executor(args),
     )
     return _finish(args.output, Path(result["files"]["md"]), result["failures"])
 

@@ -82,9 +82,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         f"the last finished epoch is kept; continue it with: vprompt train --resume {output}"
     )
     summary = train(config, output=output, resume=bool(args.resume))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # torchrun: one report, from the main process
-    keys = ("val_accuracy", "test_accuracy", "trainable_parameters", "train_seconds", "peak_memory_mib")
+    if int(os.environ.get("RANK", "0")) != 0 or config.quiet:
+        return 0  # torchrun: one report, from the main process; --quiet: none
+    keys = ("val_accuracy", "test_accuracy", "top_k", "val_top_k_accuracy", "test_top_k_accuracy")
+    keys += ("trainable_parameters", "train_seconds", "peak_memory_mib")
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k in keys}
     print(json.dumps(shown))
     print(f"run written to {output}")

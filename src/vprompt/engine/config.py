@@ -165,7 +165,22 @@ class TrainConfig:
     cache_dtype: Literal["float32", "float16", "bfloat16"] = field(
         default="float32", metadata={"help": "dtype the cached activations are stored in"}
     )
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(
+        default=True,
+        metadata={
+            "help": "show a progress bar where stderr is a terminal (one line per epoch is printed either way)"
+        },
+    )
+    details: bool = field(
+        default=False,
+        metadata={
+            "help": "also write <run>/eval-<split>/ for the splits evaluated at the end: per-class accuracy, "
+            "confusion matrix (CSV, PNG), each image's prediction (CSV)"
+        },
+    )
+    quiet: bool = field(
+        default=False, metadata={"help": "print nothing but errors: no progress bar, no per-epoch lines"}
+    )
     log: Literal["csv", "tensorboard", "wandb"] = field(
         default="csv",
         metadata={

@@ -35,6 +35,7 @@ from .config import (
     typed,
 )
 from .data import RunData, eval_loader, load_data, plan_data
+from .details import details_folder, item_paths, per_class_accuracy, write_details
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
 from .optim import peak_lr
@@ -45,7 +46,7 @@ from .trainer import Trainer, evaluate
 
 #: config keys that do not change a run's result (cache: speed only; resolved: derived from the others);
 #: they may differ between a run and its resumption, and are left out of its checkpoint's option digests
-RESUME_FREE = {"progress", "workers", "device", "root", "log", "cache", "resolved"}
+RESUME_FREE = {"progress", "quiet", "details", "workers", "device", "root", "log", "cache", "resolved"}
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -312,13 +313,20 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
         selected = trainer.select()
         results: dict[str, Any] = {}
         throughput = None
+        names = data.describe()["class_names"]
         for name in ("val", "test"):  # the test split is evaluated here, once, after selection
             dataset = getattr(data, name)
             if dataset is not None:
-                r = trainer.evaluate(dataset)
+                r = trainer.evaluate(dataset, keep=config.details)
                 results[f"{name}_accuracy"] = r["accuracy"]
                 results[f"{name}_loss"] = r["loss"]
+                results[f"{name}_top_k_accuracy"] = r["top_k_accuracy"]
+                results[f"{name}_per_class_accuracy"] = per_class_accuracy(r["confusion"], names)
+                results["top_k"] = r["top_k"]
                 throughput = r["images_per_second"]
+                if config.details and run is not None and ctx.main:
+                    split = getattr(data.plan.splits, name)
+                    write_details(details_folder(run.path, split), r, names, item_paths(dataset))
         summary = {
             "backbone": config.backbone,
             "method": config.method,
@@ -402,11 +410,14 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 64,
     precision: str | None = None,
+    details: bool = False,
     **data_overrides,
 ) -> dict[str, Any]:
-    """Accuracy of a finished run on one split of its dataset (or another dataset: ``data=``, ``root=``),
-    in ``precision`` (auto, fp32, bf16, fp16; default: the run's). A run trained on Python objects needs
-    them again as ``data=`` (the same forms as :func:`train`; ``{"test": dataset}`` for a new test set)."""
+    """Accuracy, top-k accuracy, per-class accuracy and the confusion matrix of a finished run on one
+    split of its dataset (or another dataset: ``data=``, ``root=``), in ``precision`` (auto, fp32, bf16,
+    fp16; default: the run's). ``details``: also write ``<run>/eval-<split>/`` (see :mod:`.details`). A run
+    trained on Python objects needs them again as ``data=`` (the same forms as :func:`train`;
+    ``{"test": dataset}`` for a new test set)."""
     config = run_config(run_dir)
     _, data_overrides, source = data_objects(None, data_overrides)
     config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
@@ -417,7 +428,13 @@ def evaluate_run(
     data = load_data(only, plan_data(only, source), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)
-    result = evaluate(model, loader, ctx, amp)
+    result = evaluate(model, loader, ctx, amp, keep=details)
+    names = class_names(run_dir)
+    result["per_class_accuracy"] = per_class_accuracy(result["confusion"], names)
+    if details:
+        folder = write_details(details_folder(run_dir, split), result, names, item_paths(data.val))
+        result["details"] = str(folder)
+        del result["predictions"]  # written to predictions.csv
     return {"split": split, "data": config.data, "precision": amp.name, **result}
 
 

@@ -7,6 +7,7 @@
 <run>/adapter/            the kept weights, trainable state only (vprompt_model.safetensors + vprompt_config.json; LoRA also peft's files)
 <run>/checkpoint.pt       resumable state after the last finished epoch
 <run>/steps.csv           per-step loss and lr (--log csv, the default); tensorboard/ or wandb/ instead
+<run>/eval-<split>/       with --details: per-class accuracy, confusion matrix, each image's prediction
 ```
 """
 
@@ -42,6 +43,7 @@ ADAPTER = "adapter"
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 ERROR = "error.txt"  # a sweep's record of a failed run
+EVAL_PREFIX = "eval-"  # <run>/eval-<split>/: an evaluation's details (per class, confusion, each image)
 #: everything vprompt itself puts into a run folder (anything else there is the user's)
 RUN_FILES = {CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINT, LOCK, ERROR} | TRACKING_FILES
 CHECKPOINT_FORMAT = "vprompt-checkpoint"
@@ -144,7 +146,8 @@ class RunDir:
         theirs = []
         for entry in sorted(os.listdir(self.path)):
             temp = entry.startswith(".") and entry.endswith(".tmp")
-            if entry not in RUN_FILES and not temp and not entry.startswith("vprompt-cache-"):
+            ours = entry in RUN_FILES or entry.startswith(("vprompt-cache-", EVAL_PREFIX))
+            if not ours and not temp:
                 theirs.append(entry)
         if not theirs and (self.path / CONFIG).is_file():
             if self.holds_run_config():

@@ -83,6 +83,7 @@ class TensorBoardTracker(Tracker):
         self.writer_cls, self.writer, self.last = SummaryWriter, None, 0
 
     def start(self, config, resume_step):
+        self.config = config
         self.writer = self.writer_cls(str(self.folder), purge_step=resume_step or None)
         text = json.dumps(config, indent=2, default=str)
         self.writer.add_text("config", f"```\n{text}\n```", global_step=resume_step)
@@ -99,14 +100,31 @@ class TensorBoardTracker(Tracker):
         self.writer.flush()
 
     def finish(self, summary):
+        from torch.utils.tensorboard.summary import hparams
+
         for key, value in _numbers(summary).items():
             self.writer.add_scalar(f"summary/{key}", value, self.last)
         text = json.dumps(summary, indent=2, default=str)
         self.writer.add_text("summary", f"```\n{text}\n```", global_step=self.last)
+        metrics = {f"summary/{k}": v for k, v in _numbers(summary).items() if k not in self.config}
+        for proto in hparams(hparam_values(self.config), metrics):  # experiment, session start and end
+            self.writer.file_writer.add_summary(proto, self.last)
 
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def hparam_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's options as HParams values, numbers or text (booleans ``true``/``false``, lists as JSON):
+    method options as ``method_options.<name>``; unset options and the derived ``resolved`` left out."""
+    flat = {k: v for k, v in config.items() if k not in ("method_options", "resolved")}
+    flat |= {f"method_options.{k}": v for k, v in (config.get("method_options") or {}).items()}
+    return {
+        k: v if isinstance(v, int | float | str) and not isinstance(v, bool) else json.dumps(v, default=str)
+        for k, v in flat.items()
+        if v is not None
+    }
 
 
 class WandbTracker(Tracker):

@@ -25,6 +25,7 @@ from ..methods import TunedModel
 from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
 from .data import RunData, SeededItems, eval_loader, loader_options, private_generator, train_loader
+from .details import TOP_K
 from .distributed import Context, synchronize
 from .optim import build_optimizer, build_schedule, param_groups
 from .precision import Precision
@@ -52,35 +53,65 @@ class ResumeAt(nn.Module):
 
 @torch.no_grad()
 def evaluate(
-    model: TunedModel, batches, ctx: Context, precision: Precision, site: str | None = None
-) -> dict[str, float]:
-    """Top-1 accuracy and mean loss over ``batches`` of ``(images, labels)`` (summed over processes),
-    and images per second. With ``site``, the batches hold raw activations there instead of images."""
+    model: TunedModel,
+    batches,
+    ctx: Context,
+    precision: Precision,
+    site: str | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Top-1 and top-k accuracy (k = :data:`~.details.TOP_K`, or the number of classes when fewer), mean
+    loss and the confusion matrix (rows: true class) over ``batches`` of ``(images, labels)`` (summed over
+    processes), and images per second. With ``site``, the batches hold raw activations there instead of
+    images. ``keep``: also each item's ``(label, prediction, confidence, top-k class ids)``, in order."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss, correct: no sync per batch
-    count = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss, correct, top-k: no sync per batch
+    classes = model.num_classes
+    k = min(TOP_K, classes)
+    confusion = torch.zeros(classes * classes, dtype=torch.float64, device=ctx.device)
+    kept, count = [], 0
     synchronize(ctx.device)
     start = time.perf_counter()
     for x, y in batches:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with precision.autocast():
             logits = model(x) if site is None else model.forward_from(site, x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-        sums[1] += (logits.argmax(-1) == y).sum()
+        logits = logits.float()
+        predicted = logits.argmax(-1)
+        top = logits.topk(k, dim=-1).indices
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (predicted == y).sum()
+        sums[2] += (top == y[:, None]).any(-1).sum()
+        confusion += torch.bincount(y * classes + predicted, minlength=classes * classes)
+        if keep:
+            confidence = logits.softmax(-1).gather(1, predicted[:, None])[:, 0]
+            kept.append((y.cpu(), predicted.cpu(), confidence.cpu(), top.cpu()))
         count += len(y)
-    loss, correct = sums.tolist()  # waits for the device
+    loss, correct, top_correct = sums.tolist()  # waits for the device
     seconds = time.perf_counter() - start
     model.train(was_training)
-    correct, loss, count, seconds = ctx.all_sum([correct, loss, count, seconds])
+    correct, top_correct, loss, count, seconds = ctx.all_sum([correct, top_correct, loss, count, seconds])
     if count == 0:
         raise ValueError("evaluation set is empty")
-    return {
+    matrix = ctx.all_sum(confusion.tolist())
+    result = {
         "accuracy": 100.0 * correct / count,
+        "top_k": k,
+        "top_k_accuracy": 100.0 * top_correct / count,
         "loss": loss / count,
         "images": int(count),
         "images_per_second": count / max(seconds / ctx.world, 1e-9),
+        "confusion": [[int(v) for v in matrix[i : i + classes]] for i in range(0, len(matrix), classes)],
     }
+    if keep:
+        mine = [
+            (int(label), int(p), float(c), t.tolist())
+            for y_, p_, c_, t_ in kept
+            for label, p, c, t in zip(y_.tolist(), p_.tolist(), c_.tolist(), t_, strict=True)
+        ]
+        result["predictions"] = [row for part in ctx.gather(mine) for row in part]  # shares in rank order
+    return result
 
 
 def rng_state() -> dict[str, Any]:
@@ -374,12 +405,12 @@ class Trainer:
             f"stopped. {self.nonfinite_advice(kept)}"
         )
 
-    def evaluate(self, dataset) -> dict[str, float]:
+    def evaluate(self, dataset, keep: bool = False) -> dict[str, Any]:
         if self.val_cache is not None and dataset is self.data.val:
             batches = self.val_cache.loader(self.eval_batch, self.ctx)
-            return evaluate(self.model, batches, self.ctx, self.precision, site=self.val_cache.site)
+            return evaluate(self.model, batches, self.ctx, self.precision, self.val_cache.site, keep)
         loader = eval_loader(dataset, self.eval_batch, self.ctx, self.config.workers)
-        return evaluate(self.model, loader, self.ctx, self.precision)
+        return evaluate(self.model, loader, self.ctx, self.precision, keep=keep)
 
     def fit(self) -> Progress:
         """Train the remaining epochs, validating and checkpointing after each; returns the progress."""
@@ -388,13 +419,19 @@ class Trainer:
             self.build_caches()
             if self.train_cache is not None and p.epoch == 0:  # a resumed run counted it already
                 p.train_seconds += self.cache_summary()["build_seconds"]
+        speak = self.ctx.main and not cfg.quiet
         bar = None
-        if cfg.progress and self.ctx.main:
+        if speak and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(
-                total=cfg.epochs * self.steps_per_epoch, initial=p.epoch * self.steps_per_epoch, unit="step"
+            bar = tqdm(  # disable=None: tqdm draws no bar where its stream (stderr) is not a terminal
+                total=cfg.epochs * self.steps_per_epoch,
+                initial=p.epoch * self.steps_per_epoch,
+                unit="step",
+                disable=None,
             )
+            if bar.disable:
+                bar = None
         try:
             while p.epoch < cfg.epochs:
                 if bar is not None:
@@ -414,6 +451,8 @@ class Trainer:
                 p.epoch += 1
                 if bar is not None:
                     bar.write(epoch_line(row, cfg.epochs))
+                elif speak:
+                    print(epoch_line(row, cfg.epochs), flush=True)
                 self.tracker.epoch(row, p.updates)
                 if self.run is not None:
                     state = self.state()  # every process takes part (RNG states are gathered)

@@ -130,6 +130,8 @@ def load_peft(directory: Path, backbone: Backbone | None) -> TunedModel:
     except (SafetensorError, ValueError, OSError) as e:
         raise ValueError(f"{weights}: missing, damaged or not a safetensors file ({e})") from None
     refuse_non_finite(state, weights)
+    if not hasattr(backbone.model, "model"):  # saved by peft from a PeftModel over the Backbone itself
+        state = {re.sub(rf"^{re.escape(_PREFIX)}model\.", _PREFIX, k): v for k, v in state.items()}
     model.load_trainable_state_dict({_from_peft(k): v for k, v in state.items()})
     return model
 

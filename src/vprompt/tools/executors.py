@@ -119,15 +119,33 @@ def one_sweep_at_a_time(sweep: Callable) -> Callable:
     return locked
 
 
-def describe(outcome: Outcome) -> str:
-    """One line about an outcome, for the sweep's log."""
+def describe(outcome: Outcome, label: str = "") -> str:
+    """One line about an outcome, for the sweep's log (``label``: what the run is, see :func:`labels`)."""
+    name = f"{outcome.name} ({label})" if label else outcome.name
     if not outcome.ok:
-        return f"{outcome.name}: FAILED ({outcome.error})"
+        return f"{name}: FAILED ({outcome.error})"
     s = outcome.summary or {}
     split = "test" if s.get("test_accuracy") is not None else "val"
     accuracy = s.get(f"{split}_accuracy")
     shown = f"{split} {accuracy:.2f}%" if accuracy is not None else "no accuracy"
-    return f"{outcome.name}: {outcome.status} ({shown})"
+    return f"{name}: {outcome.status} ({shown})"
+
+
+def labels(jobs: Sequence[Job]) -> list[str]:
+    """Per job: ``dataset · method`` and the values of the options (run or method options) that tell it
+    from the other jobs of the sweep, e.g. ``vtab1k:dtd · ap · site=block.3 seed=1``."""
+    flat = [{**j.config, **j.config["method_options"], "method_options": None} for j in jobs]
+    keys = dict.fromkeys(k for f in flat for k in f)
+    varying = [k for k in keys if k not in ("data", "method") and len({repr(f.get(k)) for f in flat}) > 1]
+
+    def value(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return [
+        " · ".join([str(j.config["data"]), str(j.config["method"])])
+        + "".join(f"{' · ' if i == 0 else ' '}{k}={value(f.get(k))}" for i, k in enumerate(varying))
+        for j, f in zip(jobs, flat, strict=True)
+    ]
 
 
 def duration(seconds: float) -> str:
@@ -197,18 +215,19 @@ class Executor:
         if not jobs:
             return []
         self._clock = Clock(len(jobs))
+        self._labels = labels(jobs)
         return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)
 
-    def _say(self, done: int, total: int, outcome: Outcome) -> None:
+    def _say(self, done: int, total: int, outcome: Outcome, index: int) -> None:
         self._clock.done(outcome.status)
         if self.log is not None:
-            self.log(f"[{done}/{total}] {describe(outcome)}  {self._clock}")
+            self.log(f"[{done}/{total}] {describe(outcome, self._labels[index])}  {self._clock}")
 
     def _run_local(self, jobs: Sequence[Job]) -> list[Outcome]:
         outcomes = []
-        for i, job in enumerate(jobs, 1):
+        for i, job in enumerate(jobs):
             outcomes.append(run_job(job))
-            self._say(i, len(jobs), outcomes[-1])
+            self._say(i + 1, len(jobs), outcomes[-1], i)
         return outcomes
 
     def _run_ray(self, jobs: Sequence[Job]) -> list[Outcome]:
@@ -234,7 +253,7 @@ class Executor:
                     job = jobs[i]
                     write_text(RunDir(job.output) / ERROR, f"{type(e).__name__}: {e}\n")
                     outcomes[i] = Outcome(job.name, job.output, "failed", error=f"{type(e).__name__}: {e}")
-                self._say(len(jobs) - len(pending), len(jobs), outcomes[i])
+                self._say(len(jobs) - len(pending), len(jobs), outcomes[i], i)
             return outcomes  # type: ignore[return-value]
         finally:
             if started:

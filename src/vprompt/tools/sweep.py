@@ -18,7 +18,7 @@ from ..engine.rundir import write_json, write_text
 from ..methods import SITE_METHODS, method_config
 from . import plots
 from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
-from .tables import markdown, pm, write_csv
+from .tables import markdown, mean_std, pm, write_csv
 from .tuning import Plan, run_plans
 
 #: the datasets of each benchmark family, in the papers' order
@@ -92,19 +92,26 @@ def layers(
     sites: list[str] | None = None,
     shape: str = "full",
     method: str = "ap",
+    seeds: int | list[int] | None = None,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """``method`` (a site method: ``ap``, ``aap``) at each of ``sites`` (default: ``embed`` where present
     and every ``block.N``); the base config's other method options (e.g. ``hidden``) apply to every run.
 
-    Runs go to ``<out>/layers/<name>/<site>`` with ``<name>`` the shape for ``ap`` and
-    ``<method>-<shape>`` otherwise. Writes ``<out>/layers-<name>.{md,csv,png}`` (accuracy and cost per
-    site) and returns ``{"rows": [...], "failures": [...], "files": {...}}``.
+    ``seeds`` (a count N for seeds 0..N-1, or the seeds; default: the config's seed alone) trains each
+    site once per seed; its rows give the accuracy's mean ± sample std over the seeds that finished.
+    Runs go to ``<out>/layers/<name>/<site>`` (the config's own seed) and ``<site>-seed<k>`` (the others)
+    with ``<name>`` the shape for ``ap`` and ``<method>-<shape>`` otherwise. Writes
+    ``<out>/layers-<name>.{md,csv,png}`` (accuracy and cost per site) and returns
+    ``{"rows": [...], "failures": [...], "files": {...}}``.
     """
     if method not in SITE_METHODS:
         raise ValueError(f"sweep layers moves a site method ({', '.join(SITE_METHODS)}), not {method!r}")
     base = base_config(config, method=method)
     name = shape if method == "ap" else f"{method}-{shape}"
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(dict.fromkeys(seeds or [base["seed"]]))
+    if not seeds:
+        raise ValueError("sweep layers needs at least one seed")
     depths = site_depths(base)
     if sites is None:
         sites = [s for s in depths if s == "embed" or s.startswith("block.")]
@@ -115,41 +122,61 @@ def layers(
         )
     sites = sorted(dict.fromkeys(sites), key=lambda s: (depths[s], s))
     check_base({**base, "method_options": {**base["method_options"], "site": sites[0], "shape": shape}})
-    jobs = [Job.of(out, f"layers/{name}/{s}", base, {"site": s, "shape": shape}) for s in sites]
+
+    def job(site: str, seed: int) -> Job:
+        run = f"layers/{name}/{site}" + ("" if seed == base["seed"] else f"-seed{seed}")
+        return Job.of(out, run, base, {"site": site, "shape": shape}, seed=seed)
+
+    jobs = [job(site, seed) for site in sites for seed in seeds]
     outcomes = (executor or Executor()).run(jobs)
-    rows = []
-    for site, o in zip(sites, outcomes, strict=True):
-        s, split = o.summary or {}, _split(o.summary)
-        rows.append(
-            {
-                "site": site,
-                "depth": depths[site],
-                "status": o.status,
-                "split": split,
-                "accuracy": s.get(f"{split}_accuracy"),
-                "trainable_parameters_without_head": s.get("trainable_parameters_without_head"),
-                "trainable_parameters": s.get("trainable_parameters"),
-                "train_seconds": s.get("train_seconds"),
-                "peak_memory_mib": s.get("peak_memory_mib"),
-                "run": o.name,
-            }
-        )
+    rows = [
+        _layer_row(site, depths[site], outcomes[i * len(seeds) : (i + 1) * len(seeds)])
+        for i, site in enumerate(sites)
+    ]
     failed = failures(outcomes)
     write_failures(out, failed)
-    return {
-        "rows": rows,
-        "failures": failed,
-        "files": _write_layers(out, method, shape, rows, layers_caption(base)),
-    }
+    caption = layers_caption(base, seeds)
+    return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows, caption)}
 
 
-def layers_caption(base: dict[str, Any]) -> str:
+def _layer_row(site: str, depth: int, outcomes: list) -> dict[str, Any]:
+    """One site's row: as its run says (one seed), or means over its seeds' finished runs with the
+    accuracy's sample std and the number of seeds."""
+    summaries = [o.summary for o in outcomes if o.ok and o.summary]
+    split = _split(summaries[0] if summaries else None)
+    accuracies = [s[f"{split}_accuracy"] for s in summaries if s.get(f"{split}_accuracy") is not None]
+
+    def mean(key: str) -> float | None:
+        values = [s[key] for s in summaries if s.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    statuses = [o.status for o in outcomes]
+    row = {"site": site, "depth": depth, "status": "+".join(dict.fromkeys(statuses)), "split": split}
+    if len(outcomes) == 1:
+        s = summaries[0] if summaries else {}
+        row["accuracy"] = accuracies[0] if accuracies else None
+        row |= {k: s.get(k) for k in ("trainable_parameters_without_head", "trainable_parameters")}
+        row |= {k: s.get(k) for k in ("train_seconds", "peak_memory_mib")}
+        return row | {"run": outcomes[0].name}
+    if "failed" in statuses:
+        row["status"] = f"failed {statuses.count('failed')}/{len(statuses)}"
+    mean_acc, std = mean_std(accuracies) if accuracies else (None, None)
+    first = summaries[0] if summaries else {}
+    row |= {"accuracy": mean_acc, "accuracy_std": std, "seeds": len(accuracies)}
+    row |= {k: first.get(k) for k in ("trainable_parameters_without_head", "trainable_parameters")}
+    row |= {"train_seconds": mean("train_seconds"), "peak_memory_mib": mean("peak_memory_mib")}
+    return row | {"run": " ".join(o.name for o in outcomes)}
+
+
+def layers_caption(base: dict[str, Any], seeds: list[int] | None = None) -> str:
     """Dataset, backbone, input size and budget of a layer sweep, for its figure."""
     size = f"{base['img_size']} px" if base.get("img_size") else "native size"
     train = f"{base['train_size']} training images" if base.get("train_size") else "all training images"
+    seeds = seeds or [base.get("seed", 0)]
+    seed = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     return (
         f"{base['data']} · {base['backbone']} · {size} · {train} · {base.get('epochs')} epochs · "
-        f"lr {base.get('lr'):g} · seed {base.get('seed', 0)}"
+        f"lr {base.get('lr'):g} · {seed}"
     )
 
 
@@ -159,18 +186,36 @@ def _write_layers(
     stem = Path(out) / ("layers-" + (shape if method == "ap" else f"{method}-{shape}"))
     headers = list(rows[0])
     write_csv(stem.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
-    table = markdown(list(LAYER_COLUMNS.values()), [[r[k] for k in LAYER_COLUMNS] for r in rows])
+    seeded = "seeds" in rows[0]  # several seeds per site: mean ± sample std
+    columns = dict(LAYER_COLUMNS)
+    if seeded:
+        at = list(columns).index("accuracy") + 1
+        columns = dict([*list(columns.items())[:at], ("seeds", "seeds"), *list(columns.items())[at:]])
+    cells = [
+        [
+            pm(r["accuracy"], r["accuracy_std"], r["seeds"]) if seeded and k == "accuracy" else r[k]
+            for k in columns
+        ]
+        for r in rows
+    ]
+    table = markdown(list(columns.values()), cells)
     files = {"csv": str(stem.with_suffix(".csv")), "md": str(stem.with_suffix(".md"))}
     done = [r for r in rows if r["accuracy"] is not None]
-    text = f"# {method.upper()} layer preference (shape {shape})\n\n{table}"
+    spread = ", accuracy mean ± sample std over seeds" if seeded else ""
+    text = f"# {method.upper()} layer preference (shape {shape}{spread})\n\n{table}"
     if done:
         label = f"{method} {shape}"
+        runs = "one run per site" if not seeded else "mean ± sample std over seeds"
         plots.layer_preference(
-            {label: [(r["site"], r["accuracy"], 0.0, 1) for r in done]},
+            {
+                label: [
+                    (r["site"], r["accuracy"], r.get("accuracy_std") or 0.0, r.get("seeds", 1)) for r in done
+                ]
+            },
             stem.with_suffix(".png"),
             depths={r["site"]: r["depth"] for r in done},
             caption=caption,
-            title=f"Layer preference of {method} (one run per site)",
+            title=f"Layer preference of {method} ({runs})",
             costs={
                 label: [(r["site"], r["trainable_parameters_without_head"], r["train_seconds"]) for r in done]
             },

@@ -105,8 +105,8 @@ def prepare_vtab1k(
     reader = reader or _reader
     chosen = select_tasks(tasks)
     if not str(out).strip():
-        raise ValueError("the output folder (--out) is empty; name the folder to write the tasks into")
-    out = ensure_dir(Path(out).expanduser(), "data root (--out)")
+        raise ValueError("the output folder (--output) is empty; name the folder to write the tasks into")
+    out = ensure_dir(Path(out).expanduser(), "data root (--output)")
     plain_folder(out / PARTIAL)
     outcomes = []
     online = functools.cache(network_reachable)  # probed once per command, and only if a task needs it
@@ -129,7 +129,7 @@ def _prepare_task(task: VtabTask, out: Path, tfds_dir, reader, progress: bool, w
         return Outcome(
             task.name,
             "failed",
-            f"{final} exists but was not written by vprompt data prepare; move it away or choose another --out",
+            f"{final} exists but was not written by vprompt data prepare; move it away or choose another --output",
         )
     source = reader(task.tfds, tfds_dir)  # no TensorFlow Datasets at all: ImportError, stops the command
     try:
