@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "spec", help="vtab1k:<task>, fgvc:<name>, vp:<name>, torchvision:<Class>, folder:<path>, ..."
     )
-    c.add_argument("--root", default=None, help="data root (see the README for each family's layout)")
+    c.add_argument("--root", default=None, help="data root (docs/guide.md, Data, gives each family's layout)")
     c.add_argument("--split", action="append", default=None, help="check only this split (repeatable)")
     c.add_argument(
         "--quick",

@@ -49,7 +49,7 @@ class TrainConfig:
     data: str = field(
         default="", metadata={"help": "dataset spec: vtab1k:<task>, hf:<name or folder>, fashion-mnist, ..."}
     )
-    root: str | None = field(default=None, metadata={"help": "data root (see the README's Data section)"})
+    root: str | None = field(default=None, metadata={"help": "data root (see docs/guide.md, Data)"})
     image_column: str | None = field(
         default=None, metadata={"help": "hf: data: the image column (default: the first Image feature)"}
     )
