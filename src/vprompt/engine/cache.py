@@ -1,7 +1,8 @@
 """The frozen-prefix cache: a site's activations for a whole dataset, computed once.
 
 When nothing trained acts before a method's first site (:meth:`Method.first_site`; e.g. AP at
-``block.9``) and the training images are transformed deterministically (the VTAB protocol), the
+``block.9``) and the training images are transformed deterministically (the VTAB protocol; no random
+``augment``, random erasing or mixup), the
 activations there are the same every epoch. They are computed once, held in memory or memory-mapped
 on disk (in float32, float16 or bfloat16), and every later step runs only the rest of the network
 (:meth:`Backbone.forward_from`). On a GPU an in-memory cache that fits is kept on the GPU itself
@@ -43,13 +44,12 @@ class CacheRefused(ValueError):
     """A frozen-prefix cache was asked for where it would change the results."""
 
 
-def cache_site(model: TunedModel, augments: bool, protocol: str) -> tuple[str | None, str]:
-    """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not."""
-    if augments:
-        return (
-            None,
-            f"protocol {protocol!r} augments training images randomly, so activations change every epoch",
-        )
+def cache_site(model: TunedModel, random_inputs: str | None = None) -> tuple[str | None, str]:
+    """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not.
+    ``random_inputs``: why the training inputs change from epoch to epoch (random augmentation, mixup), if
+    they do; no cache then."""
+    if random_inputs:
+        return None, f"{random_inputs}, so activations change every epoch"
     bb = model.backbone
     site = model.method.first_site(bb)
     if not bb.can_resume_at(site):

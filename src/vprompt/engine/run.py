@@ -36,7 +36,7 @@ from .config import (
 from .data import RunData, eval_loader, load_data, plan_data
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
-from .optim import peak_lr
+from .optim import effective_batch, peak_lr
 from .precision import Precision
 from .rundir import ADAPTER, CONFIG, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
@@ -120,6 +120,8 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "preprocess": config.preprocess,
         "peak_lr": peak_lr(config),
         "lr_scaled_by_batch_over_256": config.lr_scale,
+        "effective_batch_size": effective_batch(config),  # images per optimiser step
+        "train_randomness": data.plan.randomness,  # why the training transform is random (None: it is not)
         "selection": config.selection,
         "seed": config.seed,
         "world_size": ctx.world,
@@ -299,6 +301,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool) -> dict[str, A
             "selection": config.selection,
             "selected_epoch": selected,
             "epochs": config.epochs,
+            "epochs_trained": progress.epoch,
+            **trainer.tricks_summary(),
             "seed": config.seed,
             **results,
             "accuracy": results.get("test_accuracy", results.get("val_accuracy")),
