@@ -108,8 +108,14 @@ def is_train_deterministic(protocol: str) -> bool:
     return get_protocol(protocol).train_deterministic
 
 
-#: ``augment`` names and the timm auto-augment policy each adds to timm's training transform
-AUGMENTS = {"basic": None, "randaugment": "rand-m9-mstd0.5-inc1", "trivialaugment": "rand-n1-m10-mstd101-p1"}
+#: ``augment`` names and the timm auto-augment policy each adds to timm's training transform: DeiT's
+#: RandAugment, and TrivialAugment as timm's RandAugment can say it (one op, always, uniform magnitude).
+#: Magnitudes stay at most 9: at timm's 10, PosterizeIncreasing keeps 0 bits, which Pillow >= 11 refuses.
+AUGMENTS = {
+    "basic": None,
+    "randaugment": "rand-m9-mstd0.5-inc1-mmax9",
+    "trivialaugment": "rand-n1-m9-mstd101-p1-inc1",
+}
 #: ``augment`` values that keep a transform of the protocol (its own training one, or its evaluation one)
 PROTOCOL_AUGMENTS = ("protocol", "none")
 

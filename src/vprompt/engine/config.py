@@ -173,9 +173,9 @@ class TrainConfig:
         metadata={
             "help": "training augmentation: protocol (the protocol's own), none (the evaluation transform), "
             "basic (timm's random-resized crop, h-flip, colour jitter 0.4), randaugment (basic with timm's "
-            "rand-m9-mstd0.5-inc1), trivialaugment (basic with timm's rand-n1-m10-mstd101-p1: one op of "
-            "uniform magnitude), or a timm auto-augment string (rand-m9-mstd0.5, augmix-m5, original ...) "
-            "added to basic"
+            "rand-m9-mstd0.5-inc1-mmax9), trivialaugment (basic with timm's rand-n1-m9-mstd101-p1-inc1: one "
+            "op of uniform magnitude), or a timm auto-augment string (rand-m9-mstd0.5, augmix-m5, original "
+            "...) added to basic"
         },
     )
     random_erasing: float = field(
