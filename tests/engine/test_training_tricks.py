@@ -305,6 +305,8 @@ def test_early_stopping_stops_after_patience_validations_without_improvement(
     assert summary["early_stop"]["best_epoch"] == best and summary["early_stop"]["best"] == script[best - 1]
     assert len(RunDir(tmp_path / "r").read_metrics()) == stopped
     assert summary["epochs"] == 6
+    monkeypatch.undo()
+    assert vprompt.evaluate_run(tmp_path / "r", split="test")["split"] == "test"  # choosing nothing there
 
 
 # ---------------------------------------------------------------------------------------- resume

@@ -375,6 +375,7 @@ def evaluate_run(
     model = load_run(run_dir, str(ctx.device))
     # one split, read like a validation split: evaluation transforms, no training split
     only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
+    only = replace(only, early_stop=None, early_stop_metric="val_accuracy")  # nothing is chosen here
     data = load_data(only, plan_data(only), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)

@@ -228,9 +228,8 @@ class Trainer:
 
     def random_inputs(self) -> str | None:
         """Why the inputs of a training step differ from epoch to epoch, or None."""
-        if self.mixing:
-            return "--mixup/--cutmix mix the training images of every batch"
-        return self.data.plan.randomness
+        mixing = "--mixup/--cutmix mix the training images of every batch" if self.mixing else None
+        return " and ".join(filter(None, [self.data.plan.randomness, mixing])) or None
 
     # ------------------------------------------------------------------------ frozen-prefix cache
     def plan_cache(self) -> tuple[tuple[str, str] | None, str]:
