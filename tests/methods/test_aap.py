@@ -202,11 +202,11 @@ def test_frozen_prefix_cache_check_agrees():
     bb = vprompt.backbone(name, pretrained=False, num_classes=3, **kwargs)
     model = vprompt.attach(bb, "aap", site="block.1")
     assert model.method.first_site(bb) == "block.1"
-    site, why = cache_site(model, augments=False, protocol="vtab")
+    site, why = cache_site(model)
     assert site == "block.1" and why == "activations at 'block.1' computed once"
     # the engine's check is real: a generator whose input depended on a trained tensor is refused
     model.method.first_site = lambda backbone: "pre_logits"
-    site, why = cache_site(model, augments=False, protocol="vtab")
+    site, why = cache_site(model)
     assert site is None and "something trained acts before site 'pre_logits'" in why
     x = torch.randn(3, *bb.input_size)
     del model.method.first_site

@@ -264,3 +264,16 @@ def test_suite_with_fixed_hyperparameters_on_real_vtab_files(tmp_path):
 def test_tuning_runs_never_evaluate_the_test_split(tmp_path):
     plan = tuning.Plan({**TINY, "test_split": "test", "method_options": {}}, tmp_path, [0.1], [0.0], 1)
     assert [job.config["test_split"] for job in plan.grid_jobs()] == ["none"]
+
+
+def test_tune_stops_early_on_validation_and_the_final_runs_train_every_epoch(tmp_path, monkeypatch):
+    """--early-stop watches the tuning runs' validation; the final runs have none, so they do not stop."""
+    fake = FakeTrain(planted)
+    monkeypatch.setattr(executors, "train", fake)
+    base = {**TINY, "method": "ap", "site": "block.5", "early_stop": 2, "early_stop_metric": "val_loss"}
+    sweep.tune(base, tmp_path, lrs=[0.1], wds=[0.0], seeds=2, executor=QUIET)
+    grid, finals = fake.calls[:1], fake.calls[1:]
+    assert [(c["early_stop"], c["early_stop_metric"]) for c in grid] == [(2, "val_loss")]
+    assert [(c["final"], c["early_stop"], c["early_stop_metric"]) for c in finals] == [
+        (True, None, "val_accuracy")
+    ] * 2

@@ -20,6 +20,7 @@ from .transforms import (
     default_protocol,
     get_protocol,
     is_train_deterministic,
+    train_randomness,
 )
 
 _TRAIN_SPLITS = {"train", "trainval", "train800", "train800val200"}
@@ -42,6 +43,8 @@ def load(
     preprocess: str = "protocol",
     *,
     allow_outside_root: bool = False,
+    augment: str = "protocol",
+    random_erasing: float = 0.0,
 ):
     """A ``torch.utils.data.Dataset`` of ``(image, label)`` for one split of ``spec``.
 
@@ -51,6 +54,7 @@ def load(
     ``train``: use the protocol's training transform; default True for ``train``/``trainval``.
     ``data_config``: the model's data config; ``None`` gives untransformed RGB PIL images (inspection).
     ``preprocess``: ``protocol`` or ``resize-crop`` (see :func:`build_transform`).
+    ``augment``, ``random_erasing``: the training transform's augmentation (see :func:`build_transform`).
     Labels are checked when the split is loaded; an undecodable image raises :class:`DataError` naming the
     file when its item is read (also from a DataLoader worker: the message arrives exact).
     ``allow_outside_root``: accept split-list entries that lie outside the dataset folder (refused by
@@ -62,7 +66,7 @@ def load(
         if train is None:
             train = split in _TRAIN_SPLITS
         protocol = protocol or default_protocol(source.info.spec)
-        transform = build_transform(data_config, protocol, train, preprocess)
+        transform = build_transform(data_config, protocol, train, preprocess, augment, random_erasing)
         source.input_size = tuple(data_config["input_size"])
     return source.dataset(split, transform)
 
@@ -87,4 +91,5 @@ __all__ = [
     "load",
     "preflight",
     "subset",
+    "train_randomness",
 ]

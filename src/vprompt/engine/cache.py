@@ -35,16 +35,12 @@ class CacheRefused(ValueError):
     """A frozen-prefix cache was asked for where it would change the results."""
 
 
-def cache_site(
-    model: TunedModel, augments: bool, protocol: str, why_random: str | None = None
-) -> tuple[str | None, str]:
-    """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not."""
-    if augments:
-        return (
-            None,
-            why_random
-            or f"protocol {protocol!r} augments training images randomly, so activations change every epoch",
-        )
+def cache_site(model: TunedModel, random_inputs: str | None = None) -> tuple[str | None, str]:
+    """``(site, why)``: the site a cache may hold, or ``None`` and the reason it may not.
+    ``random_inputs``: why the training inputs change from epoch to epoch (random augmentation, mixup), if
+    they do; no cache then."""
+    if random_inputs:
+        return None, f"{random_inputs}, so activations change every epoch"
     bb = model.backbone
     site = model.method.first_site(bb)
     if not bb.can_resume_at(site):

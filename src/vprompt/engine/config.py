@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHES = ("auto", "off", "memory", "disk")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 LOGGERS = ("csv", "tensorboard", "wandb")
+EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
 
 
 @dataclass
@@ -140,6 +141,59 @@ class TrainConfig:
     selection: Literal["final", "best-val"] = field(
         default="final",
         metadata={"help": "which weights are kept: the final epoch's, or the best on validation"},
+    )
+    accumulate: int = field(
+        default=1,
+        metadata={
+            "help": "accumulate gradients over N batches per optimiser step: the same training as a batch N× "
+            "larger (--lr-scale and the schedule count optimiser steps of N×batch-size images)"
+        },
+    )
+    ema: float | None = field(
+        default=None,
+        metadata={
+            "help": "keep an exponential moving average of the trained tensors with this decay (timm's "
+            "ModelEmaV3, updated after every optimiser step, e.g. 0.999): the EMA weights are what is "
+            "validated, selected, saved and tested"
+        },
+    )
+    early_stop: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this many validations in a row without improving --early-stop-metric "
+            "(needs a validation split; --selection decides which epoch's weights are kept)"
+        },
+    )
+    early_stop_metric: Literal["val_accuracy", "val_loss"] = field(
+        default="val_accuracy", metadata={"help": "what --early-stop watches: val_accuracy or val_loss"}
+    )
+    # ------------------------------------------------------------------------- augmentation
+    augment: str = field(
+        default="protocol",
+        metadata={
+            "help": "training augmentation: protocol (the protocol's own), none (the evaluation transform), "
+            "basic (timm's random-resized crop, h-flip, colour jitter 0.4), randaugment (basic with timm's "
+            "rand-m9-mstd0.5-inc1-mmax9), trivialaugment (basic with timm's rand-n1-m9-mstd101-p1-inc1: one "
+            "op of uniform magnitude), or a timm auto-augment string (rand-m9-mstd0.5, augmix-m5, original "
+            "...) added to basic"
+        },
+    )
+    random_erasing: float = field(
+        default=0.0,
+        metadata={
+            "help": "probability of timm's RandomErasing (one box of per-pixel noise) on a normalised "
+            "training image"
+        },
+    )
+    mixup: float = field(
+        default=0.0, metadata={"help": "mixup alpha (timm's Mixup; 0: off), label smoothing folded in"}
+    )
+    cutmix: float = field(
+        default=0.0,
+        metadata={"help": "cutmix alpha (timm's Mixup; 0: off); with --mixup, each batch picks one (p 0.5)"},
+    )
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "probability that a batch is mixed when --mixup or --cutmix is on"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the method's init, the data order and dropout"})
     # ------------------------------------------------------------------------------ execution
@@ -348,12 +402,15 @@ def _check_config(config: TrainConfig) -> None:
         "schedule_step": SCHEDULE_STEPS,
         "head_init": HEAD_INITS,
         "preprocess": PREPROCESSES,
+        "early_stop_metric": EARLY_STOP_METRICS,
     }
     for name, valid in choices.items():
         if getattr(config, name) not in valid:
             raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}")
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "eval_every": config.eval_every}
-    positive |= {k: getattr(config, k) for k in ("train_size", "eval_size") if getattr(config, k) is not None}
+    positive["accumulate"] = config.accumulate
+    optional = ("train_size", "eval_size", "early_stop")
+    positive |= {k: getattr(config, k) for k in optional if getattr(config, k) is not None}
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -384,6 +441,28 @@ def _check_config(config: TrainConfig) -> None:
             f"process may use; give --workers {bound} or fewer"
         )
     check_schedule(config)
+    check_regularisation(config)
+
+
+def check_regularisation(config: TrainConfig) -> None:
+    """Augmentation, mixup, EMA and early-stopping options in range; none given where it does nothing."""
+    from ..data.transforms import check_augment
+
+    check_augment(config.augment)
+    _finite(config, "random_erasing", "mixup", "cutmix", "mixup_prob", "ema")
+    if config.mixup < 0 or config.cutmix < 0:
+        raise ValueError(
+            f"mixup and cutmix are Beta alphas, >= 0 (0: off), got {config.mixup}, {config.cutmix}"
+        )
+    for name in ("random_erasing", "mixup_prob"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise ValueError(f"{name} is a probability, in [0, 1], got {getattr(config, name)}")
+    if config.mixup_prob != 1 and not (config.mixup or config.cutmix):
+        raise ValueError("mixup_prob is for --mixup / --cutmix, and neither is on")
+    if config.ema is not None and not 0 < config.ema < 1:
+        raise ValueError(f"ema is a decay in (0, 1), e.g. 0.999, got {config.ema}; leave it unset for none")
+    if config.early_stop is None and config.early_stop_metric != "val_accuracy":
+        raise ValueError("early_stop_metric is for --early-stop, which is not on")
 
 
 def check_schedule(config: TrainConfig) -> None:

@@ -12,10 +12,13 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -56,11 +59,19 @@ def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
 
     train = canonical(override(config.train_split, train))
     val, test = canonical(override(config.val_split, val)), canonical(override(config.test_split, test))
-    if config.selection == "best-val" and val is None:
+    uses_val = {"--selection best-val": config.selection == "best-val", "--early-stop": config.early_stop}
+    choosers = " and ".join(option for option, on in uses_val.items() if on not in (None, False))
+    if choosers and val is None:
         raise ValueError(
-            "selection 'best-val' needs a validation split, but this run has none "
+            f"{choosers} needs a validation split, but this run has none "
             f"({'a final run trains on ' + train if config.final else 'val_split is none'}); use "
-            "--selection final, or name one with --val-split (and --train-split so they do not overlap)"
+            "--selection final without --early-stop, or name one with --val-split (and --train-split so "
+            "they do not overlap)"
+        )
+    if choosers and val == proto.splits(final=True)[1]:
+        raise ValueError(
+            f"{choosers} would choose on the test split {val!r}; validate on a split the "
+            "run neither trains on nor reports (the protocol's val split)"
         )
     roles = [("training", train), ("validation", val), ("test", test)]
     for i, (role_a, a) in enumerate(roles):
@@ -86,9 +97,25 @@ class SeededItems(Dataset):
         epoch, index = key
         if not self.augments:
             return self.base[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
+        with seeded(hash((self.seed, epoch, index))):
             return self.base[index]
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """The host's torch, ``random`` and NumPy RNGs seeded from ``seed`` inside, restored after (timm's
+    transforms and Mixup draw from ``random`` and NumPy, torchvision's from torch)."""
+    seed &= 0x7FFF_FFFF_FFFF
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFF_FFFF)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 class EpochBatches:
@@ -130,16 +157,8 @@ class DataPlan:
     info: vdata.DatasetInfo
     protocol: str
     splits: Splits
+    randomness: str | None = None  # why the training items differ between epochs (None: they do not)
     source: vdata.Source | None = None
-
-    @property
-    def randomness(self) -> str | None:
-        """Why the training items may differ between epochs (no frozen-prefix cache then), or ``None``."""
-        if not vdata.is_train_deterministic(self.protocol):
-            return f"protocol {self.protocol!r} augments training images randomly, so activations change every epoch"
-        if self.info.own_transforms:
-            return "the dataset's items are tensors from its own transforms, which may be random"
-        return None
 
     @property
     def augments(self) -> bool:
@@ -167,7 +186,10 @@ def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPl
     info = vdata.preflight(
         source or data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root
     )
-    return DataPlan(info, protocol, splits, source)
+    randomness = vdata.train_randomness(protocol, config.augment, config.random_erasing)
+    if randomness is None and info.own_transforms:
+        randomness = "the dataset's items are tensors from its own transforms, which may be random"
+    return DataPlan(info, protocol, splits, randomness, source)
 
 
 @dataclass
@@ -215,6 +237,8 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
             train=train,
             preprocess=config.preprocess,
             allow_outside_root=config.images_outside_root,
+            augment=config.augment,
+            random_erasing=config.random_erasing,
         )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
         return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds

@@ -1,7 +1,8 @@
 """Optimiser and learning-rate schedule.
 
 Optimisers: SGD (momentum 0.9), Adam or AdamW. Schedules (timm's, stepped by the optimisation-step
-count, which the checkpoint keeps): a linear warm-up from 0 (``warmup_epochs`` or ``warmup_steps``), then
+count, which the checkpoint keeps; with ``accumulate`` N a step takes N batches): a linear warm-up from 0
+(``warmup_epochs`` or ``warmup_steps``), then
 ``cosine`` to ``min_lr`` at the last step, or ``multistep`` (× ``lr_decay`` at each of ``lr_milestones``,
 fractions of the epochs: epoch ``int(f · epochs)``, as ILM-VP's ``MultiStepLR``). With
 ``schedule_step="epoch"`` the rate is updated once per epoch, as the VPT, VAPT and ILM-VP code do
@@ -22,9 +23,14 @@ from .config import TrainConfig
 SGD_MOMENTUM = 0.9
 
 
+def effective_batch(config: TrainConfig) -> int:
+    """Images per optimiser step: the batch size times the batches accumulated into one step."""
+    return config.batch_size * config.accumulate
+
+
 def peak_lr(config: TrainConfig) -> float:
-    """The learning rate after the optional batch/256 scaling (VPT's rule)."""
-    return config.lr * config.batch_size / 256 if config.lr_scale else config.lr
+    """The learning rate after the optional batch/256 scaling (VPT's rule, by the effective batch)."""
+    return config.lr * effective_batch(config) / 256 if config.lr_scale else config.lr
 
 
 def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:

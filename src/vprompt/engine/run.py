@@ -38,7 +38,7 @@ from .data import RunData, eval_loader, load_data, plan_data
 from .details import details_folder, item_paths, per_class_accuracy, write_details
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
-from .optim import peak_lr
+from .optim import effective_batch, peak_lr
 from .precision import Precision
 from .rundir import ADAPTER, CONFIG, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
@@ -148,6 +148,8 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "preprocess": config.preprocess,
         "peak_lr": peak_lr(config),
         "lr_scaled_by_batch_over_256": config.lr_scale,
+        "effective_batch_size": effective_batch(config),  # images per optimiser step
+        "train_randomness": data.plan.randomness,  # why the training transform is random (None: it is not)
         "selection": config.selection,
         "seed": config.seed,
         "world_size": ctx.world,
@@ -339,6 +341,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "selection": config.selection,
             "selected_epoch": selected,
             "epochs": config.epochs,
+            "epochs_trained": progress.epoch,
+            **trainer.tricks_summary(),
             "seed": config.seed,
             **results,
             "accuracy": results.get("test_accuracy", results.get("val_accuracy")),
@@ -425,6 +429,7 @@ def evaluate_run(
     model = load_run(run_dir, str(ctx.device))
     # one split, read like a validation split: evaluation transforms, no training split
     only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
+    only = replace(only, early_stop=None, early_stop_metric="val_accuracy")  # nothing is chosen here
     data = load_data(only, plan_data(only, source), model.data_config, model.num_classes)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)

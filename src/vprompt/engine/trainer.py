@@ -4,13 +4,20 @@ Plain PyTorch: the trainer steps whatever parameters the attached method left tr
 backbone stays in eval mode (``TunedModel.train`` sees to it); only the method's modules follow
 train/eval. One checkpoint is written atomically after every epoch; a run that is killed resumes from
 the last one and ends with exactly the weights and metrics of an uninterrupted run.
+
+Training tricks, timm's where timm has them: gradient accumulation (``accumulate`` batches per optimiser
+step, never across an epoch's end, so a checkpoint is always between steps), mixup/cutmix (timm's
+``Mixup`` and ``SoftTargetCrossEntropy``), an EMA of the trained tensors (timm's ``ModelEmaV3``: with it,
+the EMA weights are validated, selected, saved and tested) and early stopping on a validation metric.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,15 +25,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..methods import TunedModel
 from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
-from .data import RunData, SeededItems, eval_loader, loader_options, private_generator, train_loader
+from .data import (
+    RunData,
+    SeededItems,
+    eval_loader,
+    loader_options,
+    private_generator,
+    seeded,
+    train_loader,
+)
 from .details import TOP_K
-from .distributed import Context, synchronize
+from .distributed import Context, split_evenly, synchronize
 from .optim import build_optimizer, build_schedule, param_groups
 from .precision import Precision
 from .rundir import RunDir
@@ -77,7 +95,7 @@ def evaluate(
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with precision.autocast():
             logits = model(x) if site is None else model.forward_from(site, x)
-        logits = logits.float()
+        logits = at_least_float32(logits)
         predicted = logits.argmax(-1)
         top = logits.topk(k, dim=-1).indices
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
@@ -112,6 +130,30 @@ def evaluate(
         ]
         result["predictions"] = [row for part in ctx.gather(mine) for row in part]  # shares in rank order
     return result
+
+
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: half precision (autocast) raised to float32; float64 kept as it is."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class Mixer:
+    """timm's ``Mixup`` (mixup and/or cutmix, label smoothing folded into the soft targets), its random
+    draws seeded from ``(seed, epoch, batch)``: the same for a resumed run as for an uninterrupted one."""
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        self.seed = config.seed
+        self.mixup = Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            prob=config.mixup_prob,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int):
+        with seeded(hash((self.seed, epoch, batch))):
+            return self.mixup(x, y)
 
 
 def rng_state() -> dict[str, Any]:
@@ -154,6 +196,12 @@ class Progress:
     best_accuracy: float = -math.inf
     best_epoch: int | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    # early stopping: the best value of the watched metric (higher is better: -loss for a loss), the epoch
+    # it was reached, validations since, and the epoch the run stopped after (None: it did not)
+    watched_best: float = -math.inf
+    watched_epoch: int | None = None
+    stale_validations: int = 0
+    stopped_epoch: int | None = None
 
 
 class Trainer:
@@ -177,15 +225,42 @@ class Trainer:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         self.loader, self.sampler = train_loader(data.train, config, ctx, data.augments)
-        self.steps_per_epoch = len(self.sampler)
-        if self.steps_per_epoch == 0:
+        self.batches_per_epoch = len(self.sampler)
+        if self.batches_per_epoch == 0:
             raise ValueError(f"the training split has {len(data.train)} images: not one batch")
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.accumulate)  # optimiser steps
+        self.mixer = Mixer(config, model.num_classes) if self.mixing else None
+        if self.mixer is not None:
+            self.check_even_batches()
+        self.trained = nn.ParameterList(self.params)  # the trained tensors, as one module (for the EMA)
+        self.ema = ModelEmaV3(self.trained, decay=config.ema) if config.ema else None
         self.optimizer = build_optimizer(param_groups(model, config), config)
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
         self.tracker = Tracker()  # run.py sets the one --log asks for
         self.options: dict[str, str] = {}  # run.py sets the digests of the options that train the run
+
+    @property
+    def mixing(self) -> bool:
+        return bool(self.config.mixup or self.config.cutmix)
+
+    def check_even_batches(self) -> None:
+        """timm's Mixup mixes each batch with its reverse, which needs an even number of images."""
+        ctx = self.ctx
+        sizes = {len(split_evenly(b, ctx.world, ctx.rank)) for b in self.sampler.global_batches()}
+        odd = sorted(n for n in sizes if n % 2)
+        if odd:
+            raise ValueError(
+                f"--mixup/--cutmix (timm's Mixup) need batches of an even number of images, and this run "
+                f"has batches of {', '.join(map(str, odd))} (per process); choose --batch-size and "
+                "--train-size so that every batch is even"
+            )
+
+    def random_inputs(self) -> str | None:
+        """Why the inputs of a training step differ from epoch to epoch, or None."""
+        mixing = "--mixup/--cutmix mix the training images of every batch" if self.mixing else None
+        return " and ".join(filter(None, [self.data.plan.randomness, mixing])) or None
 
     # ------------------------------------------------------------------------ frozen-prefix cache
     def plan_cache(self) -> tuple[tuple[str, str] | None, str]:
@@ -194,8 +269,7 @@ class Trainer:
         cfg = self.config
         if cfg.cache == "off":
             return None, "off (--cache off)"
-        plan = self.data.plan
-        site, why = cache_site(self.model, plan.augments, plan.protocol, plan.randomness)
+        site, why = cache_site(self.model, self.random_inputs())
         if site is None:
             if cfg.cache != "auto":
                 raise CacheRefused(f"--cache {cfg.cache} refused: {why}; use --cache off")
@@ -268,6 +342,7 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": {k: v for k, v in vars(p).items() if k != "best_state"},
             "best_state": p.best_state,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": self.ctx.gather(rng_state()),
             "options": self.options,
         }
@@ -288,6 +363,10 @@ class Trainer:
                 f"{self.config.epochs} epochs × {self.steps_per_epoch} steps"
             )
         self.model.load_trainable_state_dict(state["model"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("the checkpoint holds no EMA of the weights, and this run keeps one (--ema)")
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.precision.scaler and state["scaler"]:
             self.precision.scaler.load_state_dict(state["scaler"])
@@ -314,43 +393,43 @@ class Trainer:
         model.method.on_epoch_start(model, self.mapping_loader(), epoch)
         model.train()
         self.sampler.set_epoch(epoch)
-        size, batch = len(self.data.train), cfg.batch_size
+        sizes = [len(b) for b in self.sampler.global_batches()]  # global images per batch
+        n = cfg.accumulate
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
         finite = torch.ones((), dtype=torch.bool, device=ctx.device)
         seen = 0
         step_rows: list[tuple[int, torch.Tensor, float]] = []  # (global step, loss, lr): for the tracker
+        step_loss, step_images = torch.zeros((), device=ctx.device), 0  # this process's, this step's
         synchronize(ctx.device)  # time this epoch's work only
         start = time.perf_counter()
-        for step, (x, y) in enumerate(self.train_batches()):
-            global_n = min(batch, size - step * batch)
-            with self.precision.autocast():
-                logits = self.forward_model(x)
-            summed = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing)
-            loss = summed * (ctx.world / global_n)  # DDP averages: the result is the global mean's gradient
+        for batch, (x, y) in enumerate(self.train_batches()):
+            first, last = batch % n == 0, (batch + 1) % n == 0 or batch + 1 == len(sizes)
+            step_n = sum(sizes[batch - batch % n : batch - batch % n + n])  # global images of this step
+            targets = y
+            if self.mixer is not None:
+                x, targets = self.mixer(x, y, epoch, batch)
+            if first:
+                self.optimizer.zero_grad(set_to_none=True)
+            with self.accumulating(last):
+                with self.precision.autocast():
+                    logits = self.forward_model(x)
+                summed = self.loss_sum(logits, targets)
+                loss = summed * (ctx.world / step_n)  # DDP averages: the result is the global mean's gradient
+                scaler = self.precision.scaler
+                (scaler.scale(loss) if scaler else loss).backward()
             finite &= torch.isfinite(summed)
-            self.optimizer.zero_grad(set_to_none=True)
-            scaler = self.precision.scaler
-            (scaler.scale(loss) if scaler else loss).backward()
-            if cfg.grad_clip is not None:
-                if scaler:
-                    scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            if scaler:
-                scaler.step(self.optimizer)
-                scaler.update()
-            else:
-                self.optimizer.step()
-            step_rows.append(
-                (self.progress.updates + 1, summed.detach() / len(y), self.optimizer.param_groups[0]["lr"])
-            )
-            self.progress.updates += 1
-            self.schedule.step_update(self.progress.updates)
+            step_loss += summed.detach()
+            step_images += len(y)
+            if last:
+                self.optimizer_step()
+                step_rows.append((self.progress.updates, step_loss / step_images, self.step_lr))
+                step_loss, step_images = torch.zeros((), device=ctx.device), 0
             loss_sum += summed.detach()
             correct += (logits.argmax(-1) == y).sum()
             seen += len(y)
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
-                self.check_finite(finite, epoch, step)
+            if last and (len(step_rows) == CHECK_EVERY or batch + 1 == len(sizes)):
+                self.check_finite(finite, epoch, batch)
                 losses = torch.stack([r[1] for r in step_rows]).tolist()  # one sync, as the check's
                 self.tracker.steps([(r[0], loss, r[2]) for r, loss in zip(step_rows, losses, strict=True)])
                 step_rows.clear()
@@ -373,6 +452,37 @@ class Trainer:
             "epoch_seconds": seconds,
             "train_images_per_second": seen_total / seconds,
         }
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed cross-entropy of a batch: against soft targets (mixup, smoothing folded in) or labels."""
+        logits = at_least_float32(logits)
+        if self.mixer is not None:
+            return SoftTargetCrossEntropy()(logits, targets) * len(targets)
+        return F.cross_entropy(logits, targets, reduction="sum", label_smoothing=self.config.label_smoothing)
+
+    def accumulating(self, last: bool):
+        """Gradients of a batch that is not the last of an optimiser step stay local (DDP's ``no_sync``)."""
+        if self.ctx.distributed and not last:
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
+
+    def optimizer_step(self) -> None:
+        """One optimiser step on the accumulated gradients, then the schedule and the EMA follow it."""
+        scaler = self.precision.scaler
+        if self.config.grad_clip is not None:
+            if scaler:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if scaler:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step took (for the tracker)
+        self.progress.updates += 1
+        self.schedule.step_update(self.progress.updates)
+        if self.ema is not None:
+            self.ema.update(self.trained, step=self.progress.updates)  # as timm's train.py
 
     def check_finite(self, finite: torch.Tensor, epoch: int, step: int) -> None:
         bad = self.ctx.all_sum([float(not bool(finite))])[0]
@@ -405,6 +515,58 @@ class Trainer:
             f"stopped. {self.nonfinite_advice(kept)}"
         )
 
+    @contextlib.contextmanager
+    def kept_weights(self):
+        """Inside, the trained tensors hold the weights a run validates, selects and keeps: the EMA's with
+        ``--ema`` (the trained values come back after), else the trained ones."""
+        if self.ema is None:
+            yield
+            return
+        trained = [p.detach().clone() for p in self.params]
+        copy_into(self.params, self.ema.module.parameters())
+        try:
+            yield
+        finally:
+            copy_into(self.params, trained)
+
+    def watch(self, val: dict[str, float]) -> None:
+        """Early stopping: count validations without improvement; stop after ``--early-stop`` of them."""
+        cfg, p = self.config, self.progress
+        score = val["accuracy"] if cfg.early_stop_metric == "val_accuracy" else -val["loss"]
+        if score > p.watched_best:
+            p.watched_best, p.watched_epoch, p.stale_validations = score, p.epoch + 1, 0
+        else:
+            p.stale_validations += 1
+        if p.stale_validations >= cfg.early_stop:
+            p.stopped_epoch = p.epoch + 1
+
+    def tricks_summary(self) -> dict[str, Any]:
+        """How augmentation, mixup, accumulation, the EMA and early stopping shaped the run (its summary)."""
+        cfg, p = self.config, self.progress
+        early_stop = None
+        if cfg.early_stop is not None:
+            best = p.watched_best if cfg.early_stop_metric == "val_accuracy" else -p.watched_best
+            early_stop = {
+                "patience": cfg.early_stop,
+                "metric": cfg.early_stop_metric,
+                "stopped_epoch": p.stopped_epoch,  # None: it ran all its epochs
+                "best_epoch": p.watched_epoch,
+                "best": best,
+            }
+        mixup = ["mixup", "cutmix", "mixup_prob", "label_smoothing"]
+        return {
+            "augment": cfg.augment,
+            "random_erasing": cfg.random_erasing,
+            "train_randomness": self.data.plan.randomness,
+            "mixup": {k: getattr(cfg, k) for k in mixup} if self.mixer is not None else None,
+            "accumulate": cfg.accumulate,
+            "effective_batch_size": cfg.batch_size * cfg.accumulate,
+            "ema": {"decay": cfg.ema, "kept": "the EMA weights: validated, selected, saved, tested"}
+            if self.ema is not None
+            else None,
+            "early_stop": early_stop,
+        }
+
     def evaluate(self, dataset, keep: bool = False) -> dict[str, Any]:
         if self.val_cache is not None and dataset is self.data.val:
             batches = self.val_cache.loader(self.eval_batch, self.ctx)
@@ -415,25 +577,26 @@ class Trainer:
     def fit(self) -> Progress:
         """Train the remaining epochs, validating and checkpointing after each; returns the progress."""
         cfg, p = self.config, self.progress
-        if p.epoch < cfg.epochs:
+        running = p.epoch < cfg.epochs and p.stopped_epoch is None
+        if running:
             self.build_caches()
             if self.train_cache is not None and p.epoch == 0:  # a resumed run counted it already
                 p.train_seconds += self.cache_summary()["build_seconds"]
         speak = self.ctx.main and not cfg.quiet
+        if speak and cfg.cache == "auto" and self.train_cache is None and self.random_inputs():
+            print(f"vprompt: frozen-prefix cache off: {self.cache_note}", file=sys.stderr)
         bar = None
         if speak and cfg.progress:
             from tqdm.auto import tqdm
 
+            per_epoch = self.batches_per_epoch
             bar = tqdm(  # disable=None: tqdm draws no bar where its stream (stderr) is not a terminal
-                total=cfg.epochs * self.steps_per_epoch,
-                initial=p.epoch * self.steps_per_epoch,
-                unit="step",
-                disable=None,
+                total=cfg.epochs * per_epoch, initial=p.epoch * per_epoch, unit="batch", disable=None
             )
             if bar.disable:
                 bar = None
         try:
-            while p.epoch < cfg.epochs:
+            while p.epoch < cfg.epochs and p.stopped_epoch is None:
                 if bar is not None:
                     bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
                 row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
@@ -441,12 +604,16 @@ class Trainer:
                 last = p.epoch + 1 == cfg.epochs
                 val = None
                 if self.data.val is not None and ((p.epoch + 1) % cfg.eval_every == 0 or last):
-                    val = self.evaluate(self.data.val)
+                    with self.kept_weights():
+                        val = self.evaluate(self.data.val)
                     row |= {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
                 self.check_trained_state(val)
                 if val is not None and cfg.selection == "best-val" and val["accuracy"] > p.best_accuracy:
                     p.best_accuracy, p.best_epoch = val["accuracy"], p.epoch + 1
-                    p.best_state = copy.deepcopy(self.model.trainable_state_dict())
+                    with self.kept_weights():
+                        p.best_state = copy.deepcopy(self.model.trainable_state_dict())
+                if val is not None and cfg.early_stop is not None:
+                    self.watch(val)
                 p.metrics.append(row)
                 p.epoch += 1
                 if bar is not None:
@@ -466,12 +633,21 @@ class Trainer:
         return p
 
     def select(self) -> int:
-        """Load the kept weights (the final epoch's, or the best on validation); returns their epoch."""
+        """Load the kept weights (the last epoch's, or the best on validation; the EMA's with ``--ema``);
+        returns their epoch."""
         p = self.progress
         if self.config.selection == "best-val" and p.best_state is not None:
             self.model.load_trainable_state_dict(p.best_state)
             return p.best_epoch
+        if self.ema is not None:
+            copy_into(self.params, self.ema.module.parameters())
         return p.epoch
+
+
+@torch.no_grad()
+def copy_into(params: list[nn.Parameter], values) -> None:
+    for param, value in zip(params, values, strict=True):
+        param.copy_(value)
 
 
 def epoch_line(row: dict, epochs: int) -> str:

@@ -72,7 +72,7 @@ class Plan:
         if choice is None:
             return []
         lr, wd = choice["lr"], choice["weight_decay"]
-        # the final fit has no validation split to select an epoch by: it keeps the last epoch
+        # the final fit has no validation split to select an epoch or stop early by: it keeps the last epoch
         return [
             Job.of(
                 self.out,
@@ -80,6 +80,8 @@ class Plan:
                 self.base,
                 final=True,
                 selection="final",
+                early_stop=None,
+                early_stop_metric="val_accuracy",
                 lr=lr,
                 weight_decay=wd,
                 seed=s,
