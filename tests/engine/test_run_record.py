@@ -80,7 +80,7 @@ def test_a_terminal_gets_the_bar_unless_no_progress(tmp_path, capsys, monkeypatc
         assert train_cli(tmp_path / str(bar), *options) == 0
         epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
         assert len(epochs) == 2  # the per-epoch lines stay
-        assert ("step/s" in terminal.getvalue() or "s/step" in terminal.getvalue()) is bar
+        assert ("batch/s" in terminal.getvalue() or "s/batch" in terminal.getvalue()) is bar
 
 
 def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
