@@ -4,17 +4,14 @@ traceback; method options the outer parser could swallow reach the method."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.cli import build_parser, error_line, main
 from vprompt.cli.train import method_options
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from tiny_runs import TINY  # noqa: E402
 
 TINY_ARGS = ["--backbone", TINY["backbone"], "--img-size", "32", "--data", TINY["data"], "--random-init"]
 TINY_ARGS += ["--batch-size", "16", "--no-progress"]

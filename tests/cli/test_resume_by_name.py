@@ -3,7 +3,6 @@ a run's config work from any working directory."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,8 @@ from PIL import Image
 from timm.scheduler import CosineLRScheduler
 
 import vprompt
+from tiny_runs import TINY, same_weights, strip_timing, weights
 from vprompt.cli import main
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from tiny_runs import TINY, same_weights, strip_timing, weights  # noqa: E402
-
 from vprompt.engine.rundir import RunDir  # noqa: E402
 
 TINY_ARGS = ["--backbone", TINY["backbone"], "--img-size", "32", "--data", TINY["data"], "--random-init"]

@@ -2,7 +2,6 @@
 through vprompt's user path and trained on with a tiny random-init ViT."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +9,9 @@ import pytest
 from PIL import Image
 
 datasets = pytest.importorskip("datasets")
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-
-from tiny_runs import TINY  # noqa: E402
 
 import vprompt  # noqa: E402
+from tiny_runs import TINY  # noqa: E402
 from vprompt.cli import main  # noqa: E402
 from vprompt.data import DataError, check_dataset, describe, load  # noqa: E402
 from vprompt.data.sources import hf as hf_module  # noqa: E402
