@@ -12,7 +12,15 @@ import os
 from .checks import CheckReport, check_dataset, check_num_classes, preflight
 from .datasets import DataError, MissingFileError, subset
 from .packaged import foolbox_imagenet
-from .sources import DatasetInfo, Source, from_objects, resolve
+from .sources import (
+    DatasetInfo,
+    Source,
+    canonical_split,
+    from_objects,
+    portable_spec,
+    resolve,
+    with_columns,
+)
 from .transforms import (
     PROTOCOLS,
     Protocol,
@@ -80,6 +88,7 @@ __all__ = [
     "Protocol",
     "Source",
     "build_transform",
+    "canonical_split",
     "check_dataset",
     "check_num_classes",
     "default_protocol",
@@ -89,7 +98,9 @@ __all__ = [
     "get_protocol",
     "is_train_deterministic",
     "load",
+    "portable_spec",
     "preflight",
     "subset",
     "train_randomness",
+    "with_columns",
 ]

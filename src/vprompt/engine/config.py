@@ -500,15 +500,9 @@ def data_location(config: TrainConfig) -> dict[str, str | None]:
     ``eval``, ``predict``, ``export`` and ``train --resume RUN`` read the data from there.
     """
     root = str(Path(config.root).expanduser().resolve()) if config.root else None
-    data = config.data
-    family, _, arg = data.partition(":")
-    if family == "folder" and arg:
-        from ..data.sources.folder import parse_hold_out
+    from ..data import portable_spec
 
-        path, _ = parse_hold_out(arg)
-        if root is None and not Path(path).expanduser().is_absolute():
-            data = f"folder:{Path(path).expanduser().resolve()}{arg[len(path) :]}"
-    return {"data": data, "root": root}
+    return {"data": config.data if root else portable_spec(config.data), "root": root}
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -38,14 +38,6 @@ class Splits:
     test: str | None
 
 
-def canonical(split: str | None) -> str | None:
-    """Logical split names for VTAB-1k's file names (``train800val200`` is ``trainval``)."""
-    from ..data.sources import VTAB_SPLIT_FILES
-
-    aliases = {file: name for name, file in VTAB_SPLIT_FILES.items()}
-    return aliases.get(split, split) if split is not None else None
-
-
 def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
     """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test)."""
     proto = vdata.get_protocol(protocol)
@@ -57,8 +49,10 @@ def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
             return default
         return None if value.lower() == "none" else value
 
-    train = canonical(override(config.train_split, train))
-    val, test = canonical(override(config.val_split, val)), canonical(override(config.test_split, test))
+    train = vdata.canonical_split(override(config.train_split, train))
+    val, test = (
+        vdata.canonical_split(override(s, d)) for s, d in ((config.val_split, val), (config.test_split, test))
+    )
     uses_val = {"--selection best-val": config.selection == "best-val", "--early-stop": config.early_stop}
     choosers = " and ".join(option for option, on in uses_val.items() if on not in (None, False))
     if choosers and val is None:
@@ -168,9 +162,7 @@ class DataPlan:
 
 def data_spec(config: TrainConfig) -> str:
     """The run's dataset spec with ``--image-column`` / ``--label-column`` in it (``hf:`` data)."""
-    from ..data.sources.hf import with_columns
-
-    return with_columns(config.data, config.image_column, config.label_column)
+    return vdata.with_columns(config.data, config.image_column, config.label_column)
 
 
 def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPlan:

@@ -26,10 +26,21 @@ from . import (  # noqa: F401  (registers)
     vp,
     vtab1k,
 )
-from .base import SOURCES, USAGE, DatasetInfo, Source, held_out_indices, register_source, with_held_out
+from .base import (
+    SOURCES,
+    USAGE,
+    DatasetInfo,
+    Source,
+    canonical_split,
+    held_out_indices,
+    portable_spec,
+    register_source,
+    with_held_out,
+)
 from .coop import COOP
 from .fashion_mnist import FASHION_MNIST_DEBIAN
 from .fgvc import FGVC
+from .hf import with_columns
 from .objects import ObjectSource
 from .vp import VP_TORCHVISION
 from .vtab1k import VTAB_SPLIT_FILES, VTAB_TASKS
@@ -70,9 +81,12 @@ __all__ = [
     "VTAB_TASKS",
     "DatasetInfo",
     "Source",
+    "canonical_split",
     "from_objects",
     "held_out_indices",
+    "portable_spec",
     "register_source",
     "resolve",
+    "with_columns",
     "with_held_out",
 ]

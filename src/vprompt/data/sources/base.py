@@ -159,15 +159,41 @@ class Source:
 SOURCES: dict[str, Callable[[str, str, Path | None], Source]] = {}
 #: family → usage shown in the error for an unknown spec, e.g. ``vtab1k:<task>``.
 USAGE: dict[str, str] = {}
+#: family → ``portable(argument) -> argument`` that reads the same data from any working directory.
+PORTABLE: dict[str, Callable[[str], str]] = {}
+#: split names a family's files use → the logical split (VTAB-1k: ``train800val200`` → ``trainval``).
+SPLIT_ALIASES: dict[str, str] = {}
 
 
-def register_source(*names: str, usage: str):
-    """Register a source factory under one or more family names (the part of a spec before ``:``)."""
+def register_source(
+    *names: str,
+    usage: str,
+    portable: Callable[[str], str] | None = None,
+    split_aliases: dict[str, str] | None = None,
+):
+    """Register a source factory under one or more family names (the part of a spec before ``:``).
+    ``portable``: how a spec's argument read relative to the working directory becomes one that reads
+    the same data from anywhere (runs record it); ``split_aliases``: the family's own split names."""
 
     def wrap(factory):
         for name in names:
             SOURCES[name] = factory
+            if portable is not None:
+                PORTABLE[name] = portable
         USAGE[names[0]] = usage
+        SPLIT_ALIASES.update(split_aliases or {})
         return factory
 
     return wrap
+
+
+def portable_spec(spec: str) -> str:
+    """``spec`` with a relative path made absolute where its family reads one (see ``portable``)."""
+    family, _, arg = spec.partition(":")
+    convert = PORTABLE.get(family.lower())
+    return f"{family}:{convert(arg)}" if convert is not None and arg else spec
+
+
+def canonical_split(split: str | None) -> str | None:
+    """The logical name of a split (a family's own file names, e.g. ``train800``, map to theirs)."""
+    return SPLIT_ALIASES.get(split, split) if split is not None else None

@@ -230,7 +230,15 @@ def parse_hold_out(arg: str) -> tuple[str, dict[str, float]]:
     return path, options
 
 
-@register_source("folder", usage="folder:<path>[?val=0.1&test=0.2&seed=0]")
+def _portable(arg: str) -> str:
+    """A path relative to the working directory made absolute (the hold-out options kept)."""
+    path, _ = parse_hold_out(arg)
+    if Path(path).expanduser().is_absolute():
+        return arg
+    return f"{Path(path).expanduser().resolve()}{arg[len(path) :]}"
+
+
+@register_source("folder", usage="folder:<path>[?val=0.1&test=0.2&seed=0]", portable=_portable)
 def _folder(spec: str, arg: str, root: Path | None) -> Source:
     path, hold_out = parse_hold_out(arg)
     return FolderSource(spec, path, root, hold_out)

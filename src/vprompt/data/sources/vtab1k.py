@@ -85,6 +85,10 @@ class VTABSource(Source):
         return ImageListDataset(samples, self.info.num_classes, str(list_file), transform)
 
 
-@register_source("vtab1k", usage="vtab1k:<task>")
+@register_source(
+    "vtab1k",
+    usage="vtab1k:<task>",
+    split_aliases={file: name for name, file in VTAB_SPLIT_FILES.items()},
+)
 def _vtab1k(spec: str, arg: str, root: Path | None) -> Source:
     return VTABSource(spec, arg, root)
