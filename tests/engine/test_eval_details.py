@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.cli import main
 from vprompt.engine.rundir import RunDir
 

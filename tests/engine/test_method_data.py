@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.data import build_transform
 from vprompt.data.packaged import FOOLBOX_PIP
 from vprompt.data.sources import DatasetInfo

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_runs import TINY, same_weights, weights
 
 import vprompt
+from tiny_runs import TINY, same_weights, weights
 from vprompt.cli import main
 from vprompt.engine import precision as precision_module
 from vprompt.engine import trainer as trainer_module

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.cli import main
 
 NAMES = ["apple", "bean", "cherry", "date"]

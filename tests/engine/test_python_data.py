@@ -9,11 +9,11 @@ import torch
 import yaml
 from PIL import Image
 from timm.scheduler import CosineLRScheduler
-from tiny_runs import TINY, same_weights, weights
 from torch.utils.data import TensorDataset
 from torchvision.datasets import ImageFolder
 
 import vprompt
+from tiny_runs import TINY, same_weights, weights
 from vprompt.cli import main
 from vprompt.data import DataError
 from vprompt.engine.run import data_objects

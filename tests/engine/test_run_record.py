@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.engine.rundir import RunDir
 
 

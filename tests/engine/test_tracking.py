@@ -5,10 +5,10 @@ import csv
 import json
 
 import pytest
-from tiny_runs import TINY
-from wandb_records import history_and_summary
 
 import vprompt
+from tiny_runs import TINY
+from wandb_records import history_and_summary
 
 STEPS_PER_EPOCH = 4  # synthetic:4x32 has 64 training images, batch 16
 

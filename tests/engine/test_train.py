@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_runs import TINY, same_weights, weights
 
 import vprompt
+from tiny_runs import TINY, same_weights, weights
 from vprompt.cli import main
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.rundir import RunDir

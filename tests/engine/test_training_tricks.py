@@ -16,10 +16,10 @@ from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
-from tiny_runs import TINY, same_weights, strip_timing, weights
 
 import vprompt
 from numerics import assert_exact
+from tiny_runs import TINY, same_weights, strip_timing, weights
 from vprompt.data import build_transform
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.cache import CacheRefused
