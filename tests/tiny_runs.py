@@ -15,6 +15,10 @@ TINY = dict(
     lr=0.05,
     progress=False,
 )
+#: the sweeps' and reports' tiny run: one epoch, on the CPU (a sweep is many runs)
+TINY_SWEEP = dict(TINY, epochs=1, device="cpu")
+#: a tiny run for a recipe to sit under: two epochs and no ``lr``, so that the recipe's own applies
+TINY_UNDER_RECIPE = {k: v for k, v in TINY.items() if k != "lr"} | dict(epochs=2)
 
 #: metrics that measure time and therefore differ between otherwise identical runs
 TIMING = {"epoch_seconds", "train_images_per_second"}

@@ -4,21 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
-from data_fakes import VTAB_TINY, write_image
+
+import fakes
+from fakes import write_image
 
 
 @pytest.fixture
 def vtab_root(tmp_path) -> Path:
     """``<root>/eurosat/{train800,val200,train800val200,test}.txt`` with a few JPEGs each."""
-    task = tmp_path / "eurosat"
-    for split, n in VTAB_TINY.items():
-        lines = []
-        for i in range(n):
-            rel = f"images/{split}/{i:06d}.jpg"
-            write_image(task / rel, seed=len(split) * 100 + i)
-            lines.append(f"{rel} {i % 10}")
-        (task / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return tmp_path
+    return fakes.vtab_root(tmp_path)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from data_fakes import CONFIG
 
+from fakes import CONFIG
 from vprompt.data import DataError, check_dataset, check_num_classes, describe, load, preflight, sources
 from vprompt.data.datasets import ArrayDataset
 

@@ -8,8 +8,8 @@ import json
 import os
 
 import pytest
-from data_fakes import CONFIG, write_image
 
+from fakes import CONFIG, write_image
 from vprompt.data import DataError, check_dataset, describe, load, preflight, resolve
 
 SIZES = {"train": 4, "val": 2, "trainval": 6}

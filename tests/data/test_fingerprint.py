@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from data_fakes import CONFIG, write_image
 
+from fakes import CONFIG, write_image
 from vprompt.data import load
 from vprompt.data.datasets import ArrayDataset, ImageListDataset, Sample, take
 from vprompt.data.fingerprint import fingerprint

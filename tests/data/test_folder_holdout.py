@@ -7,10 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from data_fakes import write_image
 from PIL import Image
 
 import vprompt
+from fakes import write_image
+from tiny_runs import TINY
 from vprompt.cli import main
 from vprompt.data import DataError, describe, load
 from vprompt.data.sources.base import held_out_indices
@@ -68,14 +69,10 @@ def test_fractions_are_options_of_the_spec(tmp_path):
 
 def test_a_plain_folder_trains_and_records_its_split(tmp_path):
     spec = f"folder:{photos(tmp_path / 'pets')}?val=0.2"
-    options = dict(backbone="vit_tiny_patch16_224", random_init=True, img_size=32, method="linear")
-    summary = vprompt.train(
-        **options, data=spec, epochs=1, batch_size=8, progress=False, output=tmp_path / "r"
-    )
+    options = dict(TINY, data=spec, method="linear", epochs=1, batch_size=8)
+    summary = vprompt.train(**options, output=tmp_path / "r")
     assert summary["sizes"] == {"train": 21, "val": 7} and summary["data"] == spec
-    final = vprompt.train(
-        **options, data=spec, final=True, epochs=1, batch_size=8, progress=False, output=tmp_path / "f"
-    )
+    final = vprompt.train(**options, final=True, output=tmp_path / "f")
     assert final["sizes"] == {"train": 28, "test": 7}
 
 

@@ -4,8 +4,8 @@ and a classifier gets at least two classes, each with images."""
 import os
 
 import pytest
-from data_fakes import CONFIG, write_image
 
+from fakes import CONFIG, write_image
 from vprompt.data import DataError, check_dataset, describe, load
 
 

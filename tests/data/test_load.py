@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from data_fakes import CONFIG, VTAB_TINY, write_image
 
+from fakes import CONFIG, VTAB_TINY, write_image
 from vprompt.data import check_dataset, describe, get_protocol, load, preflight, subset
 
 

@@ -6,12 +6,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from data_fakes import CONFIG, write_image
 from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from fakes import CONFIG, write_image
 from vprompt import data as vdata
 from vprompt.data import DataError, from_objects
 from vprompt.data.fingerprint import fingerprint

@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from data_fakes import CONFIG, write_image
 
+from fakes import CONFIG, write_image
 from vprompt.data import DataError, describe, load
 from vprompt.data.sources import resolve
 

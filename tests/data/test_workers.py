@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 import torch
-from data_fakes import CONFIG
 
+from fakes import CONFIG
 from vprompt.data import DataError, MissingFileError, load
 
 

@@ -6,10 +6,10 @@ import contextlib
 
 import pytest
 import torch
-from tiny_runs import TINY, same_weights, weights
 
 import vprompt
 from numerics import assert_trained_weights_close
+from tiny_runs import TINY, same_weights, weights
 from vprompt.data import load
 from vprompt.engine.cache import CacheRefused, build_cache, cache_device
 from vprompt.engine.distributed import Context

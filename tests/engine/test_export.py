@@ -7,9 +7,9 @@ import sys
 
 import onnx
 import pytest
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.cli import main
 from vprompt.engine.inference import export_onnx
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.engine import NonFiniteLossError
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.config import TrainConfig, check_config, make_config

@@ -175,7 +175,6 @@ def test_resize_crop_preprocessing_is_resize_256_then_centre_crop_224():
 
 def test_schedule_options_on_the_command_line(tmp_path):
     from tiny_runs import TINY
-
     from vprompt.cli import main
     from vprompt.engine.rundir import RunDir
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 from timm.scheduler import CosineLRScheduler
-from tiny_runs import TINY, same_weights, strip_timing, weights
 
 import vprompt
 from numerics import assert_trained_weights_close
+from tiny_runs import TINY, same_weights, strip_timing, weights
 from vprompt.engine import NonFiniteLossError
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.rundir import RunDir

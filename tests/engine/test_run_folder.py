@@ -8,9 +8,9 @@ import os
 import stat
 
 import pytest
-from tiny_runs import TINY, same_weights, strip_timing, weights
 
 import vprompt
+from tiny_runs import TINY, same_weights, strip_timing, weights
 from vprompt import files
 from vprompt.engine.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunLocked
 from vprompt.files import WriteError

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-from tiny_runs import TINY
 
 import vprompt
+from tiny_runs import TINY
 from vprompt.engine.rundir import ADAPTER, CHECKPOINT, CONFIG, SUMMARY, CheckpointError, RunDir
 
 LINEAR = dict(TINY, method="linear", epochs=2)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import vprompt
+from tiny_runs import TINY_UNDER_RECIPE as TINY
 from vprompt import recipes
 from vprompt.cli import main
 from vprompt.engine.config import check_config, make_config
@@ -25,16 +26,6 @@ SHIPPED = [
     "vpt-fgvc",
     "vpt-vtab",
 ]
-#: a tiny run for recipes to sit under (random ViT-Tiny at 32 px, synthetic data)
-TINY = dict(
-    backbone="vit_tiny_patch16_224",
-    random_init=True,
-    img_size=32,
-    data="synthetic:4x32",
-    epochs=2,
-    batch_size=16,
-    progress=False,
-)
 
 
 def test_the_shipped_recipes():

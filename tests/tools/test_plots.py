@@ -78,9 +78,8 @@ def test_tradeoff_panels_say_why_they_are_empty(tmp_path):
 
 
 def test_report_cli_takes_formats_and_size(tmp_path, capsys):
-    from tiny_sweeps import TINY
-
     import vprompt
+    from tiny_runs import TINY_SWEEP as TINY
 
     for seed in (0, 1):
         vprompt.train(**dict(TINY, seed=seed), method="linear", output=tmp_path / "runs" / f"s{seed}")

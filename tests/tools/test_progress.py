@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tiny_sweeps import TINY
-
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.tools.executors import Clock, Executor, Job, duration
 from vprompt.tools.sweep import base_config
 

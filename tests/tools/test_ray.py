@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tiny_sweeps import TINY
 
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.tools.executors import Executor, Job
 from vprompt.tools.sweep import base_config
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_sweeps import TINY, one_thread
+from tiny_sweeps import one_thread
 
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.engine.rundir import RunDir
 from vprompt.tools import report, sweep
 from vprompt.tools.executors import Executor

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_sweeps import TINY, FakeTrain, one_thread, vtab_root
+from tiny_sweeps import FakeTrain, one_thread
 
+from fakes import VTAB_FULL, vtab_root
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.rundir import RunDir
 from vprompt.tools import executors, sweep, tuning
@@ -246,7 +248,7 @@ def test_suite_tunes_every_dataset_of_the_family(tmp_path, monkeypatch):
 
 
 def test_suite_with_fixed_hyperparameters_on_real_vtab_files(tmp_path):
-    root = vtab_root(tmp_path / "data", tasks=["eurosat"])
+    root = vtab_root(tmp_path / "data", sizes=VTAB_FULL, images=10, image_size=8)
     config = {**TINY, "method": "linear", "root": str(root), "train_size": 30, "eval_size": 20}
     result = sweep.suite(
         "vtab1k", config, tmp_path / "out", datasets=["eurosat", "svhn"], seeds=1, executor=QUIET

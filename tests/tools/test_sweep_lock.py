@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from tiny_sweeps import TINY, FakeTrain
+from tiny_sweeps import FakeTrain
 
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.cli import main
 from vprompt.engine.rundir import RunLocked, lock_folder
 from vprompt.tools import executors, sweep

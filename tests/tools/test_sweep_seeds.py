@@ -6,8 +6,9 @@ import csv
 import re
 
 import pytest
-from tiny_sweeps import TINY, FakeTrain, one_thread
+from tiny_sweeps import FakeTrain, one_thread
 
+from tiny_runs import TINY_SWEEP as TINY
 from vprompt.cli import main
 from vprompt.engine.rundir import RunDir
 from vprompt.tools import executors, sweep
