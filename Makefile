@@ -39,8 +39,8 @@ demo: setup
 	$(BIN)/vprompt demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check --no-cache src tests
+	$(BIN)/ruff format --no-cache --check src tests
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
