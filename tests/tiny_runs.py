@@ -16,6 +16,16 @@ TINY = dict(
     progress=False,
 )
 #: the sweeps' and reports' tiny run: one epoch, on the CPU (a sweep is many runs)
+#: the command-line form of TINY's model and data (after ``train`` or ``sweep <kind>``)
+TINY_CLI = [
+    "--backbone",
+    TINY["backbone"],
+    "--random-init",
+    "--img-size",
+    str(TINY["img_size"]),
+    "--data",
+    TINY["data"],
+]
 TINY_SWEEP = dict(TINY, epochs=1, device="cpu")
 #: a tiny run for a recipe to sit under: two epochs and no ``lr``, so that the recipe's own applies
 TINY_UNDER_RECIPE = {k: v for k, v in TINY.items() if k != "lr"} | dict(epochs=2)

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 import vprompt
-from tiny_runs import TINY, same_weights, strip_timing, weights
+from tiny_runs import TINY, TINY_CLI, same_weights, strip_timing, weights
 from vprompt import files
 from vprompt.engine.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunLocked
 from vprompt.files import WriteError
@@ -122,13 +122,7 @@ def test_an_output_that_is_a_dangling_symlink_is_refused_in_one_line(tmp_path, c
         vprompt.train(**LINEAR, output=tmp_path / "out")
     args = [
         "train",
-        "--backbone",
-        TINY["backbone"],
-        "--random-init",
-        "--img-size",
-        "32",
-        "--data",
-        TINY["data"],
+        *TINY_CLI,
     ]
     assert main([*args, "--method", "linear", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vprompt
-from tiny_runs import TINY
+from tiny_runs import TINY, TINY_CLI
 from wandb_records import history_and_summary
 
 STEPS_PER_EPOCH = 4  # synthetic:4x32 has 64 training images, batch 16
@@ -166,13 +166,7 @@ def test_a_tensorboard_folder_that_is_a_file_is_one_line_before_training(tmp_pat
     (run / "tensorboard").write_text("mine")
     args = [
         "train",
-        "--backbone",
-        TINY["backbone"],
-        "--random-init",
-        "--img-size",
-        "32",
-        "--data",
-        TINY["data"],
+        *TINY_CLI,
     ]
     assert main([*args, "--method", "linear", "--log", "tensorboard", "--output", str(run)]) == 2
     err = capsys.readouterr().err

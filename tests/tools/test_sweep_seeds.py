@@ -8,6 +8,7 @@ import re
 import pytest
 from tiny_sweeps import FakeTrain, one_thread
 
+from tiny_runs import TINY_CLI
 from tiny_runs import TINY_SWEEP as TINY
 from vprompt.cli import main
 from vprompt.engine.rundir import RunDir
@@ -19,13 +20,7 @@ from vprompt.tools.tables import mean_std
 ARGS = [
     "sweep",
     "layers",
-    "--backbone",
-    TINY["backbone"],
-    "--random-init",
-    "--img-size",
-    "32",
-    "--data",
-    TINY["data"],
+    *TINY_CLI,
     "--epochs",
     "1",
     "--batch-size",
