@@ -208,3 +208,31 @@ def test_forward_from_applies_the_hooks_at_the_site_and_after():
         h2.remove()
         assert not torch.allclose(bb(x), hooked)
     assert not any(m._forward_hooks for m in bb.modules())
+
+
+def test_a_compiled_model_guards_on_its_own_hooks_only():
+    """A site's hooks live on its module, not in a global registry: a compiled model's guards do not
+    read other models' hooks, so another hooked model collected while dynamo compiles (between its
+    tracing and its guard building: here, inside the backend) breaks nothing; and removing the last
+    hook leaves the module as it was."""
+    import gc
+
+    others = [build(*TINY[0][:2]) for _ in range(3)]
+    handles = [o.site("block.0").hook(lambda a: a) for o in others]
+    module = others[0].site("block.0").module
+    before = {k: v for k, v in vars(module).items() if k != "_vprompt_site_chains"}
+    handles[0].remove()
+    assert vars(module) == before
+    del module
+
+    def backend(graph, _inputs):
+        handles.clear()
+        others.clear()
+        gc.collect()
+        return graph.forward
+
+    # linear, training: the CLS-only last block asks which functions are hooked at the last block
+    model = vprompt.attach(build(*TINY[0][:2]), "linear").train()
+    x = torch.randn(2, *model.input_size)
+    expected = model(x)
+    assert torch.equal(torch.compile(model, backend=backend)(x), expected)

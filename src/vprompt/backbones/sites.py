@@ -8,7 +8,6 @@ Methods only ever touch activations through sites.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -78,7 +77,10 @@ class HookChain:
         if not self.fns and self._handle is not None:
             self._handle.remove()
             self._handle = None
-            _CHAINS.get(self.module, {}).pop(self.at, None)
+            chains = _chains_of(self.module)
+            chains.pop(self.at, None)
+            if not chains and CHAINS_ATTR in vars(self.module):
+                delattr(self.module, CHAINS_ATTR)
 
 
 class _ChainHandle:
@@ -91,12 +93,24 @@ class _ChainHandle:
         self.chain.remove(self.fn)
 
 
-#: module → {"output" | "input": HookChain}; weak, so chains die with their modules
-_CHAINS: weakref.WeakKeyDictionary[nn.Module, dict[str, HookChain]] = weakref.WeakKeyDictionary()
+#: the attribute under which a module keeps its chains (``{"output" | "input": HookChain}``). On the
+#: module, not in a global registry: a compiled forward then guards on this module's own chains only
+#: (a global weak registry made dynamo guard on every hooked module's entry, and a module collected
+#: between tracing and guard building broke the guards).
+CHAINS_ATTR = "_vprompt_site_chains"
+
+
+def _chains_of(module: nn.Module, create: bool = False) -> dict[str, HookChain]:
+    chains = getattr(module, CHAINS_ATTR, None)
+    if chains is None:
+        chains = {}
+        if create:
+            object.__setattr__(module, CHAINS_ATTR, chains)
+    return chains
 
 
 def _chain(point: SitePoint, create: bool) -> HookChain | None:
-    chains = _CHAINS.setdefault(point.module, {}) if create else _CHAINS.get(point.module, {})
+    chains = _chains_of(point.module, create)
     if create and point.at not in chains:
         chains[point.at] = HookChain(point.module, point.at)
     return chains.get(point.at)
@@ -104,13 +118,13 @@ def _chain(point: SitePoint, create: bool) -> HookChain | None:
 
 def hooked_functions(module: nn.Module, at: str = "output") -> list[ActivationFn]:
     """The functions hooked (through sites) at ``module``'s output or input, in the order they run."""
-    chain = _CHAINS.get(module, {}).get(at)
+    chain = _chains_of(module).get(at)
     return list(chain.fns) if chain is not None else []
 
 
 def chain_hook_ids(module: nn.Module) -> set[int]:
     """The ids of the torch hooks on ``module`` that run site chains (keys of its hook dicts)."""
-    return {c._handle.id for c in _CHAINS.get(module, {}).values() if c._handle is not None}
+    return {c._handle.id for c in _chains_of(module).values() if c._handle is not None}
 
 
 @dataclass
