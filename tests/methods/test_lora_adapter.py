@@ -288,3 +288,23 @@ def test_lora_refuses_dilated_convs():
     with pytest.raises(MethodNotApplicable, match="dilation"):
         TunedModel(bb, lora())
     assert not hasattr(bb.model, "peft_config")
+
+
+def test_lora_suffixes_match_inside_the_blocks_only_unless_named_in_full():
+    """``proj`` is each block's attention projection, not the patch embedding's (which ends in ``proj``
+    too): 98 tensors where 100 would have trained. ViT-B/16 counts, without the head."""
+    bb = vprompt.backbone("vit_base_patch16_224", pretrained=False, num_classes=10)
+    model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="qkv")))
+    assert model.trainable_parameters(head=False) == 12 * 8 * (768 + 3 * 768) == 294_912
+    model.detach()
+    model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="proj")))
+    assert model.method.target_names == [f"blocks.{i}.attn.proj" for i in range(12)]
+    assert model.trainable_parameters(head=False) == 12 * 8 * (768 + 768) == 147_456
+    assert len([p for p in model.parameters() if p.requires_grad]) == 2 * 12 + 2  # A, B per target; head
+    model.detach()
+    model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="patch_embed.proj, proj")))  # named in full: taken
+    assert model.method.target_names[0] == "patch_embed.proj" and len(model.method.target_names) == 13
+    assert model.trainable_parameters(head=False) == 147_456 + 8 * (3 * 16 * 16) + 768 * 8
+    model.detach()
+    with pytest.raises(MethodNotApplicable, match=r"'embed.proj' match no module of the blocks.*in full"):
+        TunedModel(bb, LoRA(LoRAConfig(targets="qkv, embed.proj")))

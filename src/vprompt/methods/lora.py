@@ -32,7 +32,8 @@ class LoRAConfig(MethodConfig):
         default="auto",
         metadata={
             "help": "auto = attention qkv projections in transformers, non-grouped convolutions in CNNs; "
-            "or a comma-separated list of module-name suffixes"
+            "or comma-separated module-name suffixes, matched inside the blocks only (a module outside "
+            "them, e.g. patch_embed.proj, is named in full)"
         },
     )
 
@@ -41,8 +42,14 @@ def _in_head(name: str, head_name: str) -> bool:
     return name == head_name or name.startswith(head_name + ".")
 
 
-def resolve_targets(model: nn.Module, head_name: str, targets: str, r: int) -> list[str]:
-    """Exact dotted names (inside ``model``) of the layers LoRA adapts; ``MethodNotApplicable`` otherwise."""
+def resolve_targets(
+    model: nn.Module, head_name: str, targets: str, r: int, blocks: Iterable[str] = ()
+) -> list[str]:
+    """Exact dotted names (inside ``model``) of the layers LoRA adapts; ``MethodNotApplicable`` otherwise.
+    A suffix matches modules inside ``blocks`` (the backbone's ``block.N`` modules) only, where there are
+    blocks: ``proj`` is each block's attention projection, never the patch embedding's; a name given in
+    full matches wherever it is."""
+    blocks = tuple(b + "." for b in blocks)
     modules = [(n, m) for n, m in model.named_modules() if n and not _in_head(n, head_name)]
     spec = targets.strip()
     if spec == "auto":
@@ -62,13 +69,15 @@ def resolve_targets(model: nn.Module, head_name: str, targets: str, r: int) -> l
             )
 
         def matches(name: str, suffix: str) -> bool:
-            return name == suffix or name.endswith("." + suffix)
+            inside = not blocks or name.startswith(blocks)
+            return name == suffix or (inside and name.endswith("." + suffix))
 
         names = [n for n, _ in modules if any(matches(n, s) for s in suffixes)]  # in module order
         unmatched = [s for s in suffixes if not any(matches(n, s) for n in names)]
         if unmatched:
             raise MethodNotApplicable(
-                f"lora targets {', '.join(map(repr, unmatched))} match no module outside the classifier head"
+                f"lora targets {', '.join(map(repr, unmatched))} match no module of the blocks (outside the "
+                "classifier head); name a module outside the blocks in full (e.g. patch_embed.proj)"
             )
         by_name = dict(modules)
         wrong = [
@@ -125,7 +134,9 @@ class LoRA(Method):
         model = backbone.model
         if hasattr(model, "peft_config"):
             raise MethodNotApplicable(f"backbone {backbone.name!r} already carries peft adapters")
-        names = resolve_targets(model, backbone.head_name, cfg.targets, cfg.r)
+        block_modules = {id(s.module) for name, s in backbone.sites.items() if name.startswith("block.")}
+        blocks = [n for n, m in model.named_modules() if n and id(m) in block_modules]
+        names = resolve_targets(model, backbone.head_name, cfg.targets, cfg.r, blocks)
         smallest = min(names, key=lambda n: max_rank(model.get_submodule(n)))
         high = max_rank(model.get_submodule(smallest))
         check_size(self, "r", cfg.r, high, f"the largest rank of an update of target {smallest}")
