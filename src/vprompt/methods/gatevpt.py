@@ -29,14 +29,16 @@ class GateVPTConfig(MethodConfig):
     num_prompts: int = field(default=100, metadata={"help": "number of prompt tokens N_p (inserted once)"})
     gate_init: float = field(
         default=5.0,
-        metadata={"help": "every block's gate logit starts at -gate_init (gate sigmoid(-5) = 0.0067)"},
+        metadata={
+            "help": "every block's gate logit starts at -gate_init (5: the gates start at sigmoid(-5) = 0.0067)"
+        },
     )
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts as they are inserted"})
     temperature: bool = field(
         default=True,
         metadata={
             "help": "learn one attention temperature per block (attention logits / tau, tau from 1, "
-            "clamped to [0.01, 10]); false: the backbone's own attention"
+            "clamped to [0.01, 10]); --no-temperature (temperature=false): the backbone's own attention"
         },
     )
 
