@@ -38,6 +38,7 @@ CASES = [
     ),
     (vit, "vpt-deep", {"num_prompts": 0}, "vpt-deep num_prompts=0", "1 to 20"),
     (vit, "vapt", {"num_prompts": 21}, "vapt num_prompts=21", "1 to 20"),
+    (vit, "gatevpt", {}, "gatevpt num_prompts=100", "1 to 20 (4× the 5 tokens"),  # the default
     (vit, "vapt", {"hidden": 97}, "vapt hidden=97", "1 to 96 (4× the embedding size 24)"),
     (vit, "vapt", {"kernel": 3}, "vapt kernel=3", "1 to 2 (the 2×2 patch grid"),
     (
@@ -76,6 +77,7 @@ def test_a_size_beyond_its_bound_is_refused_at_attach_naming_option_value_and_bo
         (vit, "aap", {"site": "pre_logits"}),
         (vit, "vpt-deep", {"num_prompts": 20}),
         (vit, "vapt", {"num_prompts": 20, "hidden": 96, "kernel": 2}),
+        (vit, "gatevpt", {"num_prompts": 20}),
         (vit, "lora", {"r": 24}),
         (vit, "adapter", {"r": 24}),
         (vit, "vp-pad", {"width": 15}),
