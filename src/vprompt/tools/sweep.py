@@ -318,7 +318,9 @@ def suite(
         "failures": failed,
     }
     runs = [r for r in report.find_runs([out])[0] if r.options.get("data") in {b["data"] for b in bases}]
-    _write_suite(Path(out), summary, report.header(runs, suite=(family, names)) if runs else "")
+    _write_suite(
+        Path(out), summary, report.header(runs, suite=(family, names)) if runs else "- **No run finished.**\n"
+    )
     return summary
 
 
