@@ -238,11 +238,15 @@ def test_suite_tunes_every_dataset_of_the_family(tmp_path, monkeypatch):
         r = result["datasets"][t]
         assert r["chosen"]["lr"] == 0.01 and r["test_accuracy"]["mean"] == 70.5
         assert (tmp_path / "out" / t / "final" / "seed1" / "summary.json").is_file()
-    assert result["means"]["all"] == {"mean": 70.5, "datasets": 3, "complete": True}
-    natural = result["means"]["natural"]  # the natural tasks among those asked for
-    assert natural == {"mean": 70.5, "datasets": 2, "complete": True}
+    # 3 of VTAB-1k's 19 tasks: no mean of the suite, none of a group (2 of the 7 natural tasks)
+    means = result["means"]
+    assert means["all"] == {"label": "mean of 19 tasks", "mean": None, "have": 3, "of": 19, "complete": False}
+    assert means["natural"] == {"label": "natural mean", "mean": None, "have": 2, "of": 7, "complete": False}
+    assert means["groups"]["mean"] is None
     text = (tmp_path / "out" / "suite.md").read_text()
-    assert "| eurosat | 0.01 | 0 | 70.50 ± 0.71 | 2 |" in text and "**mean (all)**" in text
+    assert "| eurosat | 0.01 | 0 | 70.50 ± 0.71 | 2 |" in text
+    assert "| **mean of 19 tasks** | – | – | incomplete (3 of 19) |" in text
+    assert "| **natural mean** | – | – | incomplete (2 of 7) |" in text
     with pytest.raises(ValueError, match="vtab1k has no dataset nope"):
         sweep.suite("vtab1k", config, tmp_path / "out", datasets=["nope"], executor=QUIET)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import yaml
 from ..engine.rundir import CONFIG, SUMMARY, RunDir, write_text
 from ..files import ensure_dir
 from ..methods import SITE_METHODS
-from . import plots
+from . import benchmarks, plots
 from .executors import ERROR
 from .tables import markdown, mean_std, pm, write_csv
 
@@ -32,6 +32,8 @@ class Run:
     path: Path
     summary: dict[str, Any]
     options: dict[str, Any]
+    #: what the run recorded as resolved (``config.yaml``'s ``resolved``: its recipe, ...); empty if not
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def split(self) -> str:
@@ -59,7 +61,8 @@ def read_run(path: Path) -> Run:
     else:  # only the summary: its own record of the run's options
         keys = ("backbone", "method", "method_options", "data", "protocol", "final", "selection", "epochs")
         config = {k: summary.get(k) for k in keys}
-    return Run(path, summary, configuration(config))
+    resolved = config.get("resolved")
+    return Run(path, summary, configuration(config), resolved if isinstance(resolved, dict) else {})
 
 
 def find_runs(dirs: list[str | Path]) -> tuple[list[Run], list[dict[str, str]], list[str]]:
@@ -104,6 +107,7 @@ class Group:
         accuracies = [r.accuracy for r in self.runs if r.accuracy is not None]
         mean, std = mean_std(accuracies) if accuracies else (None, None)
         s = self.runs[0].summary
+        published = published_for(self)
         return {
             "data": self.data,
             "label": self.label,
@@ -120,6 +124,8 @@ class Group:
             "train_seconds": self.mean("train_seconds"),
             "peak_memory_mib": self.mean("peak_memory_mib"),
             "eval_images_per_second": self.mean("eval_images_per_second"),
+            "published": published.value if published else None,
+            "published_source": published.source if published else None,
             "options": json.dumps(self.options, sort_keys=True, default=str),
             "runs": " ".join(str(r.path) for r in self.runs),
         }
@@ -304,6 +310,220 @@ def cells_text(cells: list[tuple[str, str]], most: int = 4) -> str:
     return ", ".join(f"{d} on {b}" for d, b in cells)
 
 
+# ------------------------------------------------------------------------------------------ header
+#: a run's role in a sweep: final runs (final split → test) and tuning runs (tuning split → validation)
+ROLES = {"final": "final runs", "tuning": "tuning runs"}
+NOT_RECORDED = "not recorded"
+
+
+def role(run: Run) -> str:
+    final = run.summary.get("final", run.options.get("final"))
+    return "final" if (run.split == "test" if final is None else final) else "tuning"
+
+
+def _distinct(values) -> list:
+    return list(dict.fromkeys(v for v in values if v is not None))
+
+
+def _joined(values, none: str = NOT_RECORDED) -> str:
+    return " / ".join(_value(v) for v in _distinct(values)) or none
+
+
+def _span(runs: list[Run], split: str) -> str:
+    """The images a split used over ``runs``: ``200``, ``60–100``, ``–`` (not used) or not recorded."""
+    sizes = [r.summary.get("sizes") for r in runs]
+    if not any(isinstance(s, dict) for s in sizes):
+        return NOT_RECORDED
+    used = [s[split] for s in sizes if isinstance(s, dict) and s.get(split) is not None]
+    if not used:
+        return "–"
+    return f"{min(used):,}" if min(used) == max(used) else f"{min(used):,}–{max(used):,}"
+
+
+def _spans(runs: list[Run]) -> str:
+    spans = [_span(runs, s) for s in ("train", "val", "test")]
+    return NOT_RECORDED if set(spans) == {NOT_RECORDED} else " / ".join(spans)
+
+
+def _per_role(runs: list[Run], text) -> str:
+    """``text(runs of a role)`` for each role present, or once when every role gives the same."""
+    parts = {k: text([r for r in runs if role(r) == k]) for k in ROLES if any(role(r) == k for r in runs)}
+    if len(set(parts.values())) == 1:
+        return next(iter(parts.values()))
+    return "; ".join(f"{ROLES[k]}: {v}" for k, v in parts.items())
+
+
+def header(runs: list[Run], suite: tuple[str, list[str]] | None = None) -> str:
+    """What ``runs`` ran, for the top of a summary: backbone (and whether it had pretrained weights),
+    input size, epochs, images per split, seeds, each benchmark's tasks present and missing, and the
+    options that differ from the recipe. ``suite``: ``(family, tasks asked for)`` of a suite."""
+    backbones = []
+    for b in _distinct(r.options.get("backbone") for r in runs):
+        these = [r for r in runs if r.options.get("backbone") == b]
+        random = sum(bool(r.options.get("random_init")) for r in these)
+        note = ""
+        if random:
+            note = " — **random init: no pretrained weights**"
+            note += "" if random == len(these) else f" in {random} of {len(these)} runs"
+        backbones.append(f"`{b}`{note}")
+    lines = [
+        f"- **Backbone:** {', '.join(backbones) or NOT_RECORDED}",
+        f"- **Input size:** {_joined(r.options.get('img_size') for r in runs)}"
+        + (" px" if any(r.options.get("img_size") for r in runs) else ""),
+        f"- **Epochs:** {_per_role(runs, lambda rs: _joined(r.options.get('epochs') for r in rs))}",
+        "- **Images used** (train / val / test): " + _per_role(runs, _spans),
+        "- **Seeds:** "
+        + _per_role(
+            runs, lambda rs: ", ".join(map(str, sorted(_distinct(r.summary.get("seed") for r in rs))))
+        ),
+    ]
+    lines += task_lines(runs, suite)
+    lines.append(recipe_line(runs))
+    return "\n".join(lines) + "\n"
+
+
+def task_lines(runs: list[Run], suite: tuple[str, list[str]] | None = None) -> list[str]:
+    """Per benchmark family among the runs' data: the tasks present and those missing. In a suite, a task
+    is present when it has a test accuracy; one asked for without one is named as such."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        hit = benchmarks.family_of(r.options.get("data"))
+        if hit and (suite is None or r.summary.get("test_accuracy") is not None):
+            found[hit[0]].add(hit[1])
+    families = [suite[0]] if suite else [f for f in benchmarks.FAMILIES if f in found]
+    lines = []
+    for family in families:
+        tasks = benchmarks.FAMILIES[family]
+        present = [t for t in tasks if t in found[family]]
+        text = f"- **Tasks ({family}):** {len(present)} of {len(tasks)}"
+        text += f" ({', '.join(present)})" if present else ""
+        if suite:
+            failed = [t for t in suite[1] if t not in found[family]]
+            if failed:
+                text += f"; asked for but without a test accuracy: {', '.join(failed)}"
+            missing = [t for t in tasks if t not in suite[1]]
+        else:
+            missing = [t for t in tasks if t not in found[family]]
+        if missing:
+            text += f"; not run: {', '.join(missing)}"
+        lines.append(text)
+    return lines
+
+
+def recipe_line(runs: list[Run]) -> str:
+    """The recipe(s) the runs used and every option whose value differs from the recipe's."""
+    names = _distinct(r.options.get("recipe") for r in runs)
+    without = sum(not r.options.get("recipe") for r in runs)
+    if not names:
+        return "- **Recipe:** none (every option as given)"
+    parts = []
+    for name in names:
+        these = [r for r in runs if r.options.get("recipe") == name]
+        recorded = [r.resolved["recipe"] for r in these if isinstance(r.resolved.get("recipe"), dict)]
+        differs: dict[str, tuple[Any, list]] = {}
+        for record in recorded:
+            for key, values in (record.get("overridden") or {}).items():
+                wanted, used = differs.get(key, (values.get("recipe"), []))
+                differs[key] = (wanted, used + [values.get("used")])
+        if not recorded:
+            what = "what differs from it is not recorded"
+        elif differs:
+            what = "options that differ from it: " + ", ".join(
+                f"`{k}` {_joined(used, 'unset')} (recipe: {_value(wanted)})"
+                for k, (wanted, used) in sorted(differs.items())
+            )
+        else:
+            what = "no option differs from it"
+        parts.append(f"`{name}` ({len(these)} runs; {what})")
+    if without:
+        parts.append(f"none for {without} runs")
+    return "- **Recipe:** " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------ benchmarks, published
+def benchmark_sections(groups: list[Group]) -> list[str]:
+    """For each benchmark family among the final (test) configurations: its means per configuration,
+    each only over a complete set (VTAB-1k: the group means, the mean of 19 tasks and the mean of the 3
+    group means, labelled), with the published numbers' means where every task has one."""
+    text = []
+    finals = [g for g in groups if g.split == "test" and benchmarks.family_of(g.data)]
+    for family in benchmarks.FAMILIES:
+        these = [g for g in finals if benchmarks.family_of(g.data)[0] == family]
+        if not these:
+            continue
+        configs: dict[tuple, dict[str, float]] = defaultdict(dict)
+        for g in these:
+            key = (g.label, g.options.get("backbone"), g.method, bool(g.options.get("random_init")))
+            mean = g.row()["accuracy_mean"]
+            if mean is not None:
+                configs[key][benchmarks.family_of(g.data)[1]] = mean
+        labels = None
+        body = []
+        for (label, backbone, method, random), accuracies in configs.items():
+            means = benchmarks.means(family, accuracies)
+            labels = [m["label"] for m in means.values()]
+            body.append([label, backbone] + [benchmarks.mean_cell(m) for m in means.values()])
+            published = {
+                t: p.value
+                for t in benchmarks.FAMILIES[family]
+                if (p := benchmarks.find_published(backbone, method, f"{family}:{t}", random_init=random))
+            }
+            if len(published) == len(benchmarks.FAMILIES[family]):
+                p = benchmarks.find_published(backbone, method, f"{family}:{benchmarks.FAMILIES[family][0]}")
+                body.append(
+                    [f"↳ published: {p.citation}, Table {p.table}", backbone]
+                    + [benchmarks.mean_cell(m) for m in benchmarks.means(family, published).values()]
+                )
+        if body:
+            text += [
+                f"## {family} means (test)\n",
+                "Each mean only over a complete set: a group or suite with a task missing shows "
+                "`incomplete (k of n)`. Published means are computed from the published per-task values.\n",
+                markdown(["configuration", "backbone"] + labels, body),
+            ]
+    return text
+
+
+def published_section(groups: list[Group]) -> list[str]:
+    """The published numbers beside the measured ones: only for a final configuration whose backbone,
+    method and task have one (and that started from pretrained weights)."""
+    body = []
+    for g in groups:
+        p = published_for(g)
+        if p is not None:
+            body.append(
+                [g.data, g.options.get("backbone"), g.label, pm_row(g.row()), f"{p.value:.2f}", p.source]
+            )
+    if not body:
+        listed = "; ".join(
+            f"{b}: {', '.join(sorted({p.method for p in have}))} on "
+            f"{', '.join(sorted({p.data.split(':')[0] for p in have}))}"
+            for b in sorted({p.backbone for p in benchmarks.published()})
+            if (have := [p for p in benchmarks.published() if p.backbone == b])
+        )
+        return [
+            "## Published numbers\n",
+            "No configuration here has a published number for its backbone, method and task (published "
+            f"numbers, `vprompt/tools/published.yaml`, exist for: {listed}).\n",
+        ]
+    return [
+        "## Published numbers beside the measured ones\n",
+        "Same backbone, method and task only; the paper's protocol may still differ from these runs' "
+        "(see the header).\n",
+        markdown(["dataset", "backbone", "configuration", "measured (%)", "published (%)", "source"], body),
+    ]
+
+
+def published_for(group: Group) -> benchmarks.Published | None:
+    """The published number for a final configuration's backbone, method and task, if there is one."""
+    if group.split != "test":
+        return None
+    options = group.options
+    return benchmarks.find_published(
+        options.get("backbone"), group.method, group.data, random_init=bool(options.get("random_init"))
+    )
+
+
 # ------------------------------------------------------------------------------------------ report
 def write_report(
     dirs: list[str | Path] | str | Path,
@@ -356,10 +576,14 @@ def write_report(
         f"# vprompt report\n\n{len(runs)} finished runs in {len(groups)} configurations from "
         f"{', '.join(f'`{d}`' for d in dirs)}. Accuracy in %: mean ± sample std over the runs (n).\n"
     ]
+    if runs:
+        text.append(header(runs))
     for split, title in SPLIT_TITLES.items():
         chosen = [r for r in rows if r["split"] == split]
         if chosen:
             text += [f"## {title}\n", pivot(chosen), "### Every configuration\n", details(chosen)]
+    if runs:
+        text += benchmark_sections(groups) + published_section(groups)
     text += _plots(groups, rows, out, files, formats, size)
     if failed:
         text += ["## Failed runs\n", markdown(["run", "error"], [[f["run"], f["error"]] for f in failed])]

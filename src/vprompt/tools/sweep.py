@@ -11,31 +11,16 @@ from typing import Any
 
 from .. import recipes
 from ..data import describe
-from ..data.sources import COOP, FGVC, VP_TORCHVISION, VTAB_TASKS
 from ..engine.config import check_config, make_config, to_dict
 from ..engine.run import as_config
 from ..engine.rundir import write_json, write_text
 from ..methods import SITE_METHODS, method_config
-from . import plots
+from . import benchmarks, plots, report
+from .benchmarks import FAMILIES, VTAB_GROUPS  # noqa: F401  (sweep.FAMILIES, sweep.VTAB_GROUPS)
 from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
 from .tables import markdown, mean_std, pm, write_csv
 from .tuning import Plan, run_plans
 
-#: the datasets of each benchmark family, in the papers' order
-FAMILIES: dict[str, list[str]] = {
-    "vtab1k": list(VTAB_TASKS),
-    "fgvc": list(FGVC),
-    "vp": list(VP_TORCHVISION) + list(COOP),
-}
-#: VTAB-1k's three task groups, whose means papers report next to the overall mean
-# fmt: off
-VTAB_GROUPS = {
-    "natural": ["caltech101", "cifar", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
-    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
-    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
-                   "smallnorb_azi", "smallnorb_ele"],
-}
-# fmt: on
 #: the layer sweep's markdown columns: row key → header
 LAYER_COLUMNS = {
     "site": "site",
@@ -319,36 +304,41 @@ def suite(
     write_failures(out, failed)
     summary = {
         "family": family,
+        "method": bases[0]["method"],
+        "backbone": bases[0]["backbone"],
+        "random_init": bool(bases[0].get("random_init")),
         "tuned": tuned,
         "datasets": dict(zip(names, results, strict=True)),
         "means": suite_means(family, names, results),
+        "published": {
+            n: {"value": p.value, "source": p.source}
+            for n, base in zip(names, bases, strict=True)
+            if (p := suite_published(family, n, base))
+        },
         "failures": failed,
     }
-    _write_suite(Path(out), summary)
+    runs = [r for r in report.find_runs([out])[0] if r.options.get("data") in {b["data"] for b in bases}]
+    _write_suite(
+        Path(out), summary, report.header(runs, suite=(family, names)) if runs else "- **No run finished.**\n"
+    )
     return summary
 
 
 def suite_means(family: str, names: list[str], results: list[dict]) -> dict[str, dict]:
-    """Mean test accuracy over the datasets (and VTAB's groups) with a result; ``complete`` if all had one."""
+    """The suite's means (:func:`.benchmarks.means`): each only over a complete set of the family's tasks
+    (VTAB-1k: each group, the 19 tasks, the 3 group means), else ``None`` with how many had a result."""
     acc = {n: r["test_accuracy"]["mean"] for n, r in zip(names, results, strict=True) if r["test_accuracy"]}
-    groups = {"all": names} | (
-        {g: [n for n in members if n in names] for g, members in VTAB_GROUPS.items()}
-        if family == "vtab1k"
-        else {}
+    return benchmarks.means(family, acc)
+
+
+def suite_published(family: str, name: str, base: dict[str, Any]) -> benchmarks.Published | None:
+    """The published number for the suite's backbone and method on ``name``, if there is one."""
+    return benchmarks.find_published(
+        base["backbone"], base["method"], f"{family}:{name}", random_init=bool(base.get("random_init"))
     )
-    means = {}
-    for group, members in groups.items():
-        have = [acc[n] for n in members if n in acc]
-        if members and have:
-            means[group] = {
-                "mean": sum(have) / len(have),
-                "datasets": len(have),
-                "complete": len(have) == len(members),
-            }
-    return means
 
 
-def _write_suite(out: Path, summary: dict[str, Any]) -> None:
+def _write_suite(out: Path, summary: dict[str, Any], header: str = "") -> None:
     headers = [
         "dataset",
         "lr",
@@ -359,7 +349,9 @@ def _write_suite(out: Path, summary: dict[str, Any]) -> None:
         "trainable_parameters",
         "trainable_parameters_without_head",
         "failures",
+        "published",
     ]
+    published = summary.get("published") or {}
     rows = []
     for name, r in summary["datasets"].items():
         t, c = r["test_accuracy"] or {}, r["chosen"] or {}
@@ -374,25 +366,44 @@ def _write_suite(out: Path, summary: dict[str, Any]) -> None:
                 r["trainable_parameters"],
                 r["trainable_parameters_without_head"],
                 len(r["failures"]),
+                (published.get(name) or {}).get("value"),
             ]
         )
     write_csv(out / "suite.csv", headers, rows)
     write_json(out / "suite.json", summary)
-    md = [[r[0], _g(r[1]), _g(r[2]), pm(r[3], r[4], r[5]), r[5], r[6], r[8]] for r in rows]
-    md += [
-        [
-            f"**mean ({g})**" + ("" if m["complete"] else f" of {m['datasets']}"),
-            None,
-            None,
-            f"{m['mean']:.2f}",
-            None,
-            None,
-            None,
-        ]
-        for g, m in summary["means"].items()
+    shown = bool(published)  # the published column only when some dataset has a published number
+    md = [
+        [r[0], _g(r[1]), _g(r[2]), pm(r[3], r[4], r[5])]
+        + ([f"{r[9]:.2f}" if r[9] is not None else "–"] if shown else [])
+        + [r[5], r[6], r[8]]
+        for r in rows
     ]
+    family = summary["family"]
+    if shown:
+        values = {n: p["value"] for n, p in published.items()}
+        published_means = benchmarks.means(family, values)
+    for key, m in summary["means"].items():
+        cells = [f"**{m['label']}**", None, None, benchmarks.mean_cell(m)]
+        cells += [benchmarks.mean_cell(published_means[key])] if shown else []
+        md.append(cells + [None, None, None])
     how = "tuned on validation, then" if summary["tuned"] else "fixed hyper-parameters,"
-    text = f"# Suite {summary['family']}\n\n{how} test accuracy (%) mean ± std over seeds.\n\n" + markdown(
-        ["dataset", "lr", "weight decay", "test accuracy (%)", "seeds", "trainable params", "failed runs"], md
+    have = summary["means"]["all"]
+    noun = "tasks" if family == "vtab1k" else "datasets"
+    title = (
+        f"# Suite {family}: {summary.get('method')} on {summary.get('backbone')}, "
+        f"{have['have']} of {have['of']} {noun}"
     )
+    columns = ["dataset", "lr", "weight decay", "test accuracy (%)"]
+    columns += ["published (%)"] if shown else []
+    columns += ["seeds", "trainable params", "failed runs"]
+    text = f"{title}\n\n{header}\n{how} test accuracy (%) mean ± std over seeds. " + (
+        "Each mean only over a complete set of the suite's tasks; otherwise `incomplete (k of n)`.\n\n"
+    )
+    text += markdown(columns, md)
+    if shown:
+        sources = sorted({p["source"] for p in published.values()})
+        text += (
+            f"\nPublished: {'; '.join(sources)} — the same backbone, method and task "
+            "(`vprompt/tools/published.yaml`); their means are computed from the published per-task values.\n"
+        )
     write_text(out / "suite.md", text)
