@@ -180,7 +180,7 @@ def test_mocov3_rebuilds_from_its_recorded_arguments_in_any_directory(tmp_path, 
     path = save(tmp_path, pretraining_checkpoint(encoder_keys()))
     monkeypatch.chdir(tmp_path)
     bb = vprompt.backbone(f"mocov3:{path.name}", **TINY).eval()
-    assert bb.build_args["name"] == f"mocov3:{path}"
+    assert bb.build_args["name"] == bb.name == f"mocov3:{path}"
     monkeypatch.chdir(tmp_path.parent)
     again = vprompt.backbone(**bb.build_args).eval()
     x = torch.randn(1, 3, SIZE, SIZE)

@@ -94,6 +94,8 @@ def create_backbone(
             drawn without touching the global RNG; recorded, so a random-init backbone can be rebuilt.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
+    if name.startswith("mocov3:"):  # the file's absolute path: a run rebuilds it from any directory
+        name = "mocov3:" + str(Path(name[len("mocov3:") :]).expanduser().absolute())
     if init_seed is None:
         backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
     else:
@@ -109,8 +111,6 @@ def create_backbone(
         **({} if init_seed is None else {"init_seed": init_seed}),
         **model_kwargs,
     )
-    if name.startswith("mocov3:"):  # the file from any working directory when a run is rebuilt
-        backbone.build_args["name"] = "mocov3:" + str(Path(name[len("mocov3:") :]).expanduser().absolute())
     return backbone
 
 
