@@ -16,7 +16,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-__all__ = ["MOCOV3_DATA", "MocoV3Checkpoint", "mae_arch", "read_mocov3", "use_mae_pooling"]
+__all__ = ["MOCOV3_DATA", "MocoV3Checkpoint", "check_mocov3", "mae_arch", "read_mocov3", "use_mae_pooling"]
 
 # ------------------------------------------------------------------------------------------------ MAE
 
