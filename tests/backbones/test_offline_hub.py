@@ -47,6 +47,18 @@ def test_timm_hub_weights_offline_are_one_complete_line_after_one_probe(no_netwo
     assert constants.HF_HUB_OFFLINE is False  # the switch is put back
 
 
+def test_mae_hub_weights_offline_are_one_line_after_one_probe(no_network):
+    with pytest.raises(WeightsUnavailableError) as caught:
+        vprompt.backbone("mae:vit_base_patch16_224", img_size=32, depth=1, embed_dim=16, num_heads=2)
+    message = str(caught.value)
+    assert no_network == ["huggingface.co"] and "\n" not in message
+    assert message.startswith(
+        "could not get the pretrained weights of timm model 'vit_base_patch16_224.mae': huggingface.co cannot "
+        "be reached (offline?), and they are not in the local cache."
+    )
+    assert "vprompt.backbone('mae:vit_base_patch16_224', weights=FILE)" in message
+
+
 def test_torchvision_weights_offline_are_refused_after_one_probe(no_network):
     with pytest.raises(
         WeightsUnavailableError, match="download.pytorch.org cannot be reached .* --weights FILE"

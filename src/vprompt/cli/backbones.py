@@ -11,10 +11,14 @@ import torch
 def add_backbone_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """The options every command that builds a backbone shares."""
     if positional:
-        parser.add_argument("backbone", help="timm name, torchvision:<name> or offline:<name>")
+        parser.add_argument(
+            "backbone", help="timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>"
+        )
     else:
         parser.add_argument(
-            "--backbone", required=True, help="timm name, torchvision:<name> or offline:<name>"
+            "--backbone",
+            required=True,
+            help="timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>",
         )
     parser.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth/.npz weights file")
@@ -60,6 +64,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         "\nAlso: any timm model name (e.g. vit_base_patch16_224, hub weights when online, or --weights FILE)"
     )
     print("and torchvision:<name> (e.g. torchvision:resnet50).")
+    print("Self-supervised ViTs: mae:vit_base_patch16_224 (MAE, pooled as the VPT/VAPT code pools it) and")
+    print("mocov3:FILE (an official MoCo v3 ViT checkpoint, e.g. linear-vit-b-300ep.pth.tar).")
     return 0
 
 

@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "up to its first trained site plus the forward, backward and update of the rest; '-' where the "
         "backbone cannot resume there), measured in the same process at the same batch.",
     )
-    p.add_argument("--backbone", required=True, help="timm name, torchvision:<name> or offline:<name>")
+    p.add_argument(
+        "--backbone",
+        required=True,
+        help="timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>",
+    )
     p.add_argument(
         "--methods",
         default=DEFAULT_METHODS,

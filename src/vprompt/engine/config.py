@@ -34,7 +34,10 @@ EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
 @dataclass
 class TrainConfig:
     # ------------------------------------------------------------------------------------ what
-    backbone: str = field(default="", metadata={"help": "timm name, torchvision:<name> or offline:<name>"})
+    backbone: str = field(
+        default="",
+        metadata={"help": "timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>"},
+    )
     img_size: int | None = field(default=None, metadata={"help": "square input size (default: the model's)"})
     weights: str | None = field(default=None, metadata={"help": "local .safetensors/.pth/.npz weights file"})
     random_init: bool = field(default=False, metadata={"help": "random backbone weights (quick checks only)"})
