@@ -24,6 +24,7 @@ CASES = [  # (method, options, extra run options, the site the cache holds)
     ("vpt-deep", {"num_prompts": 2}, {}, "embed"),  # prompt dropout still runs every step
     ("lora", {"r": 2}, {}, "input"),  # the preprocessed images
     ("vp-pad", {"mapping": "ilm", "width": 4}, {}, "input"),  # refitted each epoch from the cache
+    ("ssf", {}, {}, "input"),  # γ, β from the patch projection on: the preprocessed images
 ]
 
 

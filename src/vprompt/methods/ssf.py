@@ -2,7 +2,9 @@
 
 Lian et al., "Scaling & Shifting Your Features: A New Baseline for Efficient Model Tuning" (NeurIPS 2022).
 Each adapted output ``y`` becomes ``γ ⊙ y + β`` (``γ ~ N(1, 0.02²)``, ``β ~ N(0, 0.02²)``, as the official
-code draws them) on exactly the operations the official code adapts in ViT, Swin (v1) and ConvNeXt;
+code draws them) on exactly the operations the official code adapts in ViT, Swin (v1) and ConvNeXt
+(its Swin patch merging and ConvNeXt downsampling define a γ, β that the code never switches on: they
+receive their stage's list of per-block modes, never equal to ``'ssf'``; vprompt follows what it runs).
 CNNs without an official definition (ResNet, EfficientNet/MobileNet) get one after every BatchNorm
 (before its activation). :meth:`SSF.merge` folds ``γ, β`` into the preceding layer's weights.
 Design notes: ``docs/methods.md``, section "SSF".
@@ -17,7 +19,7 @@ import torch
 from timm.layers import LayerNorm2d
 from timm.layers.norm_act import BatchNormAct2d
 from timm.models.mlp_mixer import Affine
-from timm.models.swin_transformer import PatchMerging, SwinTransformer
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -140,9 +142,7 @@ def _swin(model: nn.Module) -> list[Point]:
             "be placed after it"
         )
     points = _patch_embed(model)
-    for s, stage in enumerate(model.layers):
-        if isinstance(stage.downsample, PatchMerging):  # its norm only, not its reduction (official)
-            points.append(_point(model, f"layers.{s}.downsample.norm"))
+    for s, stage in enumerate(model.layers):  # patch merging: none, as the official code runs (module doc)
         for b, block in enumerate(stage.blocks):
             points += _transformer_block(model, f"layers.{s}.blocks.{b}", block)
     points.append(_point(model, "norm"))
@@ -157,9 +157,7 @@ def _convs_and_norms(model: nn.Module, prefix: str) -> list[Point]:
 
 def _convnext(model: nn.Module) -> list[Point]:
     points = _convs_and_norms(model, "stem")
-    for s, stage in enumerate(model.stages):
-        if not isinstance(stage.downsample, nn.Identity):
-            points += _convs_and_norms(model, f"stages.{s}.downsample")  # norm, then conv
+    for s, stage in enumerate(model.stages):  # downsampling: none, as the official code runs (module doc)
         for b, block in enumerate(stage.blocks):
             prefix = f"stages.{s}.blocks.{b}"
             points += [_point(model, f"{prefix}.conv_dw"), _point(model, f"{prefix}.norm")]
@@ -221,7 +219,9 @@ class SSF(Method):
         if len(set(keys)) != len(keys):
             raise RuntimeError(f"ssf: two adapted modules share a parameter name in {keys}")
         self.points = points
-        self.ssf = nn.ModuleDict({k: ScaleShift(p.channels, p.axis) for k, p in zip(keys, points, strict=True)})
+        self.ssf = nn.ModuleDict(
+            {k: ScaleShift(p.channels, p.axis) for k, p in zip(keys, points, strict=True)}
+        )
         model = backbone.model
         for point, key in zip(points, keys, strict=True):
             self._handles.append(self._hooked(model, point).register_forward_hook(self._hook(self.ssf[key])))
