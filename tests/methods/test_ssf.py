@@ -179,6 +179,8 @@ def test_every_adapted_output_is_the_one_the_official_code_names():
     assert [p.name for p in model.method.points] == (
         ["patch_embed.proj"] + [f"blocks.{i}.{n}" for i in range(3) for n in block] + ["norm"]
     )
+    names = [p.name for p in vprompt.attach(vit(pre_norm=True), "ssf").method.points]  # CLIP-style
+    assert names[:2] == ["patch_embed.proj", "norm_pre"]
     names = [p.name for p in vprompt.attach(swin(), "ssf").method.points]
     assert names[:2] == ["patch_embed.proj", "patch_embed.norm"] and names[-1] == "norm"
     assert not [n for n in names if "downsample" in n]

@@ -1,13 +1,10 @@
 """SSF: a learned per-channel scale and shift after the backbone's operations.
 
 Lian et al., "Scaling & Shifting Your Features: A New Baseline for Efficient Model Tuning" (NeurIPS 2022).
-Each adapted output ``y`` becomes ``γ ⊙ y + β`` (``γ ~ N(1, 0.02²)``, ``β ~ N(0, 0.02²)``, as the official
-code draws them) on exactly the operations the official code adapts in ViT, Swin (v1) and ConvNeXt
-(its Swin patch merging and ConvNeXt downsampling define a γ, β that the code never switches on: they
-receive their stage's list of per-block modes, never equal to ``'ssf'``; vprompt follows what it runs).
-CNNs without an official definition (ResNet, EfficientNet/MobileNet) get one after every BatchNorm
-(before its activation). :meth:`SSF.merge` folds ``γ, β`` into the preceding layer's weights.
-Design notes: ``docs/methods.md``, section "SSF".
+Each adapted output ``y`` becomes ``γ ⊙ y + β`` (``γ ~ N(1, 0.02²)``, ``β ~ N(0, 0.02²)`` as the official
+code), after exactly the operations the official code adapts (as it runs) in ViT, Swin v1 and ConvNeXt;
+CNNs, which it does not define, get one after every BatchNorm (before its activation).
+:meth:`SSF.merge` folds ``γ, β`` into the preceding layers. Notes: ``docs/methods.md``, "``ssf``".
 """
 
 from __future__ import annotations
