@@ -47,6 +47,7 @@ CASES = [
     ("bitfit", {}, False),
     ("lora", {"r": 2}, False),
     ("adapter", {"r": 2}, False),
+    ("ssf", {}, False),
 ]
 IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o, _ in CASES]
 

@@ -25,6 +25,7 @@ CASES = [  # (method, options, extra run options, the site the cache holds)
     ("gatevpt", {"num_prompts": 2}, {}, "embed"),  # gates and temperatures act inside the blocks
     ("lora", {"r": 2}, {}, "input"),  # the preprocessed images
     ("vp-pad", {"mapping": "ilm", "width": 4}, {}, "input"),  # refitted each epoch from the cache
+    ("ssf", {}, {}, "input"),  # γ, β from the patch projection on: the preprocessed images
 ]
 
 

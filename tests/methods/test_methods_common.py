@@ -30,6 +30,20 @@ def swin(num_classes=4):
     return tiny("swin_tiny_patch4_window7_224", SWIN, num_classes)
 
 
+def convnext(num_classes=4):
+    return tiny("convnext_atto", dict(img_size=32, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), num_classes)
+
+
+def resnet_bn_init(num_classes=4):
+    """ResNet-18 without timm's zero-init last BatchNorm of each block (which blocks every gradient
+    into the block's earlier layers while it is zero, as a random-init model has it)."""
+    return tiny("resnet18", dict(img_size=32, zero_init_last=False), num_classes)
+
+
+def mobilenet(num_classes=4):
+    return tiny("mobilenetv3_small_050", dict(img_size=32), num_classes)
+
+
 # (method, options, backbone factory, source head kept?)
 CASES = [
     ("linear", {}, resnet, False),
@@ -55,6 +69,11 @@ CASES = [
     ("lora", {"r": 2}, vit, False),
     ("lora", {"r": 2}, resnet, False),
     ("adapter", {"r": 2}, swin, False),
+    ("ssf", {}, vit, False),
+    ("ssf", {}, swin, False),
+    ("ssf", {}, convnext, False),
+    ("ssf", {}, resnet_bn_init, False),
+    ("ssf", {}, mobilenet, False),
 ]
 IDS = [f"{m}-{f.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o, f, _ in CASES]
 
@@ -187,6 +206,8 @@ REAL_CASES = [
     ("efficientnet", "lora", {}),
     ("efficientnet", "vp-expansive", {"inner_size": 40, "mapping": "flm", "num_classes": 4}),
     ("efficientnet", "full", {}),
+    ("dinov2", "ssf", {}),
+    ("efficientnet", "ssf", {}),
 ]
 
 

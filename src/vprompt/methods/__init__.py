@@ -22,6 +22,7 @@ from .gatevpt import GateVPT
 from .hub import HubUnavailableError, local_folder
 from .lora import LoRA
 from .peft_format import is_peft_folder, load_peft
+from .ssf import SSF
 from .tuned import CONFIG_FILE, TunedModel, check_backbone_matches, has_config, read_config, read_weights
 from .vapt import VAPT
 from .vp import ExpansivePrompt, PadPrompt
@@ -45,6 +46,7 @@ _METHODS: list[type[Method]] = [
     BitFit,
     LoRA,
     Adapter,
+    SSF,
 ]
 
 #: name -> method class, in the order ``vprompt methods`` lists them
