@@ -414,3 +414,32 @@ def test_the_probe_is_one_short_connection_to_tfds_or_the_proxy(monkeypatch):
     monkeypatch.setattr(convert_module.urllib.request, "getproxies", lambda: proxies)
     assert convert_module.network_reachable() is True
     assert calls == [(("proxy.example", 3128), 3.0), "closed"]
+
+
+def test_written_images_are_lossless_and_old_jpeg_folders_stay_readable(tmp_path):
+    """Every written image decodes to exactly the pixels the reader gave (PNG); a folder prepared before,
+    with JPEG files named in its lists, still passes the check and loads."""
+    from vtab_fakes import example
+
+    reader, _ = fakes([])
+    prepare_vtab1k(tmp_path, ["smallnorb_azi"], reader=reader, progress=False, log=lambda m: None)
+    task, d = VTAB1K["smallnorb_azi"], tmp_path / "smallnorb_azi"
+    for split, (tfds_split, start) in {"train800": ("train", 0), "test": ("test", 210)}.items():
+        for i, line in enumerate((d / f"{split}.txt").read_text().splitlines()[:50]):
+            rel = line.split()[0]
+            assert rel.endswith(".png")
+            written = np.asarray(Image.open(d / rel))
+            assert np.array_equal(written, task.image(example(task, tfds_split, start + i)))
+    record = json.loads((d / MARKER).read_text())
+    assert record["image_format"].startswith("png")
+    # an old folder: the same images as JPEG, named .jpg in the lists
+    for split in ("train800", "val200", "train800val200", "test"):
+        lines = (d / f"{split}.txt").read_text().splitlines()
+        for line in lines:
+            rel = line.split()[0]
+            if (d / rel).exists():
+                Image.open(d / rel).save(d / rel.replace(".png", ".jpg"), quality=95)
+                (d / rel).unlink()
+        (d / f"{split}.txt").write_text("\n".join(line.replace(".png", ".jpg") for line in lines) + "\n")
+    report = check_dataset("vtab1k:smallnorb_azi", tmp_path, full=False, sample=8)
+    assert report.ok, report.summary()

@@ -17,13 +17,19 @@ from vprompt.methods import METHODS, method_config
 from vprompt.tools import sweep
 
 SHIPPED = [
+    "ap",
     "bahng-vp",
     "ilm-vp",
     "ilm-vp-full",
     "ilm-vp-linear",
+    "peft-baselines",
     "vapt-fgvc",
     "vapt-vtab",
     "vpt-fgvc",
+    "vpt-full-fgvc",
+    "vpt-full-vtab",
+    "vpt-linear-fgvc",
+    "vpt-linear-vtab",
     "vpt-vtab",
 ]
 
@@ -64,8 +70,8 @@ def test_the_papers_values():
         assert r.tune["wds"] == [0.01, 0.001, 0.0001, 0.0] and r.tune["seeds"] == [42, 44, 82, 100, 800]
     assert vtab.tune["lrs"] == [50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05]
     assert fgvc.tune["lrs"] == vtab.tune["lrs"][:-1]  # FGVC: the same without 0.05
-    assert vtab.values("vpt-deep")["method_options"] == {"dropout": 0.1}
-    assert vtab.values("vpt-shallow")["method_options"] == {"dropout": 0.0}
+    assert vtab.values("vpt-deep")["method_options"] == {"num_prompts": 5, "dropout": 0.1}
+    assert vtab.values("vpt-shallow")["method_options"] == {"num_prompts": 5, "dropout": 0.0}
     vapt = recipes.load("vapt-fgvc")
     assert vapt.values("vapt")["batch_size"] == 64
     assert vapt.values("vapt")["method_options"]["prompt_dropout"] == 0.1
@@ -105,15 +111,15 @@ def test_explicit_options_win_and_the_method_is_checked():
     config = as_config({"recipe": "vpt-vtab", "method": "vpt-deep", "lr": 0.5, "epochs": 3}, {})
     assert config.lr == 0.5 and config.epochs == 3  # given
     assert config.batch_size == 128 and config.head_init == "vpt"  # the recipe's
-    assert config.method_options == {"dropout": 0.1}
+    assert config.method_options == {"num_prompts": 5, "dropout": 0.1}
     given = as_config({"recipe": "vpt-vtab", "method": "vpt-deep", "method_options": {"dropout": 0.0}}, {})
-    assert given.method_options == {"dropout": 0.0}
+    assert given.method_options == {"num_prompts": 5, "dropout": 0.0}
     assert as_config({"recipe": "ilm-vp"}, {}).method == "vp-expansive"  # its only method
     with pytest.raises(ValueError, match="is for vpt-deep, vpt-shallow, not 'vapt'"):
         as_config({"recipe": "vpt-vtab", "method": "vapt"}, {})
     with pytest.raises(ValueError, match="several methods"):
         as_config({"recipe": "vpt-vtab"}, {})
-    with pytest.raises(ValueError, match="unknown recipe 'vpt'; choose one of: bahng-vp"):
+    with pytest.raises(ValueError, match="unknown recipe 'vpt'; choose one of: ap, bahng-vp"):
         as_config({"recipe": "vpt", "method": "vpt-deep"}, {})
     # per-dataset values, under explicit ones
     cub = as_config({"recipe": "vapt-fgvc", "data": "fgvc:cub"}, {})
@@ -168,7 +174,13 @@ def test_a_run_records_its_recipe(tmp_path):
         "schedule_step": "epoch",
         "head_init": "vpt",
         "selection": "final",
+        "final_train": "trainval",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+        "antialias": False,
         "method": "vpt-shallow",
+        "method_options.num_prompts": 5,
         "method_options.dropout": 0.0,
     }
     assert record["overridden"] == {
@@ -261,3 +273,63 @@ def test_a_recipe_value_that_does_not_fit_the_input_size_names_the_recipe_and_op
     assert str(caught.value).endswith("; width 30 comes from recipe bahng-vp: override it with --width")
     config = as_config({**TINY, "recipe": "bahng-vp", "method_options": {"width": 4}}, {})
     assert build_model(config, 10).method.width == 4  # overridden: it fits
+
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+#: recipe → (final training split, normalisation, interpolation, antialias), from the official code
+PROTOCOL = {
+    "vpt-vtab": ("trainval", IMAGENET, "bilinear", False),  # train.py: vtab- → trainval; tf.image.resize
+    "vapt-vtab": ("trainval", IMAGENET, "bilinear", False),
+    "vpt-linear-vtab": ("trainval", IMAGENET, "bilinear", False),
+    "vpt-full-vtab": ("trainval", IMAGENET, "bilinear", False),
+    "vpt-fgvc": ("train", IMAGENET, "bilinear", True),  # train.py: train.json alone; torchvision on PIL
+    "vapt-fgvc": ("train", IMAGENET, "bilinear", True),  # DATA.FULL_TRAIN False
+    "vpt-linear-fgvc": ("train", IMAGENET, "bilinear", True),
+    "vpt-full-fgvc": ("train", IMAGENET, "bilinear", True),
+    "ilm-vp": ("train", IMAGENET, "bilinear", True),  # CoOp's train split; torchvision Resize
+    "ilm-vp-linear": ("train", IMAGENET, "bilinear", True),
+    "ilm-vp-full": ("train", IMAGENET, "bilinear", True),
+    "bahng-vp": ("train", IMAGENET, "bilinear", True),  # CIFAR100(train=True): the whole training set
+    "ap": ("trainval", {}, None, None),  # vprompt's own protocol: the backbone's normalisation
+    "peft-baselines": ("trainval", {}, None, None),
+}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_recipe_sets_the_final_split_and_the_input_pipeline(name):
+    recipe = recipes.load(name)
+    values = recipe.values(next(iter(recipe.methods)))
+    final, norm, interpolation, antialias = PROTOCOL[name]
+    assert values["final_train"] == final
+    assert {k: values[k] for k in ("mean", "std") if k in values} == norm
+    assert values.get("interpolation") == interpolation and values.get("antialias") == antialias
+
+
+def test_recipes_without_official_code_say_so_and_name_their_reasons():
+    for name in ("ap", "peft-baselines"):
+        recipe = recipes.load(name)
+        assert "no official" in recipe.summary and "no official" in recipe.paper.lower()
+        assert recipe.notes[0].startswith("No official code")
+        assert any("never selects on the test split" in n for n in recipe.notes)
+    ap = recipes.load("ap")
+    assert ap.methods == {"ap": {"shape": "full"}} and "site" not in ap.methods["ap"]  # chosen by the sweep
+    assert any(n.startswith("Step 1, the site - vprompt sweep layers") for n in ap.notes)
+    assert recipes.load("peft-baselines").methods.keys() == {"norm", "bitfit", "lora", "adapter"}
+
+
+def test_the_notes_on_prompt_length_ties_and_test_selection():
+    for name in ("vpt-vtab", "vpt-fgvc"):
+        notes = " ".join(recipes.load(name).notes)
+        assert "num_prompts 5 is the official default" in notes and "1, 5, 10, 50, 100, 200" in notes
+    vapt = " ".join(recipes.load("vapt-vtab").notes)
+    assert "a tie keeps the larger lr" in vapt  # tune_vtab.py: lr from the largest down, strict >
+    assert "keeps the smaller lr" in " ".join(recipes.load("vpt-vtab").notes)  # find_best_lrwd
+    fgvc = recipes.load("vapt-fgvc").notes
+    assert sum(n.startswith("Selection on test - the official tune_fgvc.py") for n in fgvc) == 1
+    for name in ("ilm-vp", "ilm-vp-linear", "ilm-vp-full", "bahng-vp"):
+        assert any("best test epoch" in n and "never selects on test" in n for n in recipes.load(name).notes)
+
+
+def test_vprompt_recipes_ap_works(capsys):
+    assert main(["recipes", "ap"]) == 0
+    assert capsys.readouterr().out == recipes.text("ap")

@@ -79,6 +79,7 @@ def create_backbone(
     pretrained: bool = True,
     weights: str | Path | None = None,
     init_seed: int | None = None,
+    data_config: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> Backbone:
     """Build a backbone with its data config and sites.
@@ -92,6 +93,8 @@ def create_backbone(
         weights: a local ``.safetensors`` / ``.pth`` / ``.npz`` file for a timm or torchvision architecture.
         init_seed: seed of every random initialisation (a new head, or all weights when not pretrained),
             drawn without touching the global RNG; recorded, so a random-init backbone can be rebuilt.
+        data_config: entries that replace the backbone's data config (``mean``, ``std``,
+            ``interpolation``, ``antialias``: a run's normalisation and resize options); recorded.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2`` for tiny test models).
     """
     if name.startswith("mocov3:"):  # the file's absolute path: a run rebuilds it from any directory
@@ -102,6 +105,8 @@ def create_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             backbone = _create(name, num_classes, img_size, pretrained, weights, model_kwargs)
+    if data_config:
+        backbone.data_config.update(data_config)
     backbone.build_args = dict(
         name=name,
         num_classes=num_classes,
@@ -109,6 +114,7 @@ def create_backbone(
         pretrained=pretrained,
         weights=None if weights is None else str(weights),
         **({} if init_seed is None else {"init_seed": init_seed}),
+        **({"data_config": dict(data_config)} if data_config else {}),
         **model_kwargs,
     )
     return backbone

@@ -27,6 +27,7 @@ from .transforms import (
     build_transform,
     default_protocol,
     get_protocol,
+    input_overrides,
     is_train_deterministic,
     train_randomness,
 )
@@ -79,6 +80,18 @@ def load(
     return source.dataset(split, transform)
 
 
+def own_train_split(
+    spec: str | Source, root: str | os.PathLike | None = None, allow_outside_root: bool = False
+) -> str:
+    """The split that is the dataset's own training set without its validation images: ``train``, or
+    ``trainval`` where the data ships no val (vprompt holds val out of its training set)."""
+    try:
+        source = resolve(spec, root, allow_outside_root=allow_outside_root)
+    except (ValueError, OSError):  # the data check that follows names what is wrong
+        return "train"
+    return "trainval" if source.held_out else "train"
+
+
 __all__ = [
     "CheckReport",
     "DataError",
@@ -96,8 +109,10 @@ __all__ = [
     "foolbox_imagenet",
     "from_objects",
     "get_protocol",
+    "input_overrides",
     "is_train_deterministic",
     "load",
+    "own_train_split",
     "portable_spec",
     "preflight",
     "subset",

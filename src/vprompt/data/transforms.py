@@ -1,13 +1,18 @@
 """Protocol presets: which splits a run tunes and reports on, and the image transforms.
 
-Mean, std, input size and interpolation always come from the model's data config.
+Mean, std, input size, interpolation and antialiasing come from the model's data config (a run's
+``--mean``/``--std``/``--interpolation``/``--antialias`` are written into it, see :func:`input_overrides`).
 Design notes: ``docs/design.md``, section ``vprompt/data/transforms.py``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
@@ -131,6 +136,80 @@ def _config(data_config: dict) -> tuple[tuple[int, int], tuple, tuple, T.Interpo
     return size, tuple(data_config["mean"]), tuple(data_config["std"]), _INTERPOLATION[interp]
 
 
+#: interpolations a resize without antialiasing offers (PyTorch's, half-pixel centres)
+NO_ANTIALIAS_MODES = ("bilinear", "bicubic")
+
+
+def check_input_options(
+    mean: list[float] | None, std: list[float] | None, interpolation: str | None, antialias: bool
+) -> None:
+    """Clear errors for a normalisation or resize no transform can use."""
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and (not values or not all(math.isfinite(v) for v in values)):
+            raise ValueError(f"{name} must be finite numbers, one per image channel, got {values}")
+    if std is not None and any(v <= 0 for v in std):
+        raise ValueError(f"std must be positive (images are divided by it), got {std}")
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise ValueError(f"mean and std need one value per channel each, got {len(mean)} and {len(std)}")
+    if interpolation is not None and interpolation not in _INTERPOLATION:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; choose one of: {', '.join(_INTERPOLATION)}"
+        )
+    if not antialias and interpolation is not None and interpolation not in NO_ANTIALIAS_MODES:
+        raise ValueError(
+            f"--no-antialias resizes with {' or '.join(NO_ANTIALIAS_MODES)}; interpolation {interpolation!r} "
+            "is PIL's only (leave --antialias on)"
+        )
+
+
+def input_overrides(
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    interpolation: str | None = None,
+    antialias: bool = True,
+) -> dict:
+    """The data-config keys a run's normalisation and resize options replace (only those given)."""
+    check_input_options(mean, std, interpolation, antialias)
+    given = {"mean": mean, "std": std, "interpolation": interpolation}
+    out = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
+    return out if antialias else {**out, "antialias": False}
+
+
+class ResizeNoAntialias:
+    """A PIL image resized as floats without antialiasing (half-pixel centres, PyTorch's
+    ``interpolate(..., align_corners=False, antialias=False)``): a ``(C, H, W)`` float tensor in [0, 1].
+
+    The 0-255 values are resized and then divided by 255, never rounded in between: for ``bilinear`` this is
+    TensorFlow 2's ``tf.image.resize(image, size, "bilinear", antialias=False)`` followed by ``/ 255``, as the
+    VPT code prepares VTAB images. ``size``: ``(h, w)``, or an int for the shorter side (as ``T.Resize``).
+    """
+
+    def __init__(self, size: int | tuple[int, int], interpolation: str = "bilinear"):
+        if interpolation not in NO_ANTIALIAS_MODES:
+            raise ValueError(
+                f"a resize without antialiasing is {' or '.join(NO_ANTIALIAS_MODES)}, not {interpolation!r}"
+            )
+        self.size, self.interpolation = size, interpolation
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        if not isinstance(self.size, int):
+            return tuple(self.size)
+        short, long = (h, w) if h <= w else (w, h)
+        new_short, new_long = self.size, int(self.size * long / short)  # as torchvision's Resize
+        return (new_short, new_long) if h <= w else (new_long, new_short)
+
+    def __call__(self, image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32))
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        x = pixels.permute(2, 0, 1)[None]
+        size = self.output_size(*x.shape[-2:])
+        out = F.interpolate(x, size=size, mode=self.interpolation, align_corners=False, antialias=False)
+        return out[0] / 255.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation}, antialias=False)"
+
+
 PREPROCESSES = ("protocol", "resize-crop")
 
 
@@ -153,22 +232,35 @@ def build_transform(
         )
     check_augment(augment)
     (h, w), mean, std, interp = _config(data_config)
+    antialias = data_config.get("antialias", True)
+    timm_augments = train and augment not in PROTOCOL_AUGMENTS
+    if not antialias and (timm_augments or interp.value not in NO_ANTIALIAS_MODES):
+        why = f"--augment {augment} (timm's resize)" if timm_augments else f"interpolation {interp.value!r}"
+        raise ValueError(
+            f"--no-antialias resizes with {' or '.join(NO_ANTIALIAS_MODES)} in the protocol's transforms; "
+            f"{why} is not one of those: leave --antialias on or change it"
+        )
+
+    def resize(size):
+        return (
+            ResizeNoAntialias(size, interp.value) if not antialias else T.Resize(size, interpolation=interp)
+        )
+
     steps: list = [ToRGB()]
-    if train and augment not in PROTOCOL_AUGMENTS:  # timm's: crop, flip, policy, to tensor, normalise
+    if timm_augments:  # timm's: crop, flip, policy, to tensor, normalise
         policy = AUGMENTS.get(augment, augment)
         kwargs = dict(auto_augment=policy, interpolation=interp.value, mean=mean, std=std)
         steps += create_transform((3, h, w), is_training=True, **kwargs).transforms
     else:
         if preprocess == "resize-crop":
-            steps += [T.Resize(round(min(h, w) * 256 / 224), interpolation=interp), T.CenterCrop((h, w))]
+            steps += [resize(round(min(h, w) * 256 / 224)), T.CenterCrop((h, w))]
         elif proto.name == "fgvc":
-            resize = round(min(h, w) * 256 / 224)  # shorter side, as VPT's Resize(256) for 224 inputs
-            steps.append(T.Resize(resize, interpolation=interp))
+            steps.append(resize(round(min(h, w) * 256 / 224)))  # shorter side, as VPT's Resize(256) at 224
             random = train and augment == "protocol"
             steps += [T.RandomCrop((h, w)), T.RandomHorizontalFlip()] if random else [T.CenterCrop((h, w))]
         else:
-            steps.append(T.Resize((h, w), interpolation=interp))
-        steps += [T.ToTensor(), T.Normalize(mean, std)]
+            steps.append(resize((h, w)))
+        steps += ([T.ToTensor()] if antialias else []) + [T.Normalize(mean, std)]
     if train and random_erasing:
         steps.append(RandomErasing(random_erasing, mode="pixel", device="cpu"))  # timm train.py's mode
     return T.Compose(steps)

@@ -29,6 +29,7 @@ CACHES = ("auto", "off", "memory", "disk")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 LOGGERS = ("csv", "tensorboard", "wandb")
 EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
+FINAL_TRAINS = ("trainval", "train")
 
 
 @dataclass
@@ -75,6 +76,14 @@ class TrainConfig:
             "help": "final run: train on the protocol's final split and test once (default: tune on val)"
         },
     )
+    final_train: Literal["trainval", "train"] = field(
+        default="trainval",
+        metadata={
+            "help": "what a final run trains on: trainval (train + val) or train (the dataset's own training "
+            "split alone, as the VPT code on FGVC and ILM-VP; for data that ships no val, from which vprompt "
+            "holds val out, that is the whole training set)"
+        },
+    )
     train_split: str | None = field(default=None, metadata={"help": "override the protocol's training split"})
     val_split: str | None = field(
         default=None, metadata={"help": "override the validation split ('none' for no validation)"}
@@ -93,6 +102,29 @@ class TrainConfig:
         metadata={
             "help": "protocol: the protocol's transforms; resize-crop: resize the shorter side to s·256/224, "
             "then centre-crop s, in training and evaluation (Bahng et al.; vtab and vp protocols)"
+        },
+    )
+    mean: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "normalisation mean, one per channel (default: the backbone's), e.g. 0.485 0.456 0.406"
+        },
+    )
+    std: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "normalisation std, one per channel (default: the backbone's), e.g. 0.229 0.224 0.225"
+        },
+    )
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"] | None = field(
+        default=None, metadata={"help": "resize interpolation (default: the backbone's)"}
+    )
+    antialias: bool = field(
+        default=True,
+        metadata={
+            "help": "resize with PIL, which antialiases when shrinking (default); --no-antialias: resize the "
+            "0-255 values as floats without antialiasing, with half-pixel centres (bilinear: TensorFlow 2's "
+            "tf.image.resize as the VPT code's VTAB pipeline; bilinear or bicubic only)"
         },
     )
     # ---------------------------------------------------------------------------- optimisation
@@ -406,6 +438,7 @@ def _check_config(config: TrainConfig) -> None:
         "head_init": HEAD_INITS,
         "preprocess": PREPROCESSES,
         "early_stop_metric": EARLY_STOP_METRICS,
+        "final_train": FINAL_TRAINS,
     }
     for name, valid in choices.items():
         if getattr(config, name) not in valid:
@@ -445,6 +478,14 @@ def _check_config(config: TrainConfig) -> None:
         )
     check_schedule(config)
     check_regularisation(config)
+    check_input(config)
+
+
+def check_input(config: TrainConfig) -> None:
+    """Normalisation and resize options that a transform can use."""
+    from ..data.transforms import check_input_options
+
+    check_input_options(config.mean, config.std, config.interpolation, config.antialias)
 
 
 def check_regularisation(config: TrainConfig) -> None:

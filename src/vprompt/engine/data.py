@@ -38,10 +38,13 @@ class Splits:
     test: str | None
 
 
-def resolve_splits(config: TrainConfig, protocol: str) -> Splits:
-    """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test)."""
+def resolve_splits(config: TrainConfig, protocol: str, own_train: str = "train") -> Splits:
+    """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test; with
+    ``final_train`` train: ``own_train``, the dataset's own training split, → test)."""
     proto = vdata.get_protocol(protocol)
     train, evaluation = proto.splits(final=config.final)
+    if config.final and config.final_train == "train":
+        train = own_train
     val, test = (None, evaluation) if config.final else (evaluation, None)
 
     def override(value: str | None, default: str | None) -> str | None:
@@ -173,7 +176,12 @@ def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPl
         raise ValueError(
             f"preprocess {config.preprocess!r} replaces a plain resize; protocol {protocol!r} has its own crops"
         )
-    splits = resolve_splits(config, protocol)
+    own_train = "train"
+    if config.final and config.final_train == "train" and config.train_split is None:
+        own_train = vdata.own_train_split(
+            source or data_spec(config), config.root, config.images_outside_root
+        )
+    splits = resolve_splits(config, protocol, own_train)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
     info = vdata.preflight(
         source or data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root

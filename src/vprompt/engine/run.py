@@ -122,6 +122,7 @@ def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel
         pretrained=not config.random_init,
         weights=config.weights,
         init_seed=config.seed,
+        data_config=vdata.input_overrides(config.mean, config.std, config.interpolation, config.antialias),
     )
     torch.manual_seed(config.seed)  # the method's own initialisation
     model = attach(backbone, METHODS[config.method](options))
@@ -145,6 +146,7 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "input_size": list(bb.input_size),
         "data_input_size": list(dc["input_size"]),  # what the transforms deliver (the method's choice)
         "interpolation": dc.get("interpolation"),
+        "antialias": dc.get("antialias", True),
         "preprocess": config.preprocess,
         "peak_lr": peak_lr(config),
         "lr_scaled_by_batch_over_256": config.lr_scale,

@@ -28,7 +28,9 @@ from .vtab1k import VTAB1K, VtabTask
 
 MARKER = ".vprompt-prepared.json"
 PARTIAL = ".vprompt-partial"
-JPEG_QUALITY = 95
+#: how images are written: PNG, lossless (folders prepared before used JPEG quality 95 and stay readable:
+#: the split lists name each file)
+IMAGE_SUFFIX = ".png"
 WRITTEN_SPLITS = ("train800", "val200", "test")
 #: Where :func:`network_reachable` connects (TFDS's bucket; a set HTTPS proxy instead) and how long it waits.
 PROBE_HOST, PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 3.0
@@ -205,8 +207,8 @@ def _write_task(task, source, slices, staging: Path, progress: bool, where: str)
                             f"{tfds_split}[{start + got}]: derived label {label} is outside "
                             f"[0, {task.num_classes})"
                         )
-                    rel = f"images/{split}/{len(rows):06d}.jpg"
-                    Image.fromarray(task.image(example), "RGB").save(staging / rel, quality=JPEG_QUALITY)
+                    rel = f"images/{split}/{len(rows):06d}{IMAGE_SUFFIX}"
+                    write_image(task.image(example), staging / rel)
                     rows.append(f"{rel} {label}")
                     got += 1
                     bar.update(1)
@@ -227,9 +229,15 @@ def _write_task(task, source, slices, staging: Path, progress: bool, where: str)
         "tfds_split_sizes": source.counts(),
         "slices": {k: [f"{s}[{a}:{b}]" for s, a, b in v] for k, v in slices.items()},
         "written": written,
+        "image_format": "png (lossless: decodes to the pixels TFDS gave)",
     }
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     return written
+
+
+def write_image(pixels, path: Path) -> None:
+    """An RGB ``uint8`` array as a PNG file: lossless, it decodes to exactly ``pixels``."""
+    Image.fromarray(pixels, "RGB").save(path, format="PNG")
 
 
 def _verify(task: VtabTask, root: Path, written: dict[str, int]) -> list[str]:

@@ -1,5 +1,6 @@
 """``vtab1k:<task>``: the processed VTAB-1k layout (NOAH's export): ``<root>/<task>/{train800,val200,
-train800val200,test}.txt`` with ``images/<split>/<NNNNNN>.jpg <label>`` lines."""
+train800val200,test}.txt`` with ``images/<split>/<NNNNNN>.png <label>`` lines
+(``.jpg`` in folders prepared before vprompt wrote PNG)."""
 
 from __future__ import annotations
 
