@@ -42,6 +42,7 @@ CASES = [
     ("vpt-shallow", {"num_prompts": 3}, False),
     ("vpt-deep", {"num_prompts": 3}, False),
     ("vapt", {"num_prompts": 3}, False),
+    ("e2vpt", {"num_prompts": 3, "kv_prompts": 2}, False),
     ("norm", {}, False),
     ("bitfit", {}, False),
     ("lora", {"r": 2}, False),

@@ -22,6 +22,7 @@ CASES = [  # (method, options, extra run options, the site the cache holds)
     ("aap", {"site": "stage.2", "shape": "spatial"}, {"backbone": "resnet18"}, "stage.2"),
     ("linear", {}, {}, "pre_logits"),
     ("vpt-deep", {"num_prompts": 2}, {}, "embed"),  # prompt dropout still runs every step
+    ("e2vpt", {"num_prompts": 2, "kv_prompts": 2}, {}, "embed"),  # key-value prompts inside the blocks
     ("lora", {"r": 2}, {}, "input"),  # the preprocessed images
     ("vp-pad", {"mapping": "ilm", "width": 4}, {}, "input"),  # refitted each epoch from the cache
 ]

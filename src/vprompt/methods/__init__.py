@@ -18,6 +18,7 @@ from .adapter import Adapter
 from .ap import ActivationPrompt, APConfig
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
+from .e2vpt import E2VPT
 from .hub import HubUnavailableError, local_folder
 from .lora import LoRA
 from .peft_format import is_peft_folder, load_peft
@@ -39,6 +40,7 @@ _METHODS: list[type[Method]] = [
     VPTShallow,
     VPTDeep,
     VAPT,
+    E2VPT,
     NormTuning,
     BitFit,
     LoRA,
