@@ -8,9 +8,9 @@ anything here invalidates the fixture.
 from __future__ import annotations
 
 import torch
+from test_official_reference import redraw_
 
 import vprompt
-from test_official_reference import redraw_
 from vprompt.methods import TunedModel
 from vprompt.methods.e2vpt import E2VPT, E2VPTConfig
 

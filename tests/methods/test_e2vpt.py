@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import e2vpt_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 
-import e2vpt_reference as ref
 import vprompt
 from numerics import EXACT_RTOL, assert_exact
 from tiny_runs import TINY_CLI
