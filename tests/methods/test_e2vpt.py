@@ -138,17 +138,21 @@ def vit_b16():
     return vprompt.backbone("vit_base_patch16_224", pretrained=False, num_classes=100)
 
 
+HALF = [16 * k + j for k in (0, 2, 3, 5, 6, 8, 9) for j in range(8)]  # 8 of 16 segments of each kept prompt
+
+
 @pytest.mark.parametrize(
-    "options",
+    "options, expected",
     [
-        {},
-        {"share_kv": False},
-        {"learn_masks": True},
-        {"prune_tokens": [0, 9], "prune_segments": [16 + 3, 16 + 5]},
+        ({}, 92_160 + 46_080),
+        ({"share_kv": False}, 92_160 + 92_160),
+        ({"learn_masks": True}, 92_160 + 46_080 + 10 + 160),
+        ({"prune_tokens": [0, 9], "prune_segments": [16 + 3, 16 + 5]}, 12 * (8 * 768 - 2 * 48) + 46_080),
+        ({"prune_tokens": [1, 4, 7], "prune_segments": HALF}, 32_256 + 46_080),  # docs/methods.md
     ],
-    ids=["defaults", "separate-kv", "learn-masks", "pruned"],
+    ids=["defaults", "separate-kv", "learn-masks", "pruned", "pruned-half"],
 )
-def test_parameter_counts_vit_b16(vit_b16, options):
+def test_parameter_counts_vit_b16(vit_b16, options, expected):
     """From the architecture: L·N_p·D visual + L·H·M·d_h (×2 unshared) key-value + the 100-class head."""
     blocks = vit_b16.model.blocks
     depth, dim = len(blocks), vit_b16.model.embed_dim
@@ -161,16 +165,8 @@ def test_parameter_counts_vit_b16(vit_b16, options):
         kv = depth * heads * c.kv_prompts * head_dim * (1 if c.share_kv else 2)
         masks = c.num_prompts * (1 + c.segments) if c.learn_masks else 0
         head = dim * 100 + 100
-        assert model.trainable_parameters(head=False) == visual + kv + masks
-        assert model.trainable_parameters() == visual + kv + masks + head
-        expected = {
-            "defaults": 92_160 + 46_080,
-            "separate-kv": 92_160 + 92_160,
-            "learn-masks": 92_160 + 46_080 + 170,
-            "pruned": 12 * (8 * 768 - 2 * 48) + 46_080,
-        }
-        assert model.trainable_parameters(head=False) in expected.values()
-        assert model.trainable_parameters() - model.trainable_parameters(head=False) == 76_900
+        assert model.trainable_parameters(head=False) == visual + kv + masks == expected
+        assert model.trainable_parameters() == expected + head == expected + 76_900
     finally:
         model.detach()
 

@@ -2,7 +2,9 @@
 
 Han et al., "E²VPT: An Effective and Efficient Approach for Visual Prompt Tuning" (ICCV 2023); pinned
 against the official code (ChengHan111/E2VPT) by ``tests/methods/test_e2vpt.py``. Token- and
-segment-wise pruning: :func:`importance`, :func:`prune_options`, :func:`prune_grid`. Documented in
+segment-wise pruning: :func:`importance`, :func:`prune_options`, :func:`prune_grid`. Where the paper
+leaves a choice open this follows the official code: one tensor as key and value prompts, kaiming-uniform
+init, prompt segments interleaved (dims j, j+R, ...), the raw mask gradient as score. Documented in
 ``docs/methods.md``, section "E²VPT".
 """
 
