@@ -43,6 +43,7 @@ CASES = [
     ("vpt-deep", {"num_prompts": 3}, False),
     ("vapt", {"num_prompts": 3}, False),
     ("gatevpt", {"num_prompts": 3}, False),
+    ("e2vpt", {"num_prompts": 3, "kv_prompts": 2}, False),
     ("norm", {}, False),
     ("bitfit", {}, False),
     ("lora", {"r": 2}, False),

@@ -23,6 +23,7 @@ CASES = [  # (method, options, extra run options, the site the cache holds)
     ("linear", {}, {}, "pre_logits"),
     ("vpt-deep", {"num_prompts": 2}, {}, "embed"),  # prompt dropout still runs every step
     ("gatevpt", {"num_prompts": 2}, {}, "embed"),  # gates and temperatures act inside the blocks
+    ("e2vpt", {"num_prompts": 2, "kv_prompts": 2}, {}, "embed"),  # key-value prompts inside the blocks
     ("lora", {"r": 2}, {}, "input"),  # the preprocessed images
     ("vp-pad", {"mapping": "ilm", "width": 4}, {}, "input"),  # refitted each epoch from the cache
     ("ssf", {}, {}, "input"),  # γ, β from the patch projection on: the preprocessed images

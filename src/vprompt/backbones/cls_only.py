@@ -127,7 +127,7 @@ def why_not_model(model: nn.Module) -> str | None:
 
 def why_not_block(block: nn.Module) -> str | None:
     """The last block's conditions (timm's Block and Attention; nothing that needs all rows)."""
-    if type(block) is not Block or type(block.attn) is not Attention:
+    if type(block) is not Block or not _shortenable_attention(block.attn):
         return f"the last block is {type(block).__name__}, not timm's Block with Attention"
     chains = chain_hook_ids(block)
     if block._forward_pre_hooks or any(k not in chains for k in block._forward_hooks):
@@ -165,6 +165,8 @@ def cls_row_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
     q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
     k, v = kv.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if type(attn) is not Attention:  # a wrapper that prepends key/value rows (E²VPT's prompts)
+        k, v = attn.extend_kv(k, v)
     if attn.fused_attn:
         o = F.scaled_dot_product_attention(q, k, v)
     else:
@@ -175,6 +177,12 @@ def cls_row_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
         o = o * attn.gate(h[:, :1]).sigmoid()
     y = x[:, :1] + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(o))))
     return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+
+
+def _shortenable_attention(attn: nn.Module) -> bool:
+    """timm's ``Attention``, or a wrapper whose only change to its forward is ``extend_kv(k, v)`` (extra
+    key and value rows after ``k_norm``; it says so with ``vprompt_extends_kv``)."""
+    return type(attn) is Attention or getattr(attn, "vprompt_extends_kv", False)
 
 
 def _hooks(module: nn.Module) -> bool:

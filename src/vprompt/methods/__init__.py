@@ -18,6 +18,7 @@ from .adapter import Adapter
 from .ap import ActivationPrompt, APConfig
 from .base import Method, MethodConfig, MethodNotApplicable
 from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
+from .e2vpt import E2VPT
 from .gatevpt import GateVPT
 from .hub import HubUnavailableError, local_folder
 from .lora import LoRA
@@ -42,6 +43,7 @@ _METHODS: list[type[Method]] = [
     VPTDeep,
     VAPT,
     GateVPT,
+    E2VPT,
     NormTuning,
     BitFit,
     LoRA,

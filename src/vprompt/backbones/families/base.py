@@ -35,6 +35,11 @@ class Family:
         """The MLP sub-module of every transformer block, for adapter-style methods."""
         return []
 
+    def attentions(self, model: nn.Module) -> list[tuple[nn.Module, str]]:
+        """Where every transformer block's self-attention sits, as ``(parent, attribute)``, for methods
+        that wrap it (E²VPT's key-value prompts)."""
+        return []
+
     def steps(self, model: nn.Module) -> list[Step]:
         """The forward pass from the input to the logits as steps, each tagged with the sites at its
         output. Running them in order equals ``model(x)``; running the ones after a site continues a

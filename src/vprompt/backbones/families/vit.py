@@ -34,6 +34,9 @@ class ViTFamily(Family):
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         return [block.mlp for block in model.blocks]
 
+    def attentions(self, model: nn.Module) -> list[tuple[nn.Module, str]]:
+        return [(block, "attn") for block in model.blocks]
+
     def steps(self, model: nn.Module) -> list[Step]:
         def embed(x):
             return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))

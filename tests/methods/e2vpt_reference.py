@@ -1,0 +1,49 @@
+"""The inputs of E²VPT's official-code reference (``fixtures/e2vpt_reference.json``), built here.
+
+The private script that ran the official code (ChengHan111/E2VPT) imported these functions and copied
+the tensors they build bit for bit into the official modules; ``fixtures/README.md`` says how. Changing
+anything here invalidates the fixture.
+"""
+
+from __future__ import annotations
+
+import torch
+from test_official_reference import redraw_
+
+import vprompt
+from vprompt.methods import TunedModel
+from vprompt.methods.e2vpt import E2VPT, E2VPTConfig
+
+NUM_CLASSES = 10
+LABELS = (3, 7)
+WEIGHT_SEED, INPUT_SEED, METHOD_SEED = 0, 1, 2
+#: a tiny ViT: 4×4 grid of 8-px patches + CLS, 3 blocks, 4 heads of 12 dims
+VIT = dict(img_size=32, patch_size=8, depth=3, embed_dim=48, num_heads=4)
+#: the official model's P_VK options for each case (everything else: the repository's defaults)
+CASES = {
+    "shared-kv": E2VPTConfig(num_prompts=5, kv_prompts=3),
+    "separate-kv": E2VPTConfig(num_prompts=5, kv_prompts=3, share_kv=False),
+    "masks": E2VPTConfig(num_prompts=5, kv_prompts=3, learn_masks=True),
+}
+
+
+def reference_backbone() -> vprompt.Backbone:
+    """timm ``vit_tiny_patch16_224`` at :data:`VIT`, a 10-class head, every parameter redrawn (seed 0).
+
+    Built and drawn in float32 (the default dtype); the comparison casts the model to float64 after."""
+    backbone = vprompt.backbone("vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, **VIT)
+    redraw_(backbone.model.named_parameters(), WEIGHT_SEED)
+    return backbone.eval()
+
+
+def reference_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two images ``randn(2, 3, 32, 32)`` (seed 1) and their labels."""
+    generator = torch.Generator().manual_seed(INPUT_SEED)
+    return torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float32), torch.tensor(LABELS)
+
+
+def reference_model(backbone: vprompt.Backbone, case: str) -> TunedModel:
+    """E²VPT attached with its parameters redrawn (seed 2; masks too), in eval mode."""
+    model = TunedModel(backbone, E2VPT(CASES[case]))
+    redraw_(model.method.named_parameters(), METHOD_SEED)
+    return model.eval()
