@@ -76,7 +76,7 @@ def test_a_suite_on_a_subset_says_so_at_the_top(subset_suite):
     assert (
         "**Recipe:** `vpt-vtab` (2 runs; options that differ from it: `backbone` vit_tiny_patch16_224 "
         f"(recipe: {BASE}), `batch_size` 16 (recipe: 128), `epochs` 1 (recipe: 100), `img_size` 32 "
-        "(recipe: 224), `warmup_epochs` 0 (recipe: 10))"
+        "(recipe: 224), `method_options.num_prompts` 2 (recipe: 5), `warmup_epochs` 0 (recipe: 10))"
     ) in top
     # no group is complete: no group mean, no VTAB-1k mean
     for label, cell in [
