@@ -342,9 +342,9 @@ def _grams(net, chosen, dataset, batch_size, device, dtype, pool, memory, size) 
         last = group[-1].name
         for site in group:
 
-            def record(act, site=site):
-                features[site.name].append(pooled(act.detach(), site.layout, pool).cpu())
-                if site.name == last:
+            def record(act, site=site, store=features[site.name], stops=site.name == last):
+                store.append(pooled(act.detach(), site.layout, pool).cpu())
+                if stops:
                     raise _Stop
 
             handles.append(_chain(site.point, create=True).add(record))
