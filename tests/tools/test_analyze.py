@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
-from numerics import assert_exact
 from timm.layers.attention import Attention
-from tiny_runs import TINY
 from torch import nn
 
 import vprompt
+from numerics import assert_exact
+from tiny_runs import TINY
 from vprompt.backbones.sites import Site, SitePoint
 from vprompt.cli import main
 from vprompt.tools import analyze
