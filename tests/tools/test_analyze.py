@@ -306,3 +306,32 @@ def test_cli_errors(tmp_path, capsys):
     assert "--data is needed" in capsys.readouterr().err
     assert main(["analyze", "layers", "resnet18", "--run", str(tmp_path)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_layer_sweep_adds_the_analysis_to_its_table_and_figure(monkeypatch, tmp_path, capsys):
+    from tiny_sweeps import FakeTrain
+
+    from vprompt.tools import executors
+
+    fake = FakeTrain(
+        lambda config: {"test_accuracy": {"embed": 40.0, "block.3": 60.0}[config["method_options"]["site"]]}
+    )
+    monkeypatch.setattr(executors, "train", fake)
+    argv = ["sweep", "layers", "--backbone", "vit_tiny_patch16_224", "--random-init", "--img-size", "32"]
+    argv += ["--data", "mnist-5k", "--epochs", "1", "--no-progress", "--device", "cpu"]
+    argv += ["--sites", "embed", "block.3", "--analyze", "--analyze-images", "8", "--output", str(tmp_path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "CKA→pre_logits" in printed and "attn dist / image" in printed and "ERF r50 / image" in printed
+    saved = json.loads((tmp_path / "layer-analysis.json").read_text())
+    assert saved["split"] == "test" and saved["images"] == 8 and saved["erf_images"] == 8
+    assert [r["site"] for r in saved["rows"]] == ["embed", "block.3", "pre_logits"]
+    header = (tmp_path / "layers-full.csv").read_text().splitlines()[0].split(",")
+    assert {"cka_final", "cka_previous", "attention_distance_fraction", "erf_r50_fraction"} <= set(header)
+    assert (tmp_path / "layers-full.png").is_file()
+    rows = {r["site"]: r for r in saved["rows"]}
+    table = (tmp_path / "layers-full.md").read_text()
+    assert f"{rows['block.3']['cka_final']:.2f}" in table
+    # run again: the saved analysis is reused (same settings), not recomputed
+    monkeypatch.setattr(analyze, "layer_features", lambda *a, **k: pytest.fail("recomputed"))
+    assert main(argv) == 0

@@ -464,6 +464,64 @@ def analyze_run(run_dir: str | Path, data: Any = None, device: str = "cpu", **op
     return settings | {"run": str(run_dir), "rows": rows, "grams": {}}
 
 
+#: the analysis values a layer sweep's rows take
+SWEEP_KEYS = (
+    "cka_final",
+    "cka_previous",
+    "attention_distance",
+    "attention_distance_fraction",
+    "erf_r50",
+    "erf_r50_fraction",
+    "erf_r90",
+    "erf_r90_fraction",
+)
+
+
+def for_sweep(base: dict[str, Any], rows: list[dict], out: str | Path, **options: Any) -> dict[str, Any]:
+    """The layer analysis of a layer sweep's backbone (as its runs build it) on its data's evaluation
+    split, at the sweep's sites; its values go into ``rows`` (:data:`SWEEP_KEYS`), the whole result to
+    ``<out>/layer-analysis.{json,csv,md}``. A saved analysis with the same settings is reused."""
+    from ..backbones import create_backbone
+    from ..engine.distributed import resolve_device
+
+    split = next((r["split"] for r in rows if r.get("accuracy") is not None), None) or "test"
+    options = {"split": split, "root": base.get("root"), **options}
+    wanted = {
+        "backbone": base["backbone"],
+        "data": base["data"],
+        "split": options["split"],
+        "sites": [r["site"] for r in rows],
+        **{k: options.get(k, v) for k, v in _DEFAULTS.items()},
+    }
+    saved_file = Path(out) / "layer-analysis.json"
+    result = None
+    if saved_file.is_file():
+        import json
+
+        saved = json.loads(saved_file.read_text())
+        if saved.get("settings") == wanted:
+            result = saved
+    if result is None:
+        backbone = create_backbone(
+            base["backbone"],
+            img_size=base.get("img_size"),
+            pretrained=not base.get("random_init"),
+            weights=base.get("weights"),
+            init_seed=base.get("seed"),
+        ).to(resolve_device(base.get("device") or "auto"))
+        result = layer_features(backbone, base["data"], sites=wanted["sites"], **options)
+        result["settings"] = wanted
+        write(result, out)
+    found = {r["site"]: r for r in result["rows"]}
+    for row in rows:
+        row |= {k: found.get(row["site"], {}).get(k) for k in SWEEP_KEYS}
+    return result
+
+
+#: layer_features' defaults that decide its result (a saved analysis is reused only when they match)
+_DEFAULTS = {"images": 256, "erf_images": 32, "pool": "flatten", "seed": 0}
+
+
 # ----------------------------------------------------------------------------------------- output
 #: the table's columns: row key → header (those present in the rows are shown)
 COLUMNS = {
