@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import analyze as _analyze
 from . import backbones as _backbones
 from . import bench as _bench
 from . import data as _data
@@ -18,6 +19,7 @@ from . import train as _train
 
 #: Modules that contribute sub-commands; each has ``register(subparsers)``.
 COMMAND_MODULES = (_backbones, _methods, _recipes, _data, _train, _runs, _sweep, _report, _bench, _demo)
+COMMAND_MODULES += (_analyze,)  # vprompt analyze
 
 
 def build_parser() -> argparse.ArgumentParser:

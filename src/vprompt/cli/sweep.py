@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
     k.add_argument("--shape", choices=SHAPES, default="full", help="prompt shape (default: full)")
     _seed_options(k, "runs per site", "the run's --seed alone")
+    k.add_argument(
+        "--analyze",
+        action="store_true",
+        help="also analyse the backbone's features per site (linear CKA, attention distance, receptive "
+        "field: vprompt analyze layers) on the evaluation split; adds columns and a row of panels",
+    )
+    k.add_argument(
+        "--analyze-images", type=int, default=256, help="images for --analyze (default: 256; 32 for the ERF)"
+    )
     k.set_defaults(func=cmd_layers, accepts_method_options=True)
 
     k = kinds.add_parser(
@@ -196,8 +205,15 @@ def cmd_layers(args: argparse.Namespace, extra: list[str]) -> int:
         method=args.method,
         seeds=_seeds(args),
         executor=_executor(args),
+        analyze=_analysis(args),
     )
     return _finish(args.output, Path(result["files"]["md"]), result["failures"])
+
+
+def _analysis(args: argparse.Namespace) -> dict | None:
+    if not args.analyze:
+        return None
+    return {"images": args.analyze_images, "erf_images": min(32, args.analyze_images)}
 
 
 def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:

@@ -101,17 +101,22 @@ def layer_preference(
     caption: str = "",
     formats: Sequence[str] = ("png",),
     size: tuple[float, float] | None = None,
+    analysis: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]] | None = None,
 ) -> Path:
     """Plot ``series`` (label → ``[(site, mean, std[, n]), ...]``) against site depth; save to ``path``.
 
     ``depths`` (site → x) places the sites (default :func:`site_depths`); ``references`` (label →
     ``(mean, std)``) draws horizontal lines (a linear probe); ``costs`` (label → ``[(site, trainable
-    parameters, train seconds), ...]``) adds a cost panel. Returns the first file written.
+    parameters, train seconds), ...]``) adds a cost panel. ``analysis`` (panel y label → label →
+    ``[(site, value), ...]``, e.g. from :mod:`.analyze`) adds a row of panels under them, on the same x
+    positions. Returns the first file written.
     """
     formats = check_formats(formats)
     sites = sorted({p[0] for points in series.values() for p in points}, key=site_order)
     x = dict(depths) if depths else site_depths(sites)
     fig, axes = _figure(2 if costs else 1, size)
+    if analysis:
+        fig, axes, below = _with_row_below(len(axes), len(analysis), size)
     ax = axes[0]
     low, high = [], []
     for label, points in series.items():
@@ -159,9 +164,38 @@ def layer_preference(
         time_ax.set_ylabel("train time (s)")
         handles = params_ax.get_legend_handles_labels()[0] + time_ax.get_legend_handles_labels()[0]
         params_ax.legend(handles=handles, fontsize="small")
+    if analysis:
+        for a, (panel, lines) in zip(below, analysis.items(), strict=True):
+            for i, (label, points) in enumerate(lines.items()):
+                points = sorted((p for p in points if p[1] is not None), key=lambda p: site_order(p[0]))
+                style = ("-", "--", ":", "-.")[i % 4]
+                a.plot(
+                    [x[p[0]] for p in points],
+                    [p[1] for p in points],
+                    marker=".",
+                    linestyle=style,
+                    label=label,
+                )
+            a.set(xlabel="site (input → output, placed by depth)", ylabel=panel)
+            top = max((v for points in lines.values() for _, v in points if v is not None), default=1.0)
+            a.set_ylim(0, 1.05 * max(1.0, top))  # CKA and fractions of the image: 0–1 unless more
+            a.set_xticks([x[s] for s in sites], sites, rotation=60, ha="right", fontsize="small")
+            a.grid(alpha=0.3)
+            a.legend(fontsize="small")
     if caption:
         fig.suptitle(caption, fontsize="medium")
     return _save(fig, path, formats)
+
+
+def _with_row_below(top: int, bottom: int, size: tuple[float, float] | None) -> tuple[Figure, list, list]:
+    """A figure of two rows: ``top`` panels, and ``bottom`` panels under them sharing their x axis."""
+    width, height = size or PANEL
+    columns = max(top, bottom)
+    fig = Figure(figsize=(width * columns, height * 2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(2, columns, i + 1) for i in range(top)]
+    below = [fig.add_subplot(2, columns, columns + i + 1, sharex=axes[0]) for i in range(bottom)]
+    return fig, axes, below
 
 
 #: x axes :func:`tradeoffs` knows: summary key → (axis label, log scale)

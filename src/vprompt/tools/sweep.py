@@ -32,6 +32,13 @@ LAYER_COLUMNS = {
     "peak_memory_mib": "peak MiB",
     "status": "status",
 }
+#: the columns ``analyze=`` adds: row key → header
+ANALYSIS_COLUMNS = {
+    "cka_final": "CKA→pre_logits",
+    "cka_previous": "CKA→previous",
+    "attention_distance_fraction": "attn dist / image",
+    "erf_r50_fraction": "ERF r50 / image",
+}
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -79,6 +86,7 @@ def layers(
     method: str = "ap",
     seeds: int | list[int] | None = None,
     executor: Executor | None = None,
+    analyze: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``method`` (a site method: ``ap``, ``aap``) at each of ``sites`` (default: ``embed`` where present
     and every ``block.N``); the base config's other method options (e.g. ``hidden``) apply to every run.
@@ -89,6 +97,10 @@ def layers(
     with ``<name>`` the shape for ``ap`` and ``<method>-<shape>`` otherwise. Writes
     ``<out>/layers-<name>.{md,csv,png}`` (accuracy and cost per site) and returns
     ``{"rows": [...], "failures": [...], "files": {...}}``.
+
+    ``analyze`` (options of :func:`.analyze.layer_features`, ``{}`` for its defaults) adds the layer
+    analysis of the base backbone on the evaluation split (CKA, attention distance, receptive field;
+    also written to ``<out>/layer-analysis.*``) to the rows, the table and the figure.
     """
     if method not in SITE_METHODS:
         raise ValueError(f"sweep layers moves a site method ({', '.join(SITE_METHODS)}), not {method!r}")
@@ -120,6 +132,10 @@ def layers(
     ]
     failed = failures(outcomes)
     write_failures(out, failed)
+    if analyze is not None:
+        from .analyze import for_sweep
+
+        for_sweep(base, rows, out, **analyze)
     caption = layers_caption(base, seeds)
     return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows, caption)}
 
@@ -176,9 +192,10 @@ def _write_layers(
     if seeded:
         at = list(columns).index("accuracy") + 1
         columns = dict([*list(columns.items())[:at], ("seeds", "seeds"), *list(columns.items())[at:]])
+    columns |= {k: v for k, v in ANALYSIS_COLUMNS.items() if any(r.get(k) is not None for r in rows)}
     cells = [
         [
-            pm(r["accuracy"], r["accuracy_std"], r["seeds"]) if seeded and k == "accuracy" else r[k]
+            pm(r["accuracy"], r["accuracy_std"], r["seeds"]) if seeded and k == "accuracy" else r.get(k)
             for k in columns
         ]
         for r in rows
@@ -205,11 +222,33 @@ def _write_layers(
                 label: [(r["site"], r["trainable_parameters_without_head"], r["train_seconds"]) for r in done]
             },
             ylabel=f"{done[0]['split']} accuracy (%)",
+            analysis=analysis_panels(rows),
         )
         files["png"] = str(stem.with_suffix(".png"))
         text += f"\n![layer preference]({stem.name}.png)\n"
     write_text(stem.with_suffix(".md"), text)
     return files
+
+
+def analysis_panels(rows: list[dict]) -> dict[str, dict[str, list]] | None:
+    """The layer analysis in the rows as the figure's lower panels (``None`` when there is none)."""
+    panels = {
+        "linear CKA": {"CKA with pre_logits": "cka_final", "CKA with the previous site": "cka_previous"},
+        "fraction of the image side": {
+            "mean attention distance": "attention_distance_fraction",
+            "ERF radius, 50% of the gradient": "erf_r50_fraction",
+            "ERF radius, 90% of the gradient": "erf_r90_fraction",
+        },
+    }
+    shown = {
+        panel: {
+            label: [(r["site"], r[k]) for r in rows if r.get(k) is not None] for label, k in lines.items()
+        }
+        for panel, lines in panels.items()
+    }
+    shown = {panel: {k: v for k, v in lines.items() if v} for panel, lines in shown.items()}
+    shown = {panel: lines for panel, lines in shown.items() if lines}
+    return shown or None
 
 
 #: final runs when neither the call nor a recipe says how many
