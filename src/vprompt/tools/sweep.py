@@ -17,7 +17,9 @@ from ..engine.run import as_config
 from ..engine.rundir import write_json, write_text
 from ..methods import SITE_METHODS, method_config
 from . import plots
+from .compute import account, combine, write_compute
 from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
+from .search import SEARCHES, Asha
 from .tables import markdown, mean_std, pm, write_csv
 from .tuning import Plan, run_plans
 
@@ -129,6 +131,8 @@ def layers(
 
     jobs = [job(site, seed) for site in sites for seed in seeds]
     outcomes = (executor or Executor()).run(jobs)
+    totals = account(outcomes)
+    write_compute(out, totals)
     rows = [
         _layer_row(site, depths[site], outcomes[i * len(seeds) : (i + 1) * len(seeds)])
         for i, site in enumerate(sites)
@@ -136,7 +140,8 @@ def layers(
     failed = failures(outcomes)
     write_failures(out, failed)
     caption = layers_caption(base, seeds)
-    return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows, caption)}
+    files = _write_layers(out, method, shape, rows, caption)
+    return {"rows": rows, "failures": failed, "files": files, "compute": totals}
 
 
 def _layer_row(site: str, depth: int, outcomes: list) -> dict[str, Any]:
@@ -231,6 +236,16 @@ def _write_layers(
 DEFAULT_SEEDS = 5
 
 
+def searcher(search: str | Asha | None) -> Asha | None:
+    """``"grid"``/None: the exact grid; ``"asha"``: successive halving with ASHA's defaults; an
+    :class:`~.search.Asha` as it is."""
+    if search is None or isinstance(search, Asha):
+        return search
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}; choose one of: {', '.join(SEARCHES)}")
+    return Asha() if search == "asha" else None
+
+
 def grid(
     base: dict[str, Any],
     lrs: list[float] | None,
@@ -253,10 +268,12 @@ def tune(
     wds: list[float] | None = None,
     seeds: int | list[int] | None = None,
     executor: Executor | None = None,
+    search: str | Asha | None = None,
 ) -> dict[str, Any]:
     """Grid ``lrs × wds`` on the tuning split, pick by validation, run the final runs (``seeds``: a count
     N for seeds 0..N-1, or the seeds). Defaults: the recipe's grid and seeds, else the config's lr and
-    weight decay and 5 seeds.
+    weight decay and 5 seeds. ``search="asha"`` (or an :class:`~vprompt.tools.search.Asha`) trains the
+    grid by successive halving instead of in full (see :mod:`vprompt.tools.search`).
 
     Returns the result (also ``<out>/result.{json,md}``): the grid, the chosen point, each final run and
     the test accuracy's mean ± sample std over the seeds.
@@ -264,7 +281,9 @@ def tune(
     base = base_config(config)
     check_base(base)
     lrs, wds, seeds = grid(base, lrs, wds, seeds)
-    plan = Plan(base, Path(out), lrs, wds, seeds)
+    plan = Plan(base, Path(out), lrs, wds, seeds, search=searcher(search))
+    if plan.search is not None:
+        plan.search.check(base)
     result = run_plans([plan], executor)[0]
     write_failures(out, result["failures"])
     return result
@@ -283,6 +302,7 @@ def suite(
     seeds: int | list[int] | None = None,
     fixed: bool = False,
     executor: Executor | None = None,
+    search: str | Asha | None = None,
 ) -> dict[str, Any]:
     """One method over the datasets of ``family`` (``vtab1k``, ``fgvc``, ``vp``; ``datasets``: a subset).
 
@@ -310,7 +330,7 @@ def suite(
         else:
             point = grid(base, lrs, wds, seeds)
         tuned = not fixed and len(point[0]) * len(point[1]) > 1
-        plans.append(Plan(base, Path(out) / n, *point, tuned))
+        plans.append(Plan(base, Path(out) / n, *point, tuned, search=searcher(search)))
     tuned = any(p.tuned for p in plans)
     results = run_plans(plans, executor)
     failed = [
@@ -323,7 +343,9 @@ def suite(
         "datasets": dict(zip(names, results, strict=True)),
         "means": suite_means(family, names, results),
         "failures": failed,
+        "compute": combine([r["compute"] for r in results]),
     }
+    write_compute(out, summary["compute"])
     _write_suite(Path(out), summary)
     return summary
 
