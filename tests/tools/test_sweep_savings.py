@@ -119,9 +119,9 @@ def test_a_sweep_builds_each_cache_once_and_its_runs_are_bit_equal(tmp_path, mon
     config = dict(PROBE, method=method, method_options=options, epochs=2)
     lrs, seeds = [0.05, 0.01, 0.001], [0, 1]
     shared = sweep.tune(config, tmp_path / "shared", lrs=lrs, wds=[0.0], seeds=seeds, executor=QUIET)
-    # tuning: one train (64) and one val (16) cache for the 3 points; final: one trainval (80) cache for
-    # both seeds (random-init backbones are built with the config's seed, not the final run's)
-    assert sorted(built) == [16, 64, 80]
+    # tuning: one train (64) and one val (16) cache for the 3 points; final: one trainval (80) cache per
+    # seed (a random-init backbone is drawn with the run's seed: other frozen weights, another cache)
+    assert sorted(built) == [16, 64, 80, 80]
     built.clear()
     alone = Executor(log=None, share_caches=False)
     own = sweep.tune(config, tmp_path / "own", lrs=lrs, wds=[0.0], seeds=seeds, executor=alone)
@@ -130,12 +130,14 @@ def test_a_sweep_builds_each_cache_once_and_its_runs_are_bit_equal(tmp_path, mon
     for run in [f"tune/lr{lr:g}-wd0" for lr in lrs] + ["final/seed0", "final/seed1"]:
         same_run(tmp_path / "shared" / run, tmp_path / "own" / run)
         mine = RunDir(tmp_path / "own" / run).read_summary()
-        assert mine["test_accuracy"] == RunDir(tmp_path / "shared" / run).read_summary()["test_accuracy"]
+        theirs = RunDir(tmp_path / "shared" / run).read_summary()
+        for key in ("accuracy", "val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+            assert mine.get(key) == theirs.get(key), (run, key)
     assert (
-        shared["compute"]["saved"]["cache_builds_saved"] == 5
-        and shared["compute"]["runs"]["caches_built"] == 3
+        shared["compute"]["saved"]["cache_builds_saved"] == 4
+        and shared["compute"]["runs"]["caches_built"] == 4
     )
-    assert shared["compute"]["saved"]["cache_images_saved"] == 2 * (64 + 16) + 80
+    assert shared["compute"]["saved"]["cache_images_saved"] == 2 * (64 + 16)
     reused = RunDir(tmp_path / "shared" / "tune/lr0.01-wd0").read_summary()["cache"]
     assert reused["shared"] == "reused: built by another run of the sweep" and reused["build_seconds"] == 0.0
 
@@ -233,8 +235,9 @@ def test_the_accounting_sums_the_runs(tmp_path):
     assert totals["spent"]["run_seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
     # two points train 2 epochs of 64, the diverged one 1 epoch; the final run 2 epochs of 80
     assert totals["spent"]["images_trained"] == 2 * 2 * 64 + 64 + 2 * 80
-    # validation after each epoch and once more after selection (16 each); the final run tests 16
-    assert totals["spent"]["images_evaluated"] == 2 * 3 * 16 + 16
+    # validation after each epoch and once more after selection (16 each); the final run tests once
+    tested = RunDir(tmp_path / "final/seed0").read_summary()["sizes"]["test"]
+    assert totals["spent"]["images_evaluated"] == 2 * 3 * 16 + tested
     assert totals["saved"]["images_trained_saved"] == 64 and totals["runs"]["diverged"] == 1
 
 

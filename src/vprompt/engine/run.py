@@ -348,7 +348,9 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
         names = data.describe()["class_names"]
         for name in ("val", "test"):  # the test split is evaluated here, once, after selection
             dataset = getattr(data, name)
-            if dataset is not None and not stopped:
+            if dataset is not None and stopped:
+                results[f"{name}_accuracy"] = results[f"{name}_loss"] = None  # nothing to evaluate
+            elif dataset is not None:
                 r = trainer.evaluate(dataset, keep=config.details)
                 results[f"{name}_accuracy"] = r["accuracy"]
                 results[f"{name}_loss"] = r["loss"]
