@@ -98,7 +98,7 @@ def test_weights_that_blow_up_on_the_last_step_stop_the_run_without_an_adapter(t
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", poisoned)
     run = RunDir(tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"weights or the validation loss .* epoch 2.*after epoch 1"):
-        vprompt.train(**dict(TINY, method="linear", epochs=3), output=run.path)
+        vprompt.train(**dict(TINY, method="linear", epochs=3, nonfinite="error"), output=run.path)
     assert not run.finished and not (run / "adapter").exists()
     state = run.load_checkpoint()
     assert state["progress"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())

@@ -136,7 +136,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"NaN or infinite in epoch 2 .*after epoch 1\) is kept"):
-        vprompt.train(**dict(TINY, method="ap", method_options={"site": "block.1"}), output=tmp_path / "r")
+        options = dict(TINY, method="ap", method_options={"site": "block.1"}, nonfinite="error")
+        vprompt.train(**options, output=tmp_path / "r")
     run = RunDir(tmp_path / "r")
     state = run.load_checkpoint()
     assert state["progress"]["epoch"] == 1 and len(run.read_metrics()) == 1 and not run.finished

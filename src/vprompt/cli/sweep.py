@@ -98,6 +98,13 @@ def _common(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
         default=None,
         help="Ray GPUs per run (default: 1 if the cluster has GPUs)",
     )
+    e.add_argument(
+        "--no-shared-cache",
+        dest="shared_cache",
+        action="store_false",
+        help="every run builds its own frozen-prefix cache (default: runs that would build the same one "
+        "share it: in memory, or in the sweep's folder on Ray)",
+    )
     fields = add_dataclass_options(p, TrainConfig, skip=skip, title="run options (as for vprompt train)")
     p.set_defaults(train_fields=fields)
 
@@ -120,6 +127,21 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
     )
     p.add_argument("--wd", dest="wd", nargs="+", help=argparse.SUPPRESS)  # the old spelling
     _seed_options(p, "final runs", "the recipe's seeds, else 5")
+    s = p.add_argument_group("search")
+    s.add_argument(
+        "--search",
+        choices=("grid", "asha"),
+        default="grid",
+        help="grid (default): every point trained in full, the official protocol; asha: successive "
+        "halving, the worse points stopped at rungs (docs/guide.md, 'A sweep's savings')",
+    )
+    s.add_argument("--asha-grace", type=int, default=1, help="epochs before the first rung (default: 1)")
+    s.add_argument(
+        "--asha-reduction",
+        type=int,
+        default=4,
+        help="at each rung the best 1/N of the points go on (default: 4)",
+    )
 
 
 def _seed_options(p: argparse.ArgumentParser, runs: str, default: str) -> None:
@@ -180,11 +202,27 @@ def _seeds(args: argparse.Namespace):
 def _executor(args: argparse.Namespace):
     from ..tools.executors import Executor
 
-    return Executor(args.engine, address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+    return Executor(
+        args.engine,
+        address=args.address,
+        cpus=args.cpus_per_run,
+        gpus=args.gpus_per_run,
+        share_caches=args.shared_cache,
+    )
 
 
-def _finish(out: Path, text_file: Path, failures: list) -> int:
+def _search(args: argparse.Namespace):
+    from ..tools.search import Asha
+
+    return Asha(args.asha_grace, args.asha_reduction) if args.search == "asha" else None
+
+
+def _finish(out: Path, text_file: Path, failures: list, compute: dict | None = None) -> int:
+    from ..tools.compute import compute_line
+
     print(text_file.read_text())
+    if compute:
+        print(compute_line(compute))
     print(f"written to {out}")
     if failures:
         print(f"{len(failures)} run(s) failed; see {out / 'failures.json'} and each run's error.txt")
@@ -207,7 +245,7 @@ def cmd_layers(args: argparse.Namespace, extra: list[str]) -> int:
         executor=_executor(args),
         analyze=_analysis(args),
     )
-    return _finish(args.output, Path(result["files"]["md"]), result["failures"])
+    return _finish(args.output, Path(result["files"]["md"]), result["failures"], result["compute"])
 
 
 def _analysis(args: argparse.Namespace) -> dict | None:
@@ -227,8 +265,9 @@ def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
         wds=floats(args.wd),
         seeds=_seeds(args),
         executor=_executor(args),
+        search=_search(args),
     )
-    return _finish(args.output, args.output / "result.md", result["failures"])
+    return _finish(args.output, args.output / "result.md", result["failures"], result["compute"])
 
 
 def cmd_suite(args: argparse.Namespace, extra: list[str]) -> int:
@@ -245,5 +284,6 @@ def cmd_suite(args: argparse.Namespace, extra: list[str]) -> int:
         seeds=_seeds(args),
         fixed=args.fixed,
         executor=_executor(args),
+        search=_search(args),
     )
-    return _finish(args.output, args.output / "suite.md", result["failures"])
+    return _finish(args.output, args.output / "suite.md", result["failures"], result["compute"])

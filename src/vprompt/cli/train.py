@@ -89,4 +89,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items() if k in keys}
     print(json.dumps(shown))
     print(f"run written to {output}")
+    if summary.get("diverged"):
+        from ..engine.run import diverged_note
+
+        print(
+            f"the run {diverged_note(summary['diverged'])}: the loss became NaN or infinite; recorded in "
+            f"{output / 'summary.json'} (no adapter). Train again with a lower --lr (or --grad-clip)"
+        )
+        return 1
     return 0

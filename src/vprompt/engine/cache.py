@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,3 +190,103 @@ def build_cache(
         model.train(was_training)
     synchronize(ctx.device)
     return FeatureCache(site, features, labels, time.perf_counter() - start, storage)
+
+
+# ------------------------------------------------------------------------------ shared by a sweep
+class SharedCaches:
+    """Frozen-prefix caches shared by the runs of one sweep, by key (see ``Trainer.cache_key``): built by
+    the first run that needs one, reused read-only by the others.
+
+    ``folder`` None: in this process's memory (the runs of a local sweep), the oldest dropped beyond
+    ``limit`` bytes. With a ``folder``: on disk, for runs in several processes (Ray): the first process
+    builds and writes ``<folder>/<key>/`` under a file lock, the others memory-map it read-only.
+    """
+
+    def __init__(self, folder: str | Path | None = None, limit: int | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self.limit = limit if limit is not None else min(AUTO_MEMORY_LIMIT, ram_bytes() // 4)
+        self.held: dict[str, FeatureCache] = {}
+
+    def get(self, key: str, build: Callable[[], FeatureCache]) -> tuple[FeatureCache, bool]:
+        """``(cache, built)``: the cache of ``key``, built with ``build`` if no run has built it yet."""
+        if self.folder is None:
+            if key in self.held:
+                return self.held[key], False
+            cache = build()
+            self.held[key] = cache
+            while len(self.held) > 1 and sum(c.nbytes for c in self.held.values()) > self.limit:
+                del self.held[next(iter(self.held))]
+            return cache, True
+        where = self.folder / key
+        where.mkdir(parents=True, exist_ok=True)
+        lock = _wait_for_lock(where)
+        try:
+            if (where / "meta.json").is_file():
+                return _read_shared(where), False
+            cache = build()
+            _write_shared(where, cache)
+            return cache, True
+        finally:
+            lock.close()
+
+
+def _wait_for_lock(where: Path):
+    """An exclusive lock on ``<where>/.lock``, waiting for the process that builds the cache."""
+    import fcntl
+
+    handle = open(where / ".lock", "a+")  # noqa: SIM115 - held until the caller closes it
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _write_shared(where: Path, cache: FeatureCache) -> None:
+    import json
+
+    for name, tensor in (("features", cache.features), ("labels", cache.labels)):
+        tmp = where / f"{name}.bin.tmp"
+        tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tofile(tmp)
+        os.replace(tmp, where / f"{name}.bin")
+    meta = {
+        "site": cache.site,
+        "shape": list(cache.features.shape),
+        "dtype": str(cache.features.dtype).removeprefix("torch."),
+        "items": len(cache.labels),
+        "seconds": cache.seconds,
+    }
+    tmp = where / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, where / "meta.json")  # last: its presence says the cache is complete
+
+
+def _read_shared(where: Path) -> FeatureCache:
+    """A cache written by :func:`_write_shared`, memory-mapped privately: no write reaches the file."""
+    import json
+
+    meta = json.loads((where / "meta.json").read_text())
+    shape, dtype = tuple(meta["shape"]), DTYPES[meta["dtype"]]
+    numel = math.prod(shape)
+    expected = {"features": numel * dtype.itemsize, "labels": meta["items"] * 8}
+    for name, size in expected.items():
+        if (where / f"{name}.bin").stat().st_size != size:
+            raise ValueError(f"{where / name}.bin: not the {size} bytes its meta.json says; delete {where}")
+    features = torch.from_file(str(where / "features.bin"), shared=False, size=numel, dtype=dtype)
+    labels = torch.from_file(str(where / "labels.bin"), shared=False, size=meta["items"], dtype=torch.long)
+    return FeatureCache(meta["site"], features.view(shape), labels, 0.0, "disk (shared)")
+
+
+_SHARED: ContextVar[SharedCaches | None] = ContextVar("vprompt_shared_caches", default=None)
+
+
+@contextlib.contextmanager
+def sharing(store: SharedCaches | None):
+    """Inside, runs share their frozen-prefix caches through ``store`` (None: each run its own)."""
+    token = _SHARED.set(store)
+    try:
+        yield store
+    finally:
+        _SHARED.reset(token)
+
+
+def shared_store() -> SharedCaches | None:
+    """The store of the current :func:`sharing` scope, or None."""
+    return _SHARED.get()

@@ -30,6 +30,7 @@ CACHE_DTYPES = ("float32", "float16", "bfloat16")
 LOGGERS = ("csv", "tensorboard", "wandb")
 EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
 FINAL_TRAINS = ("trainval", "train")
+NONFINITE = ("stop", "continue", "error")
 
 
 @dataclass
@@ -201,6 +202,14 @@ class TrainConfig:
     )
     early_stop_metric: Literal["val_accuracy", "val_loss"] = field(
         default="val_accuracy", metadata={"help": "what --early-stop watches: val_accuracy or val_loss"}
+    )
+    nonfinite: Literal["stop", "continue", "error"] = field(
+        default="stop",
+        metadata={
+            "help": "a NaN/inf training loss: stop (the run ends at once, recorded as diverged: no adapter, "
+            "no accuracy, never chosen by a sweep), continue (it trains its whole schedule anyway, recorded "
+            "as diverged), error (NonFiniteLossError; the last good checkpoint is kept)"
+        },
     )
     # ------------------------------------------------------------------------- augmentation
     augment: str = field(
@@ -439,6 +448,7 @@ def _check_config(config: TrainConfig) -> None:
         "preprocess": PREPROCESSES,
         "early_stop_metric": EARLY_STOP_METRICS,
         "final_train": FINAL_TRAINS,
+        "nonfinite": NONFINITE,
     }
     for name, valid in choices.items():
         if getattr(config, name) not in valid:

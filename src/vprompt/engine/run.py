@@ -9,10 +9,12 @@ vprompt.evaluate_run("runs/ap", split="test")   # {"accuracy": ..., ...}
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,33 @@ from .optim import effective_batch, peak_lr
 from .precision import Precision
 from .rundir import ADAPTER, CONFIG, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
-from .trainer import Trainer, evaluate
+from .trainer import Trainer, evaluate, json_values
 
 #: config keys that do not change a run's result (cache: speed only; resolved: derived from the others);
 #: they may differ between a run and its resumption, and are left out of its checkpoint's option digests
 RESUME_FREE = {"progress", "quiet", "details", "workers", "device", "root", "log", "cache", "resolved"}
+#: a search's pause: train up to this epoch, checkpoint, and return without finishing (see paused_after)
+_PAUSE: ContextVar[int | None] = ContextVar("vprompt_pause_after", default=None)
+
+
+@contextlib.contextmanager
+def paused_after(epoch: int | None):
+    """Inside, :func:`train` trains up to epoch ``epoch`` (its checkpoint written), then returns
+    ``{"paused": epoch, "metrics": [...]}`` without selecting, testing or writing a summary; a later
+    ``train(..., resume=True)`` continues it exactly (an early-stopping search's rungs)."""
+    token = _PAUSE.set(epoch)
+    try:
+        yield
+    finally:
+        _PAUSE.reset(token)
+
+
+def diverged_note(diverged: dict[str, Any] | None) -> str:
+    """``"diverged at epoch 2 step 5"`` (the training loss), or ``""`` for a run that did not diverge."""
+    if not diverged:
+        return ""
+    where = f"diverged at epoch {diverged['epoch']} step {diverged['step']}"
+    return where if diverged["what"] == "training loss" else f"{where} ({diverged['what']})"
 
 
 def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -313,14 +337,22 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
         trainer.tracker = open_tracker(config.log, run.path if run is not None else None, ctx.main)
         trainer.tracker.start(resolved, trainer.progress.updates)
         reset_peak_memory(ctx.device)
+        pause = _PAUSE.get()
+        if pause is not None:
+            trainer.until = min(pause, config.epochs)
         progress = trainer.fit()
-        selected = trainer.select()
+        if progress.epoch < config.epochs and progress.stopped_epoch is None and progress.diverged is None:
+            return {"paused": progress.epoch, "metrics": progress.metrics, "compute": compute(trainer)}
+        stopped = trainer.stopping  # diverged, and --nonfinite stop: nothing to select or evaluate
+        selected = None if stopped else trainer.select()
         results: dict[str, Any] = {}
         throughput = None
         names = data.describe()["class_names"]
         for name in ("val", "test"):  # the test split is evaluated here, once, after selection
             dataset = getattr(data, name)
-            if dataset is not None:
+            if dataset is not None and stopped:
+                results[f"{name}_accuracy"] = results[f"{name}_loss"] = None  # nothing to evaluate
+            elif dataset is not None:
                 r = trainer.evaluate(dataset, keep=config.details)
                 results[f"{name}_accuracy"] = r["accuracy"]
                 results[f"{name}_loss"] = r["loss"]
@@ -331,6 +363,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
                 if config.details and run is not None and ctx.main:
                     split = getattr(data.plan.splits, name)
                     write_details(details_folder(run.path, split), r, names, item_paths(dataset))
+        results = json_values(results)  # a diverged run's NaN losses are no JSON values
+        train_rates = [m["train_images_per_second"] for m in progress.metrics]
         summary = {
             "backbone": config.backbone,
             "method": config.method,
@@ -353,11 +387,12 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "total_parameters": model.total_parameters(),
             "trainable_percent": 100.0 * model.trainable_parameters() / model.total_parameters(),
             "train_seconds": progress.train_seconds,
-            "train_images_per_second": sum(m["train_images_per_second"] for m in progress.metrics)
-            / len(progress.metrics),
+            "train_images_per_second": sum(train_rates) / len(train_rates) if train_rates else None,
             "eval_images_per_second": throughput,
             "peak_memory_mib": max(ctx.gather(peak_memory_mib(ctx.device))),
             "precision": trainer.precision.name,
+            "diverged": progress.diverged,
+            "compute": compute(trainer),
             "cache": trainer.cache_summary(),
             "last_block": model.backbone.cls_only_status(),
             "world_size": ctx.world,
@@ -365,7 +400,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if run is not None and ctx.main:
-            model.save_pretrained(run / ADAPTER)
+            if progress.diverged is None:  # a diverged run's weights are no result: no adapter
+                model.save_pretrained(run / ADAPTER)
             summary["run"] = str(run.path)
             run.write_summary(summary)
         trainer.tracker.finish(summary)
@@ -375,6 +411,23 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
         if trainer is not None:
             trainer.tracker.close()
         teardown(ctx)
+
+
+def compute(trainer: Trainer) -> dict[str, Any]:
+    """What a run spent (for a sweep's accounting): seconds (training, cache builds and evaluation),
+    images through forward+backward and through evaluation, and the epochs a divergence saved."""
+    p, cfg = trainer.progress, trainer.config
+    steps = cfg.epochs * trainer.steps_per_epoch
+    skipped = (steps - p.updates) / trainer.steps_per_epoch if trainer.stopping else 0.0
+    return {
+        "seconds": p.train_seconds + p.eval_seconds,
+        "images_trained": p.images_trained,
+        "images_evaluated": p.images_evaluated,
+        "train_images_per_epoch": len(trainer.data.train),
+        "epochs_run": p.updates / trainer.steps_per_epoch,
+        "epochs_skipped_diverged": skipped,
+        **trainer.cache_compute(),
+    }
 
 
 # ------------------------------------------------------------------------------------ finished runs
@@ -394,6 +447,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TunedModel:
     run = RunDir(run_dir)
     adapter = run / ADAPTER
     if not adapter.is_dir():
+        if run.finished and run.read_summary().get("diverged"):
+            note = diverged_note(run.read_summary()["diverged"])
+            raise FileNotFoundError(f"{run.path} has no {ADAPTER}/: the run {note} (NaN or infinite)")
         raise FileNotFoundError(f"{run.path} has no {ADAPTER}/: the run has not finished")
     model = load_adapter(adapter).to(device).eval()
     if model.class_names is None or model.preprocessing is None:

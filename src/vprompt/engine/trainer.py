@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import hashlib
+import json
 import math
 import random
 import sys
@@ -32,7 +35,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..methods import TunedModel
-from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
+from .cache import (
+    CacheRefused,
+    FeatureCache,
+    build_cache,
+    cache_site,
+    choose_storage,
+    estimate_bytes,
+    shared_store,
+)
 from .config import TrainConfig
 from .data import (
     RunData,
@@ -202,6 +213,22 @@ class Progress:
     watched_epoch: int | None = None
     stale_validations: int = 0
     stopped_epoch: int | None = None
+    # a non-finite loss (or weights): where it first showed (see Trainer.diverge); None: it did not
+    diverged: dict[str, Any] | None = None
+    # compute spent (for a sweep's accounting): images through forward+backward, images evaluated
+    images_trained: int = 0
+    images_evaluated: int = 0
+    eval_seconds: float = 0.0
+    # frozen-prefix caches: built here (and the images through the prefix), or another run's reused
+    caches_built: int = 0
+    caches_reused: int = 0
+    cache_images: int = 0
+    cache_images_saved: int = 0
+    cache_seconds: float = 0.0
+
+
+class Diverged(Exception):
+    """Raised inside an epoch to end it at once (``--nonfinite stop``)."""
 
 
 class Trainer:
@@ -216,6 +243,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.cache_plan, self.cache_note = self.plan_cache()
         self.train_cache: FeatureCache | None = None
+        self.cache_shared = False  # a cache was reused from another run of the sweep
         self.val_cache: FeatureCache | None = None
         site = self.cache_plan[0] if self.cache_plan else None
         self.forward_model = ResumeAt(model, site) if site else model
@@ -238,6 +266,7 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.eval_batch = max(1, config.batch_size // ctx.world) * 2
         self.progress = Progress()
+        self.until = config.epochs  # fit() trains up to this epoch (a search may pause a run earlier)
         self.tracker = Tracker()  # run.py sets the one --log asks for
         self.options: dict[str, str] = {}  # run.py sets the digests of the options that train the run
 
@@ -292,23 +321,80 @@ class Trainer:
         cfg = self.config
         directory = self.run.path if self.run is not None else None
 
-        def build(dataset):
-            return build_cache(
-                self.model,
-                site,
-                dataset,
-                self.ctx,
-                self.eval_batch,
-                cfg.cache_dtype,
-                storage,
-                directory,
-                cfg.workers,
-                self.precision.autocast,  # the activations the uncached run computes
-            )
+        store = shared_store() if not self.ctx.distributed else None  # a sweep's runs share them
+        p = self.progress
 
-        self.train_cache = build(self.data.train)
+        def build(dataset, role: str) -> FeatureCache:
+            def make() -> FeatureCache:
+                return build_cache(
+                    self.model,
+                    site,
+                    dataset,
+                    self.ctx,
+                    self.eval_batch,
+                    cfg.cache_dtype,
+                    storage,
+                    directory,
+                    cfg.workers,
+                    self.precision.autocast,  # the activations the uncached run computes
+                )
+
+            cache, built = (make(), True) if store is None else store.get(self.cache_key(dataset, role), make)
+            if built:
+                p.caches_built, p.cache_images, p.cache_seconds = (
+                    p.caches_built + 1,
+                    p.cache_images + len(dataset),
+                    p.cache_seconds + cache.seconds,
+                )
+            else:
+                p.caches_reused, p.cache_images_saved = (
+                    p.caches_reused + 1,
+                    p.cache_images_saved + len(dataset),
+                )
+                self.cache_shared = True
+                cache = dataclasses.replace(cache, seconds=0.0)  # the same tensors; this run built nothing
+            return cache
+
+        self.train_cache = build(self.data.train, "train")
         if self.data.val is not None and cfg.epochs // cfg.eval_every > 1:
-            self.val_cache = build(self.data.val)
+            self.val_cache = build(self.data.val, "val")
+
+    def cache_key(self, dataset, role: str) -> str:
+        """What a cached activation depends on, as a SHA-256: every frozen tensor of the model (the
+        backbone's weights, whatever the seed), the method and its options, the site, the data (its
+        spec, split, items and their fingerprint, the transform's size and normalisation), the cache
+        dtype, the precision, the device and the batch the cache is built in (so that a shared cache
+        is the one this run would build, bit for bit)."""
+        from ..data.fingerprint import fingerprint
+
+        digest = hashlib.sha256()
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            if tensor.requires_grad:
+                continue  # trained: the cache's validity check proves the activation ignores it
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        cfg, data = self.config, self.data
+        described = {
+            "frozen": digest.hexdigest(),
+            "method": cfg.method,
+            "method_options": self.model.method.config.to_dict(),
+            "site": self.cache_plan[0] if self.cache_plan else None,
+            "data": data.describe() | {"class_names": None},
+            "role": role,
+            "split": getattr(data.plan.splits, role),
+            "fingerprint": fingerprint(dataset),
+            "data_config": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.model.data_config.items()
+            },
+            "preprocess": cfg.preprocess,
+            "cache_dtype": cfg.cache_dtype,
+            "precision": self.precision.name,
+            "device": str(self.ctx.device),
+            "batch": self.eval_batch,
+        }
+        text = json.dumps(described, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def cache_summary(self) -> dict[str, Any]:
         if self.train_cache is None:
@@ -321,7 +407,19 @@ class Trainer:
             "dtype": self.config.cache_dtype,
             "mib": sum(c.nbytes for c in caches) / 2**20,
             "build_seconds": sum(c.seconds for c in caches),
+            "shared": "reused: built by another run of the sweep" if self.cache_shared else None,
             "why": self.cache_note,
+        }
+
+    def cache_compute(self) -> dict[str, Any]:
+        """Caches built and reused so far (a sweep's accounting: builds saved)."""
+        p = self.progress
+        return {
+            "caches_built": p.caches_built,
+            "caches_reused": p.caches_reused,
+            "cache_images": p.cache_images,
+            "cache_images_saved": p.cache_images_saved,
+            "cache_seconds": p.cache_seconds,
         }
 
     def train_batches(self):
@@ -397,7 +495,8 @@ class Trainer:
         n = cfg.accumulate
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
-        finite = torch.ones((), dtype=torch.bool, device=ctx.device)
+        finite: list[torch.Tensor] = []  # per batch since the last check: was its loss finite?
+        checked = 0  # batches before ``finite``'s first
         seen = 0
         step_rows: list[tuple[int, torch.Tensor, float]] = []  # (global step, loss, lr): for the tracker
         step_loss, step_images = torch.zeros((), device=ctx.device), 0  # this process's, this step's
@@ -418,7 +517,7 @@ class Trainer:
                 loss = summed * (ctx.world / step_n)  # DDP averages: the result is the global mean's gradient
                 scaler = self.precision.scaler
                 (scaler.scale(loss) if scaler else loss).backward()
-            finite &= torch.isfinite(summed)
+            finite.append(torch.isfinite(summed.detach()))
             step_loss += summed.detach()
             step_images += len(y)
             if last:
@@ -428,8 +527,13 @@ class Trainer:
             loss_sum += summed.detach()
             correct += (logits.argmax(-1) == y).sum()
             seen += len(y)
+            self.progress.images_trained += len(y)
             if last and (len(step_rows) == CHECK_EVERY or batch + 1 == len(sizes)):
-                self.check_finite(finite, epoch, batch)
+                self.check_finite(finite, checked, epoch, batch)
+                checked += len(finite)
+                finite = []
+                if self.stopping:
+                    break
                 losses = torch.stack([r[1] for r in step_rows]).tolist()  # one sync, as the check's
                 self.tracker.steps([(r[0], loss, r[2]) for r, loss in zip(step_rows, losses, strict=True)])
                 step_rows.clear()
@@ -444,6 +548,9 @@ class Trainer:
                 bar.update(1)
         synchronize(ctx.device)
         seconds = time.perf_counter() - start
+        if self.stopping:  # the loss diverged in this epoch: it ends here, unrecorded
+            self.progress.train_seconds += seconds
+            raise Diverged
         loss_total, correct_total, seen_total = ctx.all_sum([loss_sum.item(), correct.item(), seen])
         return {
             "train_loss": loss_total / seen_total,
@@ -484,14 +591,34 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.trained, step=self.progress.updates)  # as timm's train.py
 
-    def check_finite(self, finite: torch.Tensor, epoch: int, step: int) -> None:
-        bad = self.ctx.all_sum([float(not bool(finite))])[0]
-        if bad:
+    @property
+    def stopping(self) -> bool:
+        """The run has diverged and ``--nonfinite stop`` ends it."""
+        return self.progress.diverged is not None and self.config.nonfinite == "stop"
+
+    def check_finite(self, finite: list[torch.Tensor], checked: int, epoch: int, batch: int) -> None:
+        """``finite``: per batch since batch ``checked`` of this epoch, whether its loss was finite. A
+        non-finite one (in any process) raises, or records where the loss diverged (``--nonfinite``)."""
+        flags = torch.stack(finite).tolist() if finite else []
+        first = next((checked + i for i, ok in enumerate(flags) if not ok), None)
+        bad = self.ctx.all_sum([float(first is not None)])[0]
+        if not bad:
+            return
+        if self.config.nonfinite == "error":
             kept = f"epoch {epoch}" if epoch else "none yet"
             raise NonFiniteLossError(
-                f"the training loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); "
+                f"the training loss became NaN or infinite in epoch {epoch + 1} (by step {batch + 1}); "
                 f"stopped. {self.nonfinite_advice(kept)}"
             )
+        firsts = [b for b in self.ctx.gather(first) if b is not None]  # the earliest, over processes
+        self.diverge("training loss", epoch, min(firsts) // self.config.accumulate + 1)
+
+    def diverge(self, what: str, epoch: int, step: int) -> None:
+        """Record that ``what`` became NaN or infinite in epoch ``epoch`` (0-based) at optimiser step
+        ``step`` (1-based, in the epoch); only the first time counts."""
+        p = self.progress
+        if p.diverged is None:
+            p.diverged = {"what": what, "epoch": epoch + 1, "step": step, "nonfinite": self.config.nonfinite}
 
     def nonfinite_advice(self, kept: str) -> str:
         where = f" in {self.run.path}" if self.run is not None else ""
@@ -509,6 +636,9 @@ class Trainer:
         if not self.ctx.all_sum([float(not finite)])[0]:
             return
         epoch = self.progress.epoch
+        if self.config.nonfinite != "error":
+            self.diverge("trained weights or validation loss", epoch, self.steps_per_epoch)
+            return
         kept = f"epoch {epoch}" if epoch else "none yet"
         raise NonFiniteLossError(
             f"the trained weights or the validation loss became NaN or infinite in epoch {epoch + 1}; "
@@ -570,14 +700,18 @@ class Trainer:
     def evaluate(self, dataset, keep: bool = False) -> dict[str, Any]:
         if self.val_cache is not None and dataset is self.data.val:
             batches = self.val_cache.loader(self.eval_batch, self.ctx)
-            return evaluate(self.model, batches, self.ctx, self.precision, self.val_cache.site, keep)
-        loader = eval_loader(dataset, self.eval_batch, self.ctx, self.config.workers)
-        return evaluate(self.model, loader, self.ctx, self.precision, keep=keep)
+            result = evaluate(self.model, batches, self.ctx, self.precision, self.val_cache.site, keep)
+        else:
+            loader = eval_loader(dataset, self.eval_batch, self.ctx, self.config.workers)
+            result = evaluate(self.model, loader, self.ctx, self.precision, keep=keep)
+        self.progress.images_evaluated += result["images"]
+        self.progress.eval_seconds += result["images"] / result["images_per_second"]
+        return result
 
     def fit(self) -> Progress:
         """Train the remaining epochs, validating and checkpointing after each; returns the progress."""
         cfg, p = self.config, self.progress
-        running = p.epoch < cfg.epochs and p.stopped_epoch is None
+        running = p.epoch < self.until and p.stopped_epoch is None and not self.stopping
         if running:
             self.build_caches()
             if self.train_cache is not None and p.epoch == 0:  # a resumed run counted it already
@@ -596,10 +730,13 @@ class Trainer:
             if bar.disable:
                 bar = None
         try:
-            while p.epoch < cfg.epochs and p.stopped_epoch is None:
+            while p.epoch < self.until and p.stopped_epoch is None and not self.stopping:
                 if bar is not None:
                     bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
-                row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
+                try:
+                    row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
+                except Diverged:
+                    break
                 p.train_seconds += row["epoch_seconds"]
                 last = p.epoch + 1 == cfg.epochs
                 val = None
@@ -614,7 +751,9 @@ class Trainer:
                         p.best_state = copy.deepcopy(self.model.trainable_state_dict())
                 if val is not None and cfg.early_stop is not None:
                     self.watch(val)
-                p.metrics.append(row)
+                if self.stopping:  # the weights diverged in the epoch's last update: it ends unrecorded
+                    break
+                p.metrics.append(json_values(row))  # --nonfinite continue: NaN is no JSON value
                 p.epoch += 1
                 if bar is not None:
                     bar.write(epoch_line(row, cfg.epochs))
@@ -648,6 +787,11 @@ class Trainer:
 def copy_into(params: list[nn.Parameter], values) -> None:
     for param, value in zip(params, values, strict=True):
         param.copy_(value)
+
+
+def json_values(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with NaN/inf floats as ``None`` (a diverged run's values; JSON has no NaN)."""
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
 
 
 def epoch_line(row: dict, epochs: int) -> str:

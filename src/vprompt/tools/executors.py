@@ -4,7 +4,8 @@ A :class:`Job` is a complete run config and its run directory. Every executor tr
 (:func:`run_job`): a finished run is read back and never recomputed, an interrupted run resumes from its
 checkpoint, and a run that fails writes ``error.txt`` (its traceback) into its directory while the other
 jobs go on. ``Executor("local")`` runs the jobs one after another in this process; ``Executor("ray")``
-runs one Ray task per job on a local Ray instance or on the cluster at ``address``.
+runs one Ray task per job on a local Ray instance or on the cluster at ``address``. The runs of one
+sweep share their frozen-prefix caches (in memory locally, in the sweep's folder on Ray).
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import contextlib
 import functools
 import inspect
 import os
+import shutil
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..engine import train
-from ..engine.run import config_differences
+from ..engine.cache import SharedCaches, shared_store, sharing
+from ..engine.run import config_differences, diverged_note, paused_after
 from ..engine.rundir import ERROR, RunDir, lock_folder, write_json, write_text
 
 FAILURES = "failures.json"
+#: where the runs of a sweep on Ray share their frozen-prefix caches (removed when the sweep ends)
+SHARED_CACHES = ".vprompt-caches"
 ENGINES = ("local", "ray")
 
 
@@ -35,6 +40,8 @@ class Job:
     name: str
     output: str
     config: dict[str, Any]
+    pause: int | None = None  # train up to this epoch only, resumable (a search's rung)
+    caches: str | None = None  # the folder where the sweep's runs share frozen-prefix caches (Ray)
 
     @classmethod
     def of(
@@ -47,7 +54,8 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What became of a job: ``reused`` (finished before), ``trained`` (now) or ``failed``."""
+    """What became of a job: ``reused`` (finished before), ``trained`` (now), ``failed``, ``paused`` (at
+    its job's ``pause`` epoch: ``summary`` holds its metrics so far) or ``stopped`` (by a search)."""
 
     name: str
     output: str
@@ -73,8 +81,12 @@ def run_job(job: Job) -> Outcome:
                 )
             outcome = Outcome(job.name, job.output, "reused", run.read_summary())
         else:
-            summary = train(job.config, output=job.output, resume=True)
-            outcome = Outcome(job.name, job.output, "trained", summary)
+            with contextlib.ExitStack() as scope:
+                if job.caches is not None:
+                    scope.enter_context(sharing(SharedCaches(job.caches)))
+                scope.enter_context(paused_after(job.pause))
+                summary = train(job.config, output=job.output, resume=True)
+            outcome = Outcome(job.name, job.output, "paused" if "paused" in summary else "trained", summary)
     except Exception as e:  # a failed run is recorded; KeyboardInterrupt still stops the sweep
         if not run.finished:  # (a finished run that does not match keeps its folder as it is)
             write_text(run / ERROR, traceback.format_exc())
@@ -125,6 +137,10 @@ def describe(outcome: Outcome, label: str = "") -> str:
     if not outcome.ok:
         return f"{name}: FAILED ({outcome.error})"
     s = outcome.summary or {}
+    if outcome.status == "paused":
+        return f"{name}: paused after epoch {s['paused']}"
+    if s.get("diverged"):
+        return f"{name}: {outcome.status}, {diverged_note(s['diverged'])}"
     split = "test" if s.get("test_accuracy") is not None else "val"
     accuracy = s.get(f"{split}_accuracy")
     shown = f"{split} {accuracy:.2f}%" if accuracy is not None else "no accuracy"
@@ -201,6 +217,8 @@ class Executor:
     cpus: float = 1
     gpus: float | None = None
     log: Callable[[str], None] | None = field(default=print, repr=False)
+    share_caches: bool = True  # runs that would build the same frozen-prefix cache share one
+    _folder: Path | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.kind not in ENGINES:
@@ -216,7 +234,30 @@ class Executor:
             return []
         self._clock = Clock(len(jobs))
         self._labels = labels(jobs)
-        return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)
+        folder = Path(os.path.commonpath([j.output for j in jobs]))
+        with self.sharing(folder if len(jobs) > 1 else folder.parent):
+            if self.kind == "ray" and self._folder is not None:
+                jobs = [replace(j, caches=str(self._folder)) for j in jobs]
+            return self._run_ray(jobs) if self.kind == "ray" else self._run_local(jobs)
+
+    @contextlib.contextmanager
+    def sharing(self, out: str | Path) -> Iterator[None]:
+        """Inside, the runs of this executor share frozen-prefix caches: in this process's memory
+        (local), or in ``<out>/.vprompt-caches`` (Ray; removed at the end). Nested scopes reuse the
+        outermost (a sweep opens one around all its batches of runs)."""
+        if not self.share_caches or shared_store() is not None or self._folder is not None:
+            yield
+            return
+        if self.kind == "local":
+            with sharing(SharedCaches()):
+                yield
+            return
+        self._folder = Path(out) / SHARED_CACHES
+        try:
+            yield
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def _say(self, done: int, total: int, outcome: Outcome, index: int) -> None:
         self._clock.done(outcome.status)

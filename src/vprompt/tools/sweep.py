@@ -17,7 +17,9 @@ from ..engine.rundir import write_json, write_text
 from ..methods import SITE_METHODS, method_config
 from . import benchmarks, plots, report
 from .benchmarks import FAMILIES, VTAB_GROUPS  # noqa: F401  (sweep.FAMILIES, sweep.VTAB_GROUPS)
+from .compute import account, combine, write_compute
 from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
+from .search import SEARCHES, Asha
 from .tables import markdown, mean_std, pm, write_csv
 from .tuning import Plan, run_plans
 
@@ -126,6 +128,8 @@ def layers(
 
     jobs = [job(site, seed) for site in sites for seed in seeds]
     outcomes = (executor or Executor()).run(jobs)
+    totals = account(outcomes)
+    write_compute(out, totals)
     rows = [
         _layer_row(site, depths[site], outcomes[i * len(seeds) : (i + 1) * len(seeds)])
         for i, site in enumerate(sites)
@@ -137,7 +141,8 @@ def layers(
 
         for_sweep(base, rows, out, **analyze)
     caption = layers_caption(base, seeds)
-    return {"rows": rows, "failures": failed, "files": _write_layers(out, method, shape, rows, caption)}
+    files = _write_layers(out, method, shape, rows, caption)
+    return {"rows": rows, "failures": failed, "files": files, "compute": totals}
 
 
 def _layer_row(site: str, depth: int, outcomes: list) -> dict[str, Any]:
@@ -255,6 +260,16 @@ def analysis_panels(rows: list[dict]) -> dict[str, dict[str, list]] | None:
 DEFAULT_SEEDS = 5
 
 
+def searcher(search: str | Asha | None) -> Asha | None:
+    """``"grid"``/None: the exact grid; ``"asha"``: successive halving with ASHA's defaults; an
+    :class:`~.search.Asha` as it is."""
+    if search is None or isinstance(search, Asha):
+        return search
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}; choose one of: {', '.join(SEARCHES)}")
+    return Asha() if search == "asha" else None
+
+
 def grid(
     base: dict[str, Any],
     lrs: list[float] | None,
@@ -277,10 +292,12 @@ def tune(
     wds: list[float] | None = None,
     seeds: int | list[int] | None = None,
     executor: Executor | None = None,
+    search: str | Asha | None = None,
 ) -> dict[str, Any]:
     """Grid ``lrs × wds`` on the tuning split, pick by validation, run the final runs (``seeds``: a count
     N for seeds 0..N-1, or the seeds). Defaults: the recipe's grid and seeds, else the config's lr and
-    weight decay and 5 seeds.
+    weight decay and 5 seeds. ``search="asha"`` (or an :class:`~vprompt.tools.search.Asha`) trains the
+    grid by successive halving instead of in full (see :mod:`vprompt.tools.search`).
 
     Returns the result (also ``<out>/result.{json,md}``): the grid, the chosen point, each final run and
     the test accuracy's mean ± sample std over the seeds.
@@ -288,7 +305,9 @@ def tune(
     base = base_config(config)
     check_base(base)
     lrs, wds, seeds = grid(base, lrs, wds, seeds)
-    plan = Plan(base, Path(out), lrs, wds, seeds)
+    plan = Plan(base, Path(out), lrs, wds, seeds, search=searcher(search))
+    if plan.search is not None:
+        plan.search.check(base)
     result = run_plans([plan], executor)[0]
     write_failures(out, result["failures"])
     return result
@@ -307,6 +326,7 @@ def suite(
     seeds: int | list[int] | None = None,
     fixed: bool = False,
     executor: Executor | None = None,
+    search: str | Asha | None = None,
 ) -> dict[str, Any]:
     """One method over the datasets of ``family`` (``vtab1k``, ``fgvc``, ``vp``; ``datasets``: a subset).
 
@@ -334,7 +354,7 @@ def suite(
         else:
             point = grid(base, lrs, wds, seeds)
         tuned = not fixed and len(point[0]) * len(point[1]) > 1
-        plans.append(Plan(base, Path(out) / n, *point, tuned))
+        plans.append(Plan(base, Path(out) / n, *point, tuned, search=searcher(search)))
     tuned = any(p.tuned for p in plans)
     results = run_plans(plans, executor)
     failed = [
@@ -355,7 +375,9 @@ def suite(
             if (p := suite_published(family, n, base))
         },
         "failures": failed,
+        "compute": combine([r["compute"] for r in results]),
     }
+    write_compute(out, summary["compute"])
     runs = [r for r in report.find_runs([out])[0] if r.options.get("data") in {b["data"] for b in bases}]
     _write_suite(
         Path(out), summary, report.header(runs, suite=(family, names)) if runs else "- **No run finished.**\n"
