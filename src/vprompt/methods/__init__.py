@@ -117,7 +117,7 @@ def load_adapter(
 def rebuild_backbone(build_args: dict[str, Any], where: Path) -> Backbone:
     """The backbone an adapter config's ``build_args`` describe (its other keys go to timm); a wrongly
     typed or unknown argument is one error naming the file, the key and what it expects."""
-    from ..engine.config import coerce
+    from ..options import coerce
 
     hints = get_type_hints(create_backbone)
     try:
