@@ -111,3 +111,25 @@ def test_the_walk_finds_a_cycle_and_names_it(tmp_path):
     graph = import_graph(package)
     assert graph["pkg.c"] == {"pkg.sub", "pkg.sub.b"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
+
+
+def test_no_shared_code_branches_on_a_method_name():
+    """What a method does differently it says itself (e.g. ``peft_type``): the model, the engine and the
+    backbones never compare anything with a method's name."""
+    from vprompt.methods import METHODS
+
+    shared = [
+        *(ROOT / "model").glob("*.py"),
+        *(ROOT / "engine").glob("*.py"),
+        *(ROOT / "backbones").rglob("*.py"),
+    ]
+    shared += [ROOT / "methods" / "__init__.py", ROOT / "methods" / "base.py"]
+    offenders = []
+    for path in shared:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                named = [
+                    c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and c.value in METHODS
+                ]
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n!r}" for n in named]
+    assert not offenders, offenders

@@ -22,9 +22,9 @@ from numerics import assert_exact
 from tiny_runs import TINY as TINY_RUN
 from vprompt import MethodNotApplicable
 from vprompt.engine.inference import export_onnx
-from vprompt.methods import TunedModel
 from vprompt.methods.gatevpt import TEMPERATURE_RANGE, GateVPT, GateVPTConfig
 from vprompt.methods.vpt import VPTConfig, VPTShallow
+from vprompt.model import TunedModel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gatevpt_reference.json"
 

@@ -14,7 +14,7 @@ from numerics import assert_exact
 from vprompt import MethodNotApplicable
 from vprompt.methods.adapter import Adapter, AdapterConfig
 from vprompt.methods.lora import LoRA, LoRAConfig
-from vprompt.methods.tuned import TunedModel
+from vprompt.model import TunedModel
 
 R = 8
 SWIN_DIMS = (24, 48, 96, 192)  # one block per stage

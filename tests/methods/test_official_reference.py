@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 import vprompt
-from vprompt.methods import TunedModel
 from vprompt.methods.label_mapping import count_pairs, greedy_mapping
 from vprompt.methods.vapt import VAPT, VAPTConfig
 from vprompt.methods.vp import ExpansiveConfig, ExpansivePrompt
 from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
+from vprompt.model import TunedModel
 
 pytestmark = pytest.mark.numerics
 

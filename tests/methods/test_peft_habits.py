@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable, TunedModel
-from vprompt.methods import HubUnavailableError
+from vprompt.model import HubUnavailableError
 
 TINY = dict(img_size=32, patch_size=4, depth=2, embed_dim=24, num_heads=2)
 

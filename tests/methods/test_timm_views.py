@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_vpt_vapt import BACKBONES, METHODS, NP, blocks, capture, drop, prefix_of
 
-from vprompt.methods import TunedModel
+from vprompt.model import TunedModel
 
 
 def prompted(method, factory):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable
-from vprompt.methods import TunedModel
 from vprompt.methods.vapt import VAPT, VAPTConfig
 from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
+from vprompt.model import TunedModel
 
 TINY = dict(img_size=32, patch_size=4, depth=3, embed_dim=24, num_heads=2)
 NP = 3  # prompts per layer in the tiny tests

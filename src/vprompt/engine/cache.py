@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import WriteError, reason
-from ..methods import TunedModel
+from ..model import TunedModel
 from .data import loader_options, private_generator
 from .distributed import Context, synchronize
 

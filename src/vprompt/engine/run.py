@@ -23,7 +23,8 @@ from .. import data as vdata
 from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
-from ..methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter, method_config
+from ..methods import METHODS, MethodNotApplicable, method_config
+from ..model import TunedModel, attach, load_adapter
 from .config import (
     TrainConfig,
     check_config,

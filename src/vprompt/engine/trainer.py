@@ -31,7 +31,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..methods import TunedModel
+from ..model import TunedModel
 from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
 from .data import (
