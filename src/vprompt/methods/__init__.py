@@ -1,4 +1,4 @@
-"""Methods: what is trained and where. One file per method; this module is their registry.
+"""Methods: what is trained and where. One file per method, each registering itself (``@register_method``).
 
 The model around a method (``attach``, ``TunedModel``, saving and loading) is :mod:`vprompt.model`.
 """
@@ -8,38 +8,22 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from .aap import AdaptiveActivationPrompt
-from .adapter import Adapter
-from .ap import ActivationPrompt, APConfig
-from .base import Method, MethodConfig, MethodNotApplicable
-from .baselines import BitFit, FullFineTuning, LinearProbe, NormTuning
-from .gatevpt import GateVPT
-from .lora import LoRA
-from .vapt import VAPT
-from .vp import ExpansivePrompt, PadPrompt
-from .vpt import VPTDeep, VPTShallow
+from . import (  # noqa: F401  (each file registers its methods with @register_method)
+    aap,
+    adapter,
+    ap,
+    baselines,
+    gatevpt,
+    lora,
+    vapt,
+    vp,
+    vpt,
+)
+from .ap import APConfig
+from .base import METHODS, Method, MethodConfig, MethodNotApplicable, register_method
 
-_METHODS: list[type[Method]] = [
-    LinearProbe,
-    FullFineTuning,
-    ActivationPrompt,
-    AdaptiveActivationPrompt,
-    PadPrompt,
-    ExpansivePrompt,
-    VPTShallow,
-    VPTDeep,
-    VAPT,
-    GateVPT,
-    NormTuning,
-    BitFit,
-    LoRA,
-    Adapter,
-]
-
-#: name -> method class, in the order ``vprompt methods`` lists them
-METHODS: dict[str, type[Method]] = {m.name: m for m in _METHODS}
 #: methods acting at one site with AP's ``site`` and ``shape`` options (what ``sweep layers`` moves)
-SITE_METHODS: list[str] = [m.name for m in _METHODS if issubclass(m.config_class, APConfig)]
+SITE_METHODS: list[str] = [m.name for m in METHODS.values() if issubclass(m.config_class, APConfig)]
 
 
 def method_config(name: str, **options: Any) -> MethodConfig:
@@ -64,4 +48,5 @@ __all__ = [
     "MethodConfig",
     "MethodNotApplicable",
     "method_config",
+    "register_method",
 ]

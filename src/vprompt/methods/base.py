@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..backbones import Backbone
+from ..registry import Registry
 
 
 class MethodNotApplicable(ValueError):
@@ -147,6 +148,21 @@ class Method(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+
+#: name → method class, in the order ``vprompt methods`` lists them; filled by :func:`register_method`
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(*, order: float):
+    """Class decorator: make a :class:`Method` subclass available under its ``name``; ``order`` is its
+    place in ``vprompt methods`` (lower first)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        METHODS.add(cls.name, cls, order)
+        return cls
+
+    return wrap
 
 
 #: hidden sizes and prompt counts may be at most this many times what they apply to (a transformer MLP's

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..backbones import Backbone
-from .base import Method, MethodConfig, MethodNotApplicable, check_size
+from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
 
 ADAPTER_NAME = "default"
 _ADAPTER = f".{ADAPTER_NAME}."
@@ -129,6 +129,7 @@ def max_rank(layer: nn.Module) -> int:
     return min(layer.in_features, layer.out_features)
 
 
+@register_method(order=130)
 class LoRA(Method):
     name = "lora"
     summary = "low-rank updates (peft) of attention qkv (transformers) or non-grouped convolutions (CNNs)"
