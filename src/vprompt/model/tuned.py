@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -151,19 +152,29 @@ class TunedModel(nn.Module):
             f"of {total:,} ({100 * trainable / total:.4f}%)"
         )
 
-    # -------------------------------------------------------------------------------- detaching
+    # ---------------------------------------------------------------------------------- unloading
 
-    def detach(self) -> Backbone:
-        """Remove the method and return the backbone exactly as it was (structure and grad flags)."""
+    def unload(self) -> Backbone:
+        """Remove the method and return the backbone exactly as it was (structure and grad flags), as
+        peft's ``unload``."""
         self.method.detach(self.backbone)
         self._restore_flags()
         return self.backbone
+
+    def detach(self) -> Backbone:
+        """Deprecated: :meth:`unload` (peft's name); ``detach`` goes in the next release."""
+        warnings.warn(
+            "TunedModel.detach() is now unload() (peft's name); detach() goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.unload()
 
     def merge_and_unload(self) -> Backbone:
         """Fold the trained weights into the backbone and return it without the method (as peft's).
 
         For ``lora`` each target becomes ``W + (alpha / r) · B A``; for the methods that train the
-        backbone's own parameters (``linear``, ``full``, ``norm``, ``bitfit``) it equals :meth:`detach`.
+        backbone's own parameters (``linear``, ``full``, ``norm``, ``bitfit``) it equals :meth:`unload`.
         Methods with their own modules (prompts, adapters) raise ``MethodNotApplicable``.
         """
         self.method.merge(self.backbone)
