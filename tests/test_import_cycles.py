@@ -1,5 +1,6 @@
 """No import cycles in ``src/vprompt``, lazy or not: every ``import`` counts, at module level or inside a
-function, and importing ``a.b.c`` also runs the packages ``a`` and ``a.b`` (except the importer's own)."""
+function, and importing ``a.b.c`` also runs the packages ``a`` and ``a.b`` (except the importer's own, which
+are running already; a name taken from one of them, ``from .. import x``, does count)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
         edges = set()
         for target in named:
             parts = target.split(".")
-            for i in range(1, len(parts) + 1):  # the target and the packages above it
+            for i in range(1, len(parts)):  # the packages above the target
                 name = ".".join(parts[:i])
                 if name in files and name not in own and name != module:
                     edges.add(name)
+            if target in files and target != module:
+                edges.add(target)
         graph[module] = edges
     return graph
 
@@ -111,6 +114,11 @@ def test_the_walk_finds_a_cycle_and_names_it(tmp_path):
     graph = import_graph(package)
     assert graph["pkg.c"] == {"pkg.sub", "pkg.sub.b"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
+    # a name taken from the package root, which imports the module back (the root -> engine case)
+    (package / "sub" / "b.py").write_text("")
+    (package / "__init__.py").write_text("VERSION = 1\nfrom . import a\n")
+    (package / "a.py").write_text("def f():\n    from . import VERSION\n    return VERSION\n")
+    assert cycles(import_graph(package)) == [["pkg", "pkg.a", "pkg"]]
 
 
 def test_no_shared_code_branches_on_a_method_name():
