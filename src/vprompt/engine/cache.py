@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import WriteError, reason
 from ..model import TunedModel
-from .data import loader_options, private_generator
 from .distributed import Context, synchronize
+from .run_data import loader_options, private_generator
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``auto`` keeps a cache in memory up to this many bytes (and never more than a quarter of the RAM)

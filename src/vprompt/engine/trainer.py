@@ -34,7 +34,11 @@ from torch.utils.data import DataLoader
 from ..model import TunedModel
 from .cache import CacheRefused, FeatureCache, build_cache, cache_site, choose_storage, estimate_bytes
 from .config import TrainConfig
-from .data import (
+from .details import TOP_K
+from .distributed import Context, split_evenly, synchronize
+from .optim import build_optimizer, build_schedule, param_groups
+from .precision import Precision
+from .run_data import (
     RunData,
     SeededItems,
     eval_loader,
@@ -43,10 +47,6 @@ from .data import (
     seeded,
     train_loader,
 )
-from .details import TOP_K
-from .distributed import Context, split_evenly, synchronize
-from .optim import build_optimizer, build_schedule, param_groups
-from .precision import Precision
 from .rundir import RunDir
 from .tracking import Tracker
 
