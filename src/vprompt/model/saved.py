@@ -12,6 +12,7 @@ from safetensors.torch import load
 
 from ..backbones import Backbone, create_backbone
 from ..files import refuse_non_finite
+from ..options import coerce
 
 #: vprompt's own files (names of their own: peft's are ``adapter_config.json`` / ``adapter_model.safetensors``,
 #: which a LoRA model writes as well, see :mod:`.peft_format`)
@@ -99,8 +100,6 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 def rebuild_backbone(build_args: dict[str, Any], where: Path) -> Backbone:
     """The backbone an adapter config's ``build_args`` describe (its other keys go to timm); a wrongly
     typed or unknown argument is one error naming the file, the key and what it expects."""
-    from ..options import coerce
-
     hints = get_type_hints(create_backbone)
     try:
         args = {k: coerce(k, v, hints[k]) if k in hints else v for k, v in build_args.items()}
