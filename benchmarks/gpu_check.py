@@ -334,9 +334,9 @@ def engine_run(
     """``s.steps`` optimisation steps (one per epoch, so each epoch's loss is one step's) through the
     engine's Trainer; returns the weight updates (on the CPU, float32), the losses and what ran."""
     from vprompt.engine.config import check_config
-    from vprompt.engine.data import load_data, plan_data
     from vprompt.engine.distributed import Context
     from vprompt.engine.run import as_config, build_model
+    from vprompt.engine.run_data import load_data, plan_data
     from vprompt.engine.trainer import Trainer
 
     config = as_config(
@@ -615,8 +615,8 @@ def write_jpegs(root: Path, count: int, size: tuple[int, int], task: str = "dtd"
 def loader_rate(dataset, batch: int, workers: int | None, device: torch.device) -> dict[str, Any]:
     """Images/s of one pass of the engine's training loader, batches copied to ``device``."""
     from vprompt.engine.config import TrainConfig
-    from vprompt.engine.data import loader_options, train_loader
     from vprompt.engine.distributed import Context, synchronize
+    from vprompt.engine.run_data import loader_options, train_loader
 
     config = TrainConfig(batch_size=batch, workers=workers)
     loader, _ = train_loader(dataset, config, Context(device=device), augments=False)

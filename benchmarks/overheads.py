@@ -16,8 +16,9 @@ timed three ways:
 
 ``epoch / bare`` is the engine's overhead factor (1.00 = none). Run it on an older checkout with
 ``PYTHONPATH=<checkout>/src`` to compare versions; that is why this script uses only the engine's
-oldest entry points (``vprompt.train``, ``engine.data``, ``engine.run``) and not ``vprompt.tools``
-(its timing loop and markdown table are written out here), which the first engine version lacks.
+oldest entry points (``vprompt.train``, ``engine.run_data``, called ``engine.data`` in 0.1.0,
+``engine.run``) and not ``vprompt.tools`` (its timing loop and markdown table are written out here),
+which the first engine version lacks.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def engine_epoch(method: str, options: dict) -> float:
 def loader_pass(method: str, options: dict) -> tuple[float, list]:
     """One pass over the engine's training loader (no model), and its batches kept as tensors."""
     from vprompt.engine.config import make_config
-    from vprompt.engine.data import load_data, plan_data, train_loader
     from vprompt.engine.distributed import setup
     from vprompt.engine.run import build_model
+
+    try:
+        from vprompt.engine.run_data import load_data, plan_data, train_loader
+    except ImportError:  # a checkout from before the module's rename
+        from vprompt.engine.data import load_data, plan_data, train_loader
 
     config = make_config({**settings(), "method": method, "method_options": options})
     plan = plan_data(config)

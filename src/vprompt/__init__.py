@@ -4,7 +4,8 @@ from ._version import __version__
 from .backbones import Backbone, Site, WeightsUnavailableError
 from .backbones import create_backbone as backbone
 from .engine import TrainConfig, evaluate_run, load_run, predict, train
-from .methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter
+from .methods import METHODS, MethodNotApplicable
+from .model import TunedModel, attach, load_adapter
 
 __all__ = [
     "METHODS",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vprompt
+from vprompt.backbones.families import FAMILIES
 
 # (backbone name, timm kwargs, family, expected {site: shape})
 TINY = [
@@ -88,6 +89,8 @@ def build(name: str, kwargs: dict, num_classes: int = 5) -> vprompt.Backbone:
 def test_family_sites_and_shapes(name, kwargs, family, expected):
     bb = build(name, kwargs)
     assert bb.family.name == family
+    # the families' matches are disjoint, the generic one last: their registration order is irrelevant
+    assert [f.name for f in FAMILIES.values() if f.matches(bb.model)] == [family, "generic"]
     names = list(bb.sites)
     assert names[0] == "input" and names[-1] == "pre_logits"
     assert bb.site("input").shape == (3, kwargs["img_size"], kwargs["img_size"])
@@ -153,7 +156,7 @@ def test_unknown_site_lists_the_valid_ones():
 
 def test_generic_family_for_unadapted_models():
     bb = vprompt.backbone("torchvision:shufflenet_v2_x0_5", pretrained=False, num_classes=4, img_size=64)
-    assert bb.family.name == "generic"
+    assert bb.family.name == "generic" == list(FAMILIES)[-1]
     assert list(bb.sites) == ["input", "pre_logits"]
     assert bb.site("pre_logits").shape == (1024,) and bb.num_classes == 4
 

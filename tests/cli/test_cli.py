@@ -55,3 +55,15 @@ def test_classify_names_imagenet_classes(capsys):
     path, _ = foolbox_imagenet()[16]  # a dalmatian
     assert main(["classify", "--backbone", "offline:mobilenet_v2", str(path), "--top", "1"]) == 0
     assert "dalmatian" in capsys.readouterr().out
+
+
+def test_methods_lists_the_registry_in_its_order(capsys):
+    """Each method registers itself (``@register_method(order=...)``); the list keeps its order."""
+    from vprompt.methods import METHODS
+
+    order = ["linear", "full", "ap", "aap", "vp-pad", "vp-expansive", "vpt-shallow", "vpt-deep", "vapt"]
+    order += ["gatevpt", "norm", "bitfit", "lora", "adapter"]
+    assert [n for n in METHODS if n in order] == order
+    assert main(["methods"]) == 0
+    printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == list(METHODS)

@@ -174,7 +174,7 @@ def test_unreadable_list_files_are_named(vtab_root, fgvc_root):
 def test_the_cli_flag_allows_outside_images_for_data_check_and_train(vtab_root, capsys):
     from vprompt.cli import main
     from vprompt.engine.config import TrainConfig
-    from vprompt.engine.data import plan_data
+    from vprompt.engine.run_data import plan_data
 
     write_image(vtab_root / "elsewhere" / "x.jpg", seed=7)
     _set_line(vtab_root / "eurosat" / "test.txt", 1, "../elsewhere/x.jpg 3")

@@ -16,8 +16,8 @@ import vprompt
 from tiny_runs import TINY
 from vprompt import data as vdata
 from vprompt.data.transforms import ResizeNoAntialias, build_transform
-from vprompt.engine.data import Splits, resolve_splits
 from vprompt.engine.run import as_config, build_model
+from vprompt.engine.run_data import Splits, resolve_splits
 from vprompt.engine.rundir import RunDir
 
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])

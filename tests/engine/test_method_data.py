@@ -19,8 +19,8 @@ from vprompt.data import build_transform
 from vprompt.data.packaged import FOOLBOX_PIP
 from vprompt.data.sources import DatasetInfo
 from vprompt.engine.config import make_config
-from vprompt.engine.data import load_data, plan_data
 from vprompt.engine.run import build_model
+from vprompt.engine.run_data import load_data, plan_data
 from vprompt.methods.vp import ExpansiveConfig, ExpansivePrompt
 from vprompt.packaged import package_file
 

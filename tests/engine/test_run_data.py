@@ -7,7 +7,8 @@ import torch
 
 from vprompt.data import load
 from vprompt.engine.config import TrainConfig
-from vprompt.engine.data import (
+from vprompt.engine.distributed import Context
+from vprompt.engine.run_data import (
     EpochBatches,
     SeededItems,
     eval_loader,
@@ -17,7 +18,6 @@ from vprompt.engine.data import (
     resolve_splits,
     train_loader,
 )
-from vprompt.engine.distributed import Context
 
 CONFIG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
 
@@ -117,7 +117,7 @@ def test_loaders_use_workers_and_pinned_memory_by_default_on_a_gpu(monkeypatch, 
     """On a GPU every loader decodes in worker processes into pinned memory; on a CPU in-memory data
     stays in the main process and image files get up to 4 workers. An explicit --workers wins."""
     from vprompt.data.datasets import ImageListDataset, Sample
-    from vprompt.engine import data as engine_data
+    from vprompt.engine import run_data as engine_data
 
     monkeypatch.setattr(engine_data.os, "cpu_count", lambda: 16)
     synthetic = load("synthetic:2x16", None, "train", CONFIG, protocol="vp")

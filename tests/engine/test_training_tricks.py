@@ -24,7 +24,7 @@ from vprompt.data import build_transform
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.cache import CacheRefused
 from vprompt.engine.config import TrainConfig, check_config
-from vprompt.engine.data import SeededItems, seeded
+from vprompt.engine.run_data import SeededItems, seeded
 from vprompt.engine.rundir import RunDir
 
 AP = dict(TINY, method="ap", method_options={"site": "block.2"})

@@ -11,8 +11,8 @@ import torch
 from test_official_reference import redraw_
 
 import vprompt
-from vprompt.methods import TunedModel
 from vprompt.methods.e2vpt import E2VPT, E2VPTConfig
+from vprompt.model import TunedModel
 
 NUM_CLASSES = 10
 LABELS = (3, 7)

@@ -44,11 +44,11 @@ def test_parameter_counts_next_to_ap(big, name, site, dim, ap_counts):
     ):
         ap = vprompt.attach(bb, "ap", site=site, shape=shape)
         assert ap.trainable_parameters(head=False) == ap_count
-        ap.detach()
+        ap.unload()
         aap = vprompt.attach(bb, "aap", site=site, shape=shape)
         assert aap.trainable_parameters(head=False) == aap_count == ap_count + 3 * 3 + 2 * dim * 8
         assert aap.trainable_parameters() == aap_count + bb.head.weight.numel() + bb.head.bias.numel()
-        aap.detach()
+        aap.unload()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -68,7 +68,7 @@ def test_every_site_starts_as_the_backbone_and_the_generator_is_used(family):
             g = m.generate(site.capture(bb.model, x))
             assert g.shape == (2, *site.shape)
             assert not torch.allclose(g[0], g[1])  # ...and depends on the input, unlike P
-        model.detach()
+        model.unload()
 
 
 def reference_generator(method: AdaptiveActivationPrompt, a: torch.Tensor, layout: str) -> torch.Tensor:

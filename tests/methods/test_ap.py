@@ -44,7 +44,7 @@ def test_every_site_every_shape_starts_as_the_backbone(family):
                 torch.testing.assert_close(model(x), reference, rtol=0, atol=0)  # zero init
                 prompt.normal_()
                 assert not torch.equal(model(x), reference), (site.name, shape)  # the prompt is used
-            model.detach()
+            model.unload()
 
 
 def test_prompt_is_added_to_the_site_output():

@@ -168,7 +168,7 @@ def test_parameter_counts_vit_b16(vit_b16, options, expected):
         assert model.trainable_parameters(head=False) == visual + kv + masks == expected
         assert model.trainable_parameters() == expected + head == expected + 76_900
     finally:
-        model.detach()
+        model.unload()
 
 
 def test_parameter_counts_tiny_vit():
@@ -177,7 +177,7 @@ def test_parameter_counts_tiny_vit():
     assert model.method.prompts.shape == (3, 3, 24) and model.method.kv.shape == (3, 1, 2, 2, 12)
     assert model.trainable_parameters(head=False) == 3 * 3 * 24 + 3 * 2 * 2 * 12 == 360
     assert model.trainable_parameters() == 360 + 24 * 4 + 4
-    model.detach()
+    model.unload()
     model = vprompt.attach(
         bb, "e2vpt", num_prompts=4, kv_prompts=2, segments=4, prune_tokens=[1], prune_segments=[2, 13]
     )
@@ -202,7 +202,7 @@ def test_the_wrapper_keeps_timm_keys_and_detach_puts_timms_attention_back(float6
         "backbone.model.head.weight",
         "backbone.model.head.bias",
     }
-    model.detach()
+    model.unload()
     assert all(
         block.attn is a and type(a) is Attention for block, a in zip(bb.model.blocks, originals, strict=True)
     )

@@ -22,9 +22,9 @@ from numerics import assert_exact
 from tiny_runs import TINY as TINY_RUN
 from vprompt import MethodNotApplicable
 from vprompt.engine.inference import export_onnx
-from vprompt.methods import TunedModel
 from vprompt.methods.gatevpt import TEMPERATURE_RANGE, GateVPT, GateVPTConfig
 from vprompt.methods.vpt import VPTConfig, VPTShallow
+from vprompt.model import TunedModel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gatevpt_reference.json"
 
@@ -173,12 +173,12 @@ def test_parameter_count_vit_b16(vit_b16):
         shapes = {n: tuple(p.shape) for n, p in model.method.named_parameters()}
         assert shapes == {"prompts": (1, 100, 768), "gate_logits": (11,), "temperatures": (12,)}
     finally:
-        model.detach()
+        model.unload()
     model = vprompt.attach(vit_b16, "gatevpt", temperature=False)
     try:
         assert model.trainable_parameters(head=False) == method - depth == 76_811
     finally:
-        model.detach()
+        model.unload()
 
 
 def test_parameter_count_tiny():
@@ -276,7 +276,7 @@ def test_open_gates_at_unit_temperature_are_vpt_shallow(float64):
     prompts = model.method.prompts.detach().clone()
     with torch.no_grad():
         gated = model(x)
-    model.detach()
+    model.unload()
     shallow = TunedModel(bb, VPTShallow(VPTConfig(num_prompts=NP))).eval()
     with torch.no_grad():
         shallow.method.prompts.copy_(prompts)
@@ -401,7 +401,7 @@ def test_query_normalisation_refuses_the_temperature_only():
         vprompt.attach(bb, "gatevpt", num_prompts=NP)
     assert all(p.requires_grad for p in bb.parameters())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in bb.modules())
-    vprompt.attach(bb, "gatevpt", num_prompts=NP, temperature=False).detach()
+    vprompt.attach(bb, "gatevpt", num_prompts=NP, temperature=False).unload()
 
 
 def test_a_cnn_is_refused():

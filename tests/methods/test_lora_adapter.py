@@ -14,7 +14,7 @@ from numerics import assert_exact
 from vprompt import MethodNotApplicable
 from vprompt.methods.adapter import Adapter, AdapterConfig
 from vprompt.methods.lora import LoRA, LoRAConfig
-from vprompt.methods.tuned import TunedModel
+from vprompt.model import TunedModel
 
 R = 8
 SWIN_DIMS = (24, 48, 96, 192)  # one block per stage
@@ -90,10 +90,10 @@ def vit_b16():
 def test_vit_b16_counts(vit_b16):
     model = TunedModel(vit_b16, LoRA(LoRAConfig()))
     assert model.trainable_parameters(head=False) == 12 * (8 * 768 + 2304 * 8) == 294_912
-    model.detach()
+    model.unload()
     model = TunedModel(vit_b16, Adapter(AdapterConfig()))
     assert model.trainable_parameters(head=False) == 12 * (768 * 8 + 8 + 8 * 768 + 768) == 156_768
-    model.detach()
+    model.unload()
 
 
 def test_tiny_transformer_counts():
@@ -103,7 +103,7 @@ def test_tiny_transformer_counts():
     assert model.method.target_names == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
     assert model.trainable_parameters(head=False) == 2 * (R * d + 3 * d * R)
     assert model.trainable_parameters() == 2 * (R * d + 3 * d * R) + d * 5 + 5
-    model.detach()
+    model.unload()
     model = TunedModel(bb, adapter())
     assert model.trainable_parameters(head=False) == 2 * (2 * d * R + R + d)
 
@@ -112,7 +112,7 @@ def test_tiny_transformer_counts():
     assert model.method.target_names == [f"layers.{i}.blocks.0.attn.qkv" for i in range(4)]
     assert model.trainable_parameters(head=False) == sum(R * d + 3 * d * R for d in SWIN_DIMS)
     assert model.trainable_parameters() == sum(R * d + 3 * d * R for d in SWIN_DIMS) + SWIN_DIMS[-1] * 5 + 5
-    model.detach()
+    model.unload()
     model = TunedModel(bb, adapter())
     assert model.trainable_parameters(head=False) == sum(2 * d * R + R + d for d in SWIN_DIMS)
 
@@ -202,7 +202,7 @@ def test_detach_restores_backbone(case):
         wrapped = list(model.method.target_names)
         assert all(type(bb.model.get_submodule(n)) is not type(modules[n]) for n in wrapped)
 
-    assert model.detach() is bb
+    assert model.unload() is bb
     assert list(bb.state_dict()) == keys
     assert dict(bb.model.named_modules()).keys() == modules.keys()
     assert all(m is modules[n] for n, m in bb.model.named_modules())  # the very same module objects
@@ -296,15 +296,15 @@ def test_lora_suffixes_match_inside_the_blocks_only_unless_named_in_full():
     bb = vprompt.backbone("vit_base_patch16_224", pretrained=False, num_classes=10)
     model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="qkv")))
     assert model.trainable_parameters(head=False) == 12 * 8 * (768 + 3 * 768) == 294_912
-    model.detach()
+    model.unload()
     model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="proj")))
     assert model.method.target_names == [f"blocks.{i}.attn.proj" for i in range(12)]
     assert model.trainable_parameters(head=False) == 12 * 8 * (768 + 768) == 147_456
     assert len([p for p in model.parameters() if p.requires_grad]) == 2 * 12 + 2  # A, B per target; head
-    model.detach()
+    model.unload()
     model = TunedModel(bb, LoRA(LoRAConfig(r=8, targets="patch_embed.proj, proj")))  # named in full: taken
     assert model.method.target_names[0] == "patch_embed.proj" and len(model.method.target_names) == 13
     assert model.trainable_parameters(head=False) == 147_456 + 8 * (3 * 16 * 16) + 768 * 8
-    model.detach()
+    model.unload()
     with pytest.raises(MethodNotApplicable, match=r"'embed.proj' match no module of the blocks.*in full"):
         TunedModel(bb, LoRA(LoRAConfig(targets="qkv, embed.proj")))

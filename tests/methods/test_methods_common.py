@@ -185,7 +185,7 @@ def test_detach_restores_the_backbone(method, options, factory, source_head):
     model.method.on_epoch_start(model, batches(bb, n=1), 0)
     with torch.no_grad():
         model(x)
-    back = model.detach()
+    back = model.unload()
     assert back is bb and list(bb.state_dict()) == keys
     assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags
     with torch.no_grad():
@@ -247,8 +247,8 @@ def test_real_backbone_trains_exactly_its_parameters(real_backbones, kind, metho
     model.save_pretrained(tmp_path)
     with torch.no_grad():
         expected = model.eval()(x)
-        model.detach()
+        model.unload()
         loaded = vprompt.load_adapter(tmp_path, bb)
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
-        loaded.detach()
+        loaded.unload()
         bb.load_state_dict(frozen)  # the next case starts from the pretrained weights again

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 import vprompt
-from vprompt.methods import TunedModel
 from vprompt.methods.label_mapping import count_pairs, greedy_mapping
 from vprompt.methods.vapt import VAPT, VAPTConfig
 from vprompt.methods.vp import ExpansiveConfig, ExpansivePrompt
 from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
+from vprompt.model import TunedModel
 
 pytestmark = pytest.mark.numerics
 
@@ -136,7 +136,7 @@ def run_reference_method(backbone: vprompt.Backbone, name: str) -> dict:
             "grad_norms": gradient_norms(named, grads),
         }
     finally:
-        model.detach()
+        model.unload()
 
 
 def expansive_inputs(case: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,7 +250,7 @@ def expansive_output(case: str) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():  # the data pipeline hands the method normalised images at the inner size
             return method.prompt_input((pixels - mean) / std), positions
     finally:
-        model.detach()
+        model.unload()
 
 
 def check_expansive(reference: dict, case: str) -> None:

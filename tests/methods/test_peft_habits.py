@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable, TunedModel
-from vprompt.methods import HubUnavailableError
+from vprompt.model import HubUnavailableError
 
 TINY = dict(img_size=32, patch_size=4, depth=2, embed_dim=24, num_heads=2)
 
@@ -162,10 +162,36 @@ def test_other_methods_write_only_vprompt_files(tmp_path):
     x = torch.randn(2, *bb.input_size)
     with torch.no_grad():
         expected = model(x)
-        model.detach()
+        model.unload()
         torch.testing.assert_close(
             TunedModel.from_pretrained(tmp_path, bb).eval()(x), expected, rtol=0, atol=0
         )
+
+
+def test_the_method_says_whether_peft_files_are_written(tmp_path, monkeypatch):
+    """save_pretrained asks the method (its ``peft_type``), never its name."""
+    from vprompt.methods.lora import LoRA
+
+    model = trained(vprompt.attach(vit(), "lora", r=2))
+    model.save_pretrained(tmp_path / "peft")
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+    monkeypatch.setattr(LoRA, "peft_type", None)
+    model.save_pretrained(tmp_path / "own")
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == [
+        "vprompt_config.json",
+        "vprompt_model.safetensors",
+    ]
+
+
+def test_unload_is_peft_name_and_detach_its_deprecated_alias():
+    bb = vit()
+    flags = {n: p.requires_grad for n, p in bb.named_parameters()}
+    assert vprompt.attach(bb, "lora", r=2).unload() is bb
+    assert not any(isinstance(m, BaseTunerLayer) for m in bb.model.modules())
+    with pytest.warns(DeprecationWarning, match=r"unload\(\)"):
+        assert vprompt.attach(bb, "ap", site="block.0").detach() is bb
+    assert {n: p.requires_grad for n, p in bb.named_parameters()} == flags
+    assert not bb.site("block.0").module._forward_hooks
 
 
 def test_folders_with_the_old_file_names_still_load(tmp_path):

@@ -87,4 +87,4 @@ def test_a_size_beyond_its_bound_is_refused_at_attach_naming_option_value_and_bo
 )
 def test_sizes_at_their_bound_are_accepted(make, method, options):
     model = vprompt.attach(make(), method, **options)
-    model.detach()
+    model.unload()

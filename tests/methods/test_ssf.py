@@ -22,8 +22,8 @@ from torch import nn
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable
-from vprompt.methods import TunedModel
 from vprompt.methods.ssf import SSF, ScaleShift
+from vprompt.model import TunedModel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_reference_ssf.json"
 

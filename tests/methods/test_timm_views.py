@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_vpt_vapt import BACKBONES, METHODS, NP, blocks, capture, drop, prefix_of
 
-from vprompt.methods import TunedModel
+from vprompt.model import TunedModel
 
 
 def prompted(method, factory):
@@ -100,7 +100,7 @@ def test_pruning_is_refused_and_detach_restores_timm(method):
     ):
         bb.model.prune_intermediate_layers(indices=1)
     assert len(blocks(bb)) == 2
-    model.detach()
+    model.unload()
     assert "forward_intermediates" not in vars(bb.model)
     assert "prune_intermediate_layers" not in vars(bb.model)
     x = torch.randn(1, *bb.input_size)

@@ -58,22 +58,22 @@ def test_pad_parameter_count_at_224():
     assert tuple(m.pad_left.shape) == tuple(m.pad_right.shape) == (3, 164, 30)
     assert model.trainable_parameters(head=False) == 69_840
     assert model.trainable_parameters() == 69_840 + 512 * 10 + 10
-    model.detach()
+    model.unload()
     # with a label mapping the (source) head is not trained
     bb = vprompt.backbone("resnet18", pretrained=False, num_classes=None, img_size=224)
     model = pad(bb, mapping="rlm", num_classes=10)
     assert model.trainable_parameters() == model.trainable_parameters(head=False) == 69_840
-    model.detach()
+    model.unload()
 
 
 def test_pad_width_scales_with_the_input_size(source_bb):
     model = pad(source_bb, mapping="rlm", num_classes=4)
     assert model.method.width == round(30 * SIZE / 224) == 4
     assert model.trainable_parameters() == 2 * 3 * 4 * SIZE + 2 * 3 * (SIZE - 8) * 4
-    model.detach()
+    model.unload()
     model = pad(source_bb, mapping="rlm", num_classes=4, width=2)
     assert model.method.width == 2 and tuple(model.method.pad_left.shape) == (3, SIZE - 4, 2)
-    model.detach()
+    model.unload()
     with pytest.raises(MethodNotApplicable, match="width"):
         pad(source_bb, mapping="rlm", num_classes=4, width=16)
 
@@ -94,7 +94,7 @@ def test_pad_prompt_touches_only_the_border(source_bb):
     torch.testing.assert_close(prompted[..., -w:, :], x[..., -w:, :] + m.pad_down, rtol=0, atol=0)
     torch.testing.assert_close(prompted[..., w:-w, :w], x[..., w:-w, :w] + m.pad_left, rtol=0, atol=0)
     torch.testing.assert_close(prompted[..., w:-w, -w:], x[..., w:-w, -w:] + m.pad_right, rtol=0, atol=0)
-    model.detach()
+    model.unload()
 
 
 # ------------------------------------------------------------------------------------- vp-expansive
@@ -107,7 +107,7 @@ def test_expansive_parameter_count_and_defaults():
     assert model.trainable_parameters(head=False) == 3 * 224 * 224
     assert torch.equal(model.method.theta, torch.zeros(3, 224, 224))
     assert "mask" not in model.method.state_dict()  # non-persistent
-    model.detach()
+    model.unload()
     assert expansive(new_head_bb()).method.inner == 18  # scaled: 128 · 32 / 224
     with pytest.raises(MethodNotApplicable, match="inner_size"):
         expansive(new_head_bb(), inner_size=32)  # must be smaller than the 32-px input
@@ -144,7 +144,7 @@ def test_expansive_output(source_bb):
         logits = model(small)  # the hook pads it to the backbone size before the stem
     assert out.shape == (2, 3, SIZE, SIZE) and logits.shape == (2, 4)
     torch.testing.assert_close(out[inside], small, atol=1e-4, rtol=1e-4)
-    model.detach()
+    model.unload()
 
 
 def test_expansive_starts_at_half_grey_border_and_trains():
@@ -158,7 +158,7 @@ def test_expansive_starts_at_half_grey_border_and_trains():
     F.cross_entropy(model(x), torch.tensor([0, 3])).backward()
     assert model.method.theta.grad.abs().sum() > 0
     assert model.backbone.head.weight.grad is not None  # linear: the new head trains
-    model.detach()
+    model.unload()
 
 
 # ----------------------------------------------------------------------------------- label mappings
@@ -217,7 +217,7 @@ def test_count_pairs_uses_the_prompted_source_logits(source_bb):
     assert counts.sum() == 12
     for p, y in zip(predicted.tolist(), labels.tolist(), strict=True):
         assert counts[p, y] >= 1
-    model.detach()
+    model.unload()
 
 
 def test_flm_is_fitted_once_ilm_every_epoch(source_bb, monkeypatch):
@@ -237,7 +237,7 @@ def test_flm_is_fitted_once_ilm_every_epoch(source_bb, monkeypatch):
     assert ilm.method.mapping.tolist() == [1, 2, 0]
     ilm.method.on_epoch_start(ilm, [], 1)
     assert ilm.method.mapping.tolist() == [3, 4, 5]  # refitted
-    flm.detach(), ilm.detach()
+    flm.unload(), ilm.unload()
 
 
 def test_ilm_mapping_is_the_greedy_mapping_of_the_prompted_model(source_bb):
@@ -252,20 +252,20 @@ def test_ilm_mapping_is_the_greedy_mapping_of_the_prompted_model(source_bb):
     # the mapping is a persistent buffer: saved with the adapter and loaded back
     state = model.trainable_state_dict()
     assert torch.equal(state["method.mapping"], model.method.mapping)
-    model.detach()
+    model.unload()
     again = pad(source_bb, mapping="ilm", num_classes=4)
     again.load_trainable_state_dict(state)
     assert again.method.is_fitted() and torch.equal(again.method.mapping, state["method.mapping"])
     with torch.no_grad():
         torch.testing.assert_close(again(x), model.method.map_logits(source_bb(x)))
-    again.detach()
+    again.unload()
 
 
 def test_rlm_is_distinct_and_seeded(source_bb):
     def mapping(seed):
         model = pad(source_bb, mapping="rlm", num_classes=50, mapping_seed=seed)
         result = model.method.mapping.clone()
-        model.detach()
+        model.unload()
         return result
 
     a, b, c = mapping(3), mapping(3), mapping(4)
@@ -277,7 +277,7 @@ def test_unfitted_mapping_is_a_clear_error(source_bb):
     model = pad(source_bb, mapping="flm", num_classes=4)
     with pytest.raises(RuntimeError, match="on_epoch_start"):
         model(torch.randn(1, 3, SIZE, SIZE))
-    model.detach()
+    model.unload()
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,7 @@ def test_mapping_trains_the_prompt_not_the_source_head(source_bb, method):
     assert all(p.grad is None for p in source_bb.parameters())
     assert not source_bb.training  # the frozen backbone stays in eval mode
     model.zero_grad(set_to_none=True)
-    model.detach()
+    model.unload()
 
 
 # ------------------------------------------------------------------ label mappings: first K, interval

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable
-from vprompt.methods import TunedModel
 from vprompt.methods.vapt import VAPT, VAPTConfig
 from vprompt.methods.vpt import VPTConfig, VPTDeep, VPTShallow
+from vprompt.model import TunedModel
 
 TINY = dict(img_size=32, patch_size=4, depth=3, embed_dim=24, num_heads=2)
 NP = 3  # prompts per layer in the tiny tests
@@ -76,7 +76,7 @@ def test_parameter_counts_vit_b16(vit_b16, make, expected):
     try:
         assert model.trainable_parameters(head=False) == expected
     finally:
-        model.detach()
+        model.unload()
 
 
 def test_vapt_parameter_breakdown(vit_b16):
@@ -88,7 +88,7 @@ def test_vapt_parameter_breakdown(vit_b16):
         assert (count(m.projectors), m.kernels.numel()) == (18_700, 44)
         assert len(m.norms) == len(m.projectors) == 11 and m.kernels.shape == (11, 1, 1, 2, 2)
     finally:
-        model.detach()
+        model.unload()
 
 
 def capture(bb):
@@ -256,7 +256,7 @@ def test_vapt_defaults_are_the_official_training_options():
     assert (config.prompt_dropout, config.conv_dropout, config.dropout) == (0.1, 0.1, 0.1)
     model = TunedModel(vit(), VAPT(VAPTConfig(num_prompts=NP, dropout=0.3)))
     assert model.method.feature_projector.dropout.p == 0.3  # `dropout` is the projector's hidden dropout
-    model.detach()
+    model.unload()
 
 
 def vapt_model(bb, **dropouts) -> TunedModel:
@@ -283,7 +283,7 @@ def test_each_vapt_dropout_acts_in_training_only(option):
     with torch.no_grad():
         reference = plain.eval()(x)
         state = {k: v.clone() for k, v in plain.method.state_dict().items()}
-        plain.detach()
+        plain.unload()
         dropped = vapt_model(bb, **{option: 0.5})  # the same parameters, one dropout switched on
         dropped.method.load_state_dict(state)
         torch.testing.assert_close(dropped.eval()(x), reference, rtol=0, atol=0)  # eval: no dropout at all
@@ -359,7 +359,7 @@ def test_vapt_kernels_are_standard_normal():
     torch.manual_seed(123)
     torch.empty(NP, 24).uniform_()  # P0's VPT init comes first
     torch.testing.assert_close(kernels, torch.randn(11, 1, 1, 16, 16), rtol=0, atol=0)
-    model.detach()
+    model.unload()
 
 
 @pytest.mark.parametrize("option", ["prompt_dropout", "conv_dropout", "dropout"])
@@ -401,10 +401,10 @@ def test_prompt_dropout_defaults_and_modes():
             assert not torch.equal(train_a, train_b) and not torch.equal(train_a, eval_a)
         else:
             torch.testing.assert_close(train_a, eval_a, rtol=0, atol=0)
-        model.detach()
+        model.unload()
     model = TunedModel(bb, VPTDeep(VPTConfig(dropout=0.0)))
     assert model.method.prompt_dropout.p == 0.0
-    model.detach()
+    model.unload()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -432,7 +432,7 @@ def test_detach_restores_the_backbone_bit_for_bit(method):
         reference = bb(x)
         model = TunedModel(bb, METHODS[method]())
         assert not torch.equal(model(x), reference)
-        backbone = model.detach()
+        backbone = model.unload()
         torch.testing.assert_close(backbone(x), reference, rtol=0, atol=0)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in bb.modules())
 

@@ -268,7 +268,7 @@ def test_prompted_features_differ_only_from_the_prompted_site_on():
             p.normal_()
     images = torch.randn(8, 3, 32, 32)
     prompted = analyze.layer_features(tuned, images, erf_images=2)
-    plain = analyze.layer_features(tuned.detach(), images, erf_images=2)
+    plain = analyze.layer_features(tuned.unload(), images, erf_images=2)
     assert prompted["prompted"] and not plain["prompted"]
     same = analyze.cka(prompted["grams"]["embed"], plain["grams"]["embed"])
     assert same == pytest.approx(1.0, abs=1e-6)

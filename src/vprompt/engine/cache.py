@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import WriteError, reason
-from ..methods import TunedModel
-from .data import loader_options, private_generator
+from ..model import TunedModel
 from .distributed import Context, synchronize
+from .run_data import loader_options, private_generator
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``auto`` keeps a cache in memory up to this many bytes (and never more than a quarter of the RAM)

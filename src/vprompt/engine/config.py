@@ -13,10 +13,12 @@ import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
+
+from .. import recipes
+from ..options import coerce
 
 SELECTIONS = ("final", "best-val")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -293,6 +295,9 @@ def config_fields() -> dict[str, Any]:
     return {f.name: f for f in fields(TrainConfig)}
 
 
+recipes.RUN_OPTIONS.update((k, v) for k, v in get_type_hints(TrainConfig).items() if k in config_fields())
+
+
 def default_of(f) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
@@ -336,52 +341,6 @@ def typed(values: dict[str, Any]) -> dict[str, Any]:
     return {k: coerce(k, v, hints[k]) if k in hints else v for k, v in values.items()}
 
 
-def coerce(name: str, value: Any, annotation: Any) -> Any:
-    """``value`` as the type of option ``name`` (YAML reads ``1e-2`` as a string, ``5`` as an int ...),
-    or a ValueError naming the option and what it expects."""
-    union = get_origin(annotation) in (Union, UnionType)
-    kinds = [a for a in get_args(annotation) if a is not type(None)] if union else [annotation]
-    if value is None:
-        if union and type(None) in get_args(annotation):
-            return None
-        raise ValueError(f"option {name!r} needs a value")
-    kind = kinds[0]
-    if get_origin(kind) is Literal:
-        if value in get_args(kind):
-            return value
-        expected = f"one of {', '.join(map(str, get_args(kind)))}"
-    elif kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        expected = "true or false"
-    elif kind in (int, float):
-        expected = "an integer" if kind is int else "a number"
-        if not isinstance(value, bool) and isinstance(value, int | float | str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if number is not None and (kind is float or number.is_integer()):
-                return kind(number)
-    elif kind is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        expected = "a string"
-    elif get_origin(kind) is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        expected = "a mapping (option: value)"
-    elif get_origin(kind) is list:
-        if isinstance(value, list | tuple):
-            return [coerce(name, v, get_args(kind)[0]) for v in value]
-        expected = "a list"
-    else:
-        return value
-    raise ValueError(f"option {name!r}: expected {expected}, got {value!r}")
-
-
 #: data processes per usable CPU core that ``--workers`` may ask for (more only thrash the machine)
 WORKERS_PER_CPU = 4
 
@@ -406,8 +365,6 @@ def recipe_note(config: TrainConfig, message: str) -> str:
     comes from and how to override it."""
     if not config.recipe:
         return message
-    from .. import recipes
-
     try:
         wanted = recipes.load(config.recipe).values(config.method or None, config.data)
     except ValueError:

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..data import build_transform
 from ..data.datasets import image_files, open_image, to_rgb
 from ..files import write_bytes
-from ..methods import TunedModel, load_adapter
+from ..model import TunedModel, load_adapter
 from .run import load_run, run_config
 from .rundir import CONFIG
 

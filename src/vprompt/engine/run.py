@@ -25,7 +25,8 @@ from .. import data as vdata
 from .. import recipes
 from ..backbones import create_backbone
 from ..data.fingerprint import fingerprint
-from ..methods import METHODS, MethodNotApplicable, TunedModel, attach, load_adapter, method_config
+from ..methods import METHODS, MethodNotApplicable, method_config
+from ..model import TunedModel, attach, load_adapter
 from .config import (
     TrainConfig,
     check_config,
@@ -36,12 +37,12 @@ from .config import (
     to_dict,
     typed,
 )
-from .data import RunData, eval_loader, load_data, plan_data
 from .details import details_folder, item_paths, per_class_accuracy, write_details
 from .distributed import Context, resolve_device, setup, teardown
 from .heads import init_head
 from .optim import effective_batch, peak_lr
 from .precision import Precision
+from .run_data import RunData, eval_loader, load_data, plan_data
 from .rundir import ADAPTER, CONFIG, RunDir, environment, peak_memory_mib, provenance, reset_peak_memory
 from .tracking import open_tracker
 from .trainer import Trainer, evaluate, json_values

@@ -293,7 +293,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import timm
     import torchvision
 
-    from .. import __version__
+    from .._version import __version__
 
     versions = {
         "vprompt": __version__,
@@ -331,7 +331,7 @@ def provenance() -> dict[str, Any]:
     import shlex
     import subprocess
 
-    from .. import __version__
+    from .._version import __version__
 
     record: dict[str, Any] = {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,

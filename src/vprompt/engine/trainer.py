@@ -34,7 +34,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..methods import TunedModel
+from ..model import TunedModel
 from .cache import (
     CacheRefused,
     FeatureCache,
@@ -45,7 +45,11 @@ from .cache import (
     shared_store,
 )
 from .config import TrainConfig
-from .data import (
+from .details import TOP_K
+from .distributed import Context, split_evenly, synchronize
+from .optim import build_optimizer, build_schedule, param_groups
+from .precision import Precision
+from .run_data import (
     RunData,
     SeededItems,
     eval_loader,
@@ -54,10 +58,6 @@ from .data import (
     seeded,
     train_loader,
 )
-from .details import TOP_K
-from .distributed import Context, split_evenly, synchronize
-from .optim import build_optimizer, build_schedule, param_groups
-from .precision import Precision
 from .rundir import RunDir
 from .tracking import Tracker
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .ap import ActivationPrompt, APConfig
-from .base import SIZE_FACTOR, MethodNotApplicable, check_size
+from .base import SIZE_FACTOR, MethodNotApplicable, check_size, register_method
 from .parts import FeatureProjector, shared_depthwise_conv
 
 
@@ -29,6 +29,7 @@ class AAPConfig(APConfig):
     dropout: float = field(default=0.1, metadata={"help": "dropout on the generator's hidden activation"})
 
 
+@register_method(order=40)
 class AdaptiveActivationPrompt(ActivationPrompt):
     name = "aap"
     summary = (

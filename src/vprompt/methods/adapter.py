@@ -16,7 +16,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import tokenwise
-from .base import Method, MethodConfig, MethodNotApplicable, check_size
+from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
 
 
 @dataclass
@@ -50,6 +50,7 @@ def mlp_width(mlp: nn.Module) -> int:
     return linears[-1].out_features
 
 
+@register_method(order=140)
 class Adapter(Method):
     name = "adapter"
     summary = "bottleneck adapter (down, GELU, zero-init up, residual) after each transformer block's MLP"

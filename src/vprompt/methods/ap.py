@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from .base import Method, MethodConfig, MethodNotApplicable
+from .base import Method, MethodConfig, MethodNotApplicable, register_method
 
 
 @dataclass
@@ -41,6 +41,7 @@ def prompt_shape(layout: str, shape: tuple[int, ...], kind: str) -> tuple[int, .
     raise MethodNotApplicable(f"unknown AP shape {kind!r}; choose full, channel or spatial")
 
 
+@register_method(order=30)
 class ActivationPrompt(Method):
     name = "ap"
     summary = "activation prompt: a zero-initialised tensor added to one site's activation"

@@ -4,13 +4,15 @@ A method is an ``nn.Module`` holding its own trainable modules. ``attach`` build
 backbone (shapes come from the backbone's sites) and connects them through ``Site.hook`` or, for
 LoRA-style methods, by wrapping modules; ``detach`` undoes exactly that. Which backbone parameters it
 unfreezes is said by ``backbone_parameters``. Everything else (freezing, the head, counting, saving)
-is done once, by :class:`vprompt.methods.TunedModel`.
+is done once, by :class:`vprompt.model.TunedModel`; a method with a peft equivalent says how its files map
+to peft's (``peft_type`` and the ``peft_*`` hooks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..backbones import Backbone
+from ..registry import Registry
 
 
 class MethodNotApplicable(ValueError):
@@ -112,6 +115,31 @@ class Method(nn.Module):
     def on_epoch_start(self, model: nn.Module, loader: Iterable, epoch: int) -> None:
         """Called by the engine before each training epoch (label mappings are fitted here)."""
 
+    # --------------------------------------- peft's format (used by vprompt.model.peft_format)
+
+    #: peft's ``peft_type`` of the same method: then ``save_pretrained`` also writes peft's files and
+    #: ``load_adapter`` reads them, through the four ``peft_*`` hooks below; ``None``: vprompt's files only
+    peft_type: ClassVar[str | None] = None
+
+    def peft_config(self, backbone: Backbone) -> dict[str, Any]:
+        """peft's ``adapter_config.json`` for this method as attached to ``backbone``."""
+        raise NotImplementedError(f"{self.name} has no peft format")
+
+    def peft_key(self, key: str) -> str:
+        """A trained tensor's name inside the timm model → its name in peft's adapter file."""
+        return key
+
+    @classmethod
+    def from_peft_config(cls, config: dict[str, Any], backbone: Backbone, path: Path) -> MethodConfig:
+        """This method's options from peft's ``adapter_config.json`` (read from ``path``) for ``backbone``;
+        a ValueError naming ``path`` when vprompt's method cannot do what the file asks."""
+        raise NotImplementedError(f"{cls.name} has no peft format")
+
+    @classmethod
+    def from_peft_key(cls, key: str) -> str:
+        """A tensor's name in peft's adapter file → its name inside the timm model (:meth:`peft_key` undone)."""
+        return key
+
     # ------------------------------------------------------------------------------- helpers
 
     def hook(self, backbone: Backbone, site: str, fn) -> None:
@@ -120,6 +148,21 @@ class Method(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+
+#: name → method class, in the order ``vprompt methods`` lists them; filled by :func:`register_method`
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(*, order: float):
+    """Class decorator: make a :class:`Method` subclass available under its ``name``; ``order`` is its
+    place in ``vprompt methods`` (lower first)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        METHODS.add(cls.name, cls, order)
+        return cls
+
+    return wrap
 
 
 #: hidden sizes and prompt counts may be at most this many times what they apply to (a transformer MLP's

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..backbones import Backbone
-from .base import Method
+from .base import Method, register_method
 
 #: normalisation layers whose affine parameters norm tuning trains (timm's LayerNorm2d,
 #: BatchNormAct2d, ... subclass these)
@@ -27,6 +27,7 @@ class _InWeights(Method):
         self.detach(backbone)
 
 
+@register_method(order=10)
 class LinearProbe(_InWeights):
     name = "linear"
     summary = "train only a new linear head on the frozen features"
@@ -35,6 +36,7 @@ class LinearProbe(_InWeights):
         return "pre_logits"
 
 
+@register_method(order=20)
 class FullFineTuning(_InWeights):
     name = "full"
     summary = "train every parameter (the backbone stays in eval mode: no dropout/drop-path, BN stats frozen)"
@@ -43,6 +45,7 @@ class FullFineTuning(_InWeights):
         return backbone.parameters()
 
 
+@register_method(order=110)
 class NormTuning(_InWeights):
     name = "norm"
     summary = (
@@ -55,6 +58,7 @@ class NormTuning(_InWeights):
                 yield from module.parameters(recurse=False)
 
 
+@register_method(order=120)
 class BitFit(_InWeights):
     name = "bitfit"
     summary = "train every bias of the backbone"

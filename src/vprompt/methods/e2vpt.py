@@ -23,7 +23,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
-from .base import Method, MethodConfig, MethodNotApplicable, check_size
+from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
 from .timm_views import hide_prompts
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, replace_tokens, strip_tokens
 
@@ -117,6 +117,7 @@ class KVPromptAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+@register_method(order=105)
 class E2VPT(Method):
     name = "e2vpt"
     summary = "E²VPT: VPT-deep prompts + key-value prompts in every self-attention; token/segment pruning"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, MethodNotApplicable
+from .base import MethodConfig, MethodNotApplicable, register_method
 from .vpt import TOKEN_FAMILIES, TokenGeometry, VPTShallow, split_tokens
 
 #: the official clamp of the learned attention temperatures (``TEMP_MIN``, ``TEMP_MAX``)
@@ -43,6 +43,7 @@ class GateVPTConfig(MethodConfig):
     )
 
 
+@register_method(order=100)
 class GateVPT(VPTShallow):
     name = "gatevpt"
     summary = (

@@ -10,13 +10,29 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from ..backbones import Backbone
-from .base import Method, MethodConfig, MethodNotApplicable, check_size
+from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
 
 ADAPTER_NAME = "default"
+_ADAPTER = f".{ADAPTER_NAME}."
+#: LoraConfig fields vprompt's LoRA does not have, with the value that means "not used"
+_UNSUPPORTED = {
+    "use_dora": False,
+    "use_rslora": False,
+    "lora_bias": False,
+    "bias": "none",
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+    "exclude_modules": None,
+    "target_parameters": None,
+    "fan_in_fan_out": False,
+}
 
 
 @dataclass
@@ -113,6 +129,7 @@ def max_rank(layer: nn.Module) -> int:
     return min(layer.in_features, layer.out_features)
 
 
+@register_method(order=130)
 class LoRA(Method):
     name = "lora"
     summary = "low-rank updates (peft) of attention qkv (transformers) or non-grouped convolutions (CNNs)"
@@ -184,6 +201,61 @@ class LoRA(Method):
         for layer in self._layers:
             yield from layer.lora_A.parameters()
             yield from layer.lora_B.parameters()
+
+    # ------------------------------------------------------------------------------ peft's format
+
+    peft_type = "LORA"
+
+    def peft_config(self, backbone: Backbone) -> dict[str, Any]:
+        """The ``peft.LoraConfig`` equivalent to this LoRA (targets by exact name, head saved), as a dict."""
+        import peft
+
+        cfg = self.config
+        config = peft.LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(self.target_names),
+            modules_to_save=[backbone.head_name] if self.trains_head else None,
+            bias="none",
+            base_model_name_or_path=backbone.name,
+        ).to_dict()
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+    def peft_key(self, key: str) -> str:
+        return key.replace(_ADAPTER, ".")  # peft's files leave out the adapter's name
+
+    @classmethod
+    def from_peft_config(cls, config: dict[str, Any], backbone: Backbone, path: Path) -> LoRAConfig:
+        different = [
+            f"{k}={config[k]!r}" for k, off in _UNSUPPORTED.items() if config.get(k, off) not in (off, None)
+        ]
+        if different:
+            raise ValueError(
+                f"{path}: peft LoRA options vprompt's lora does not support: {', '.join(different)}"
+            )
+        targets = config.get("target_modules")
+        names = [n for n, _ in backbone.model.named_modules() if n]
+        if isinstance(targets, str):  # peft: a regex that must match the whole module name
+            targets = [n for n in names if re.fullmatch(targets, n)]
+        if not targets:
+            raise ValueError(f"{path}: no target_modules")
+        saved_head = config.get("modules_to_save") or []
+        if backbone.head_name not in saved_head:
+            raise ValueError(
+                f"{path}: the classifier head {backbone.head_name!r} is not saved "
+                f"(modules_to_save={saved_head}); vprompt trains it with LoRA, so save it with modules_to_save=[head]"
+            )
+        return LoRAConfig(
+            r=int(config["r"]),
+            alpha=float(config.get("lora_alpha", 8)),
+            dropout=float(config.get("lora_dropout", 0.0)),
+            targets=",".join(targets),
+        )
+
+    @classmethod
+    def from_peft_key(cls, key: str) -> str:
+        return re.sub(r"\.(lora_[AB])\.", rf".\1{_ADAPTER}", key)
 
     def train(self, mode: bool = True) -> LoRA:
         # the LoRA branches sit inside the backbone, which TunedModel keeps in eval mode; their dropout

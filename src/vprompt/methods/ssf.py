@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..backbones import Backbone
 from ..backbones.cls_only import tokenwise
-from .base import Method, MethodNotApplicable
+from .base import Method, MethodNotApplicable, register_method
 
 #: the official initialisation: ``γ ~ N(1, INIT_STD²)``, ``β ~ N(0, INIT_STD²)``
 INIT_STD = 0.02
@@ -200,6 +200,7 @@ def _key(name: str) -> str:
     return name.replace(".", "_")
 
 
+@register_method(order=150)
 class SSF(Method):
     name = "ssf"
     summary = "learned per-channel scale and shift after every operation (Lian et al. 2022); mergeable"

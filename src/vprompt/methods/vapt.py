@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
-from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size
+from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size, register_method
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
 from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
@@ -42,6 +42,7 @@ class VAPTConfig(MethodConfig):
     )
 
 
+@register_method(order=90)
 class VAPT(Method):
     name = "vapt"
     summary = "adaptive prompts: each block's prompt tokens computed from its input tokens by a tiny network"

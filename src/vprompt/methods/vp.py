@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from .base import MethodNotApplicable, check_size
+from .base import MethodNotApplicable, check_size, register_method
 from .label_mapping import LabelMappedMethod, LabelMappingConfig
 
 #: vp-pad's border width at a 224-px input (Bahng et al.); scaled with the input size
@@ -46,6 +46,7 @@ class ExpansiveConfig(LabelMappingConfig):
     )
 
 
+@register_method(order=50)
 class PadPrompt(LabelMappedMethod):
     """Additive border prompt on the normalised input: four random-normal pixel strips."""
 
@@ -92,6 +93,7 @@ class PadPrompt(LabelMappedMethod):
         return x + self.prompt().to(x.dtype)
 
 
+@register_method(order=60)
 class ExpansivePrompt(LabelMappedMethod):
     """ILM-VP's expansive prompt: shrink, pad, add ``sigmoid(θ)`` on the border, then normalise."""
 

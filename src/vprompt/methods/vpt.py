@@ -16,7 +16,15 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
-from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size, require_tokens
+from .base import (
+    SIZE_FACTOR,
+    Method,
+    MethodConfig,
+    MethodNotApplicable,
+    check_size,
+    register_method,
+    require_tokens,
+)
 from .timm_views import hide_prompts
 
 #: families every token-prompt method supports, for ``vprompt methods``
@@ -109,6 +117,7 @@ class VPTConfig(MethodConfig):
     )
 
 
+@register_method(order=70)
 class VPTShallow(Method):
     name = "vpt-shallow"
     summary = "VPT: N_p learned prompt tokens inserted after the CLS/register tokens before block 0"
@@ -156,6 +165,7 @@ class VPTShallow(Method):
         return strip_tokens(x, self.prompts.shape[1], self.geometry.prefix)
 
 
+@register_method(order=80)
 class VPTDeep(VPTShallow):
     name = "vpt-deep"
     summary = "VPT-deep: every block gets its own N_p learned prompt tokens (replacing the previous ones)"

@@ -20,6 +20,9 @@ KEYS = ("name", "summary", "paper", "sources", "methods", "options", "datasets",
 #: run options a recipe may not set (what to train on, and where, is the user's)
 NOT_SET = ("recipe", "method", "method_options", "data", "root")
 TUNE_KEYS = ("lrs", "wds", "seeds")
+#: run option → its type, declared here by :mod:`vprompt.engine.config` (``TrainConfig``'s fields) when the
+#: engine is imported: the engine applies recipes, so recipes never import the engine
+RUN_OPTIONS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,9 @@ def parse(data: Any, where: str, name: str | None = None) -> Recipe:
 
 def check_options(values: Any, where: str) -> dict[str, Any]:
     """Run options a recipe sets: known ``TrainConfig`` fields, each of its field's type."""
-    from ..engine.config import TrainConfig, config_fields
-
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of run options")
-    known = config_fields()
-    hints = typing.get_type_hints(TrainConfig)
+    known = hints = RUN_OPTIONS
     for key, value in values.items():
         if key not in known or key in NOT_SET:
             valid = ", ".join(k for k in known if k not in NOT_SET)

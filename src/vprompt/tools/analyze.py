@@ -441,7 +441,7 @@ def _erf(net, chosen, dataset, erf_images, batch_size, device, dtype, size) -> d
 
 def analyze_run(run_dir: str | Path, data: Any = None, device: str = "cpu", **options: Any) -> dict[str, Any]:
     """:func:`layer_features` of a finished run, prompted (its trained model) and unprompted (the same
-    backbone after ``TunedModel.detach()``), with the CKA between the two at each site.
+    backbone after ``TunedModel.unload()``), with the CKA between the two at each site.
 
     ``data`` defaults to the run's own dataset (and ``root``)."""
     from ..engine.run import load_run, run_config
@@ -452,7 +452,7 @@ def analyze_run(run_dir: str | Path, data: Any = None, device: str = "cpu", **op
         data = config.data
         options.setdefault("root", config.root)
     prompted = layer_features(model, data, **options)
-    plain = layer_features(model.detach(), data, **options)
+    plain = layer_features(model.unload(), data, **options)
     rows = []
     for p, u in zip(prompted["rows"], plain["rows"], strict=True):
         row = {"site": p["site"], "depth": p["depth"], "layout": p["layout"], "shape": p["shape"]}

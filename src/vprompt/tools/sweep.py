@@ -56,7 +56,7 @@ def check_base(base: dict[str, Any], data: bool = True) -> None:
     check_config(make_config(dict(base)))
     method_config(base["method"], **base["method_options"])
     if data:
-        from ..engine.data import data_spec
+        from ..engine.run_data import data_spec
 
         describe(data_spec(make_config(dict(base))), base["root"])
 

@@ -1,6 +1,7 @@
 """Family adapters: one small file per model family maps its structure onto named sites.
 
-Adding a family is adding one file with a :class:`Family` subclass and listing it in ``FAMILIES``.
+Adding a family is adding one file with a :class:`Family` subclass decorated with ``@register_family``
+and importing it below.
 Every family gets ``input`` (the pixels entering the model) and ``pre_logits`` (the pooled feature
 entering the classifier) for free; a family adds what lies between: ``embed``, ``block.N``,
 ``stage.N``.
@@ -11,27 +12,19 @@ from __future__ import annotations
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, GenericFamily, classifier_name
-from .convnext import ConvNeXtFamily
-from .efficientnet import EfficientNetFamily
-from .resnet import ResNetFamily
-from .swin import SwinFamily
-from .vit import ViTFamily
-
-#: Checked in order; the generic family (input + pre_logits only) matches anything.
-FAMILIES: tuple[Family, ...] = (
-    ViTFamily(),
-    SwinFamily(),
-    ResNetFamily(),
-    ConvNeXtFamily(),
-    EfficientNetFamily(),
-    GenericFamily(),
+from . import (  # noqa: F401  (each file registers its family with @register_family)
+    convnext,
+    efficientnet,
+    resnet,
+    swin,
+    vit,
 )
+from .base import FAMILIES, Family, classifier_name, register_family
 
 
 def family_of(model: nn.Module) -> Family:
     """The first family adapter that recognises ``model`` (the generic one if none does)."""
-    return next(f for f in FAMILIES if f.matches(model))
+    return next(f for f in FAMILIES.values() if f.matches(model))
 
 
 def site_points(model: nn.Module, family: Family, head_name: str) -> dict[str, SitePoint]:
@@ -42,4 +35,4 @@ def site_points(model: nn.Module, family: Family, head_name: str) -> dict[str, S
     return points
 
 
-__all__ = ["FAMILIES", "Family", "classifier_name", "family_of", "site_points"]
+__all__ = ["FAMILIES", "Family", "classifier_name", "family_of", "register_family", "site_points"]

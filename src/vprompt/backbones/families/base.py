@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ...registry import Registry
 from ..sites import Layout, SitePoint
 
 #: one piece of a forward pass: the sites at its output, and the function (a module, so hooks fire)
@@ -47,6 +49,22 @@ class Family:
         return []
 
 
+#: family name → adapter, in the order :func:`family_of` tries them; filled by :func:`register_family`
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def register_family(*, order: float = 0):
+    """Class decorator: make a :class:`Family` subclass one of those tried on every model, by ``order``
+    (lower first; the families' ``matches`` are disjoint, so only the generic one, last, needs one)."""
+
+    def wrap(cls: type[Family]) -> type[Family]:
+        FAMILIES.add(cls.name, cls(), order)
+        return cls
+
+    return wrap
+
+
+@register_family(order=math.inf)  # matches anything: tried last
 class GenericFamily(Family):
     """Any classifier: only ``input`` and ``pre_logits`` (enough for linear, full, VP, BitFit, norm, LoRA)."""
 

@@ -6,9 +6,10 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, Step, staged_points, staged_steps
+from .base import Family, Step, register_family, staged_points, staged_steps
 
 
+@register_family()
 class ConvNeXtFamily(Family):
     name = "convnext"
 

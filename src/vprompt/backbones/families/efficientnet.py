@@ -16,7 +16,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, Step, staged_points, staged_steps
+from .base import Family, Step, register_family, staged_points, staged_steps
 
 _TIMM = (timm.models.efficientnet.EfficientNet, timm.models.mobilenetv3.MobileNetV3)
 _TORCHVISION = (tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet)
@@ -33,6 +33,7 @@ def _group_by_channels(blocks: list[nn.Module]) -> list[list[nn.Module]]:
     return stages
 
 
+@register_family()
 class EfficientNetFamily(Family):
     name = "efficientnet"
 

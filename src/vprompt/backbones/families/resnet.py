@@ -12,9 +12,10 @@ import torchvision.models.resnet
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, Step, staged_points, staged_steps
+from .base import Family, Step, register_family, staged_points, staged_steps
 
 
+@register_family()
 class ResNetFamily(Family):
     name = "resnet"
 

@@ -11,9 +11,10 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch import nn
 
 from ..sites import SitePoint
-from .base import Family, Step, staged_points, staged_steps
+from .base import Family, Step, register_family, staged_points, staged_steps
 
 
+@register_family()
 class SwinFamily(Family):
     name = "swin"
 

@@ -11,9 +11,10 @@ from torch import nn
 
 from ..cls_only import ClsOnlyBlocks
 from ..sites import SitePoint
-from .base import Family, Step
+from .base import Family, Step, register_family
 
 
+@register_family()
 class ViTFamily(Family):
     name = "vit"
     has_tokens = True

@@ -1,7 +1,8 @@
 """Dataset specs (``family:argument`` strings) and where each family's files live on disk.
 
-One file per family, each registering itself with :func:`~.base.register_source`; :func:`resolve` parses a
-spec and hands it to its family. Adding a source is adding one file here and importing it below.
+One file per family, each registering itself with ``@register_source`` (:func:`~.base.register_source`);
+:func:`resolve` parses a spec and hands it to its family. Adding a source is adding one file here and
+importing it below.
 
 Split names are logical: ``train``, ``val``, ``trainval``, ``test`` (plus ``all`` for a class folder without
 split lists). VTAB-1k also accepts its file names ``train800``, ``val200``, ``train800val200``.

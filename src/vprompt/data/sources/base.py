@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...registry import Registry
 from ..datasets import DataError, ImageListDataset, take
 from ..entries import check_inside
 
@@ -156,7 +157,7 @@ class Source:
 
 
 #: family name (and aliases) → factory ``(spec, argument, root) -> Source``; see :func:`register_source`.
-SOURCES: dict[str, Callable[[str, str, Path | None], Source]] = {}
+SOURCES: Registry[Callable[[str, str, Path | None], Source]] = Registry("data source")
 #: family → usage shown in the error for an unknown spec, e.g. ``vtab1k:<task>``.
 USAGE: dict[str, str] = {}
 #: family → ``portable(argument) -> argument`` that reads the same data from any working directory.
@@ -170,14 +171,16 @@ def register_source(
     usage: str,
     portable: Callable[[str], str] | None = None,
     split_aliases: dict[str, str] | None = None,
+    order: float = 0,
 ):
     """Register a source factory under one or more family names (the part of a spec before ``:``).
     ``portable``: how a spec's argument read relative to the working directory becomes one that reads
-    the same data from anywhere (runs record it); ``split_aliases``: the family's own split names."""
+    the same data from anywhere (runs record it); ``split_aliases``: the family's own split names;
+    ``order``: its place in :data:`SOURCES` (lower first, then as registered)."""
 
     def wrap(factory):
         for name in names:
-            SOURCES[name] = factory
+            SOURCES.add(name, factory, order)
             if portable is not None:
                 PORTABLE[name] = portable
         USAGE[names[0]] = usage

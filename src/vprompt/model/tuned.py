@@ -1,27 +1,34 @@
-"""A backbone with one method attached: freezing, the head, counting, train/eval, save and load."""
+"""A backbone with one method attached: freezing, the head, counting, train/eval, save and load;
+:func:`attach` and :func:`load_adapter` build one."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import save
 from torch import nn
 
 from ..backbones import Backbone
-from ..files import ensure_dir, refuse_non_finite, write_bytes, write_text
-from .base import Method
-
-#: vprompt's own files (names of their own: peft's are ``adapter_config.json`` / ``adapter_model.safetensors``,
-#: which a LoRA model writes as well, see :mod:`.peft_format`)
-WEIGHTS_FILE = "vprompt_model.safetensors"
-CONFIG_FILE = "vprompt_config.json"
-#: the names used before 0.1.0's peft-format files; still read
-LEGACY_FILES = ("adapter.safetensors", "adapter_config.json")
-FORMAT_VERSION = 1
+from ..files import ensure_dir, write_bytes, write_text
+from ..methods import METHODS, Method, method_config
+from .hub import local_folder, push_folder
+from .peft_format import is_peft_folder, read_peft_config, read_peft_weights, save_peft
+from .saved import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    RUN_ADAPTER,
+    RUN_CONFIG,
+    WEIGHTS_FILE,
+    check_backbone_matches,
+    has_config,
+    read_config,
+    read_weights,
+    rebuild_backbone,
+)
 
 
 class TunedModel(nn.Module):
@@ -145,19 +152,29 @@ class TunedModel(nn.Module):
             f"of {total:,} ({100 * trainable / total:.4f}%)"
         )
 
-    # -------------------------------------------------------------------------------- detaching
+    # ---------------------------------------------------------------------------------- unloading
 
-    def detach(self) -> Backbone:
-        """Remove the method and return the backbone exactly as it was (structure and grad flags)."""
+    def unload(self) -> Backbone:
+        """Remove the method and return the backbone exactly as it was (structure and grad flags), as
+        peft's ``unload``."""
         self.method.detach(self.backbone)
         self._restore_flags()
         return self.backbone
+
+    def detach(self) -> Backbone:
+        """Deprecated: :meth:`unload` (peft's name); ``detach`` goes in the next release."""
+        warnings.warn(
+            "TunedModel.detach() is now unload() (peft's name); detach() goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.unload()
 
     def merge_and_unload(self) -> Backbone:
         """Fold the trained weights into the backbone and return it without the method (as peft's).
 
         For ``lora`` each target becomes ``W + (alpha / r) · B A``; for the methods that train the
-        backbone's own parameters (``linear``, ``full``, ``norm``, ``bitfit``) it equals :meth:`detach`.
+        backbone's own parameters (``linear``, ``full``, ``norm``, ``bitfit``) it equals :meth:`unload`.
         Methods with their own modules (prompts, adapters) raise ``MethodNotApplicable``.
         """
         self.method.merge(self.backbone)
@@ -202,17 +219,16 @@ class TunedModel(nn.Module):
         """Write ``vprompt_model.safetensors`` (trainable state only) and ``vprompt_config.json`` (the
         method, its options, the backbone, and the class names as ``class_names`` and ``id2label``).
 
-        A LoRA model also writes peft's ``adapter_config.json`` + ``adapter_model.safetensors``, which
-        ``peft.PeftModel.from_pretrained(<the same timm model>, directory)`` loads.
+        A method with a peft equivalent (its ``peft_type``: LoRA) also writes peft's ``adapter_config.json`` +
+        ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained(<the same timm model>,
+        directory)`` loads.
         """
         directory = ensure_dir(directory, "adapter folder")
         state = {k: v.detach().contiguous() for k, v in self.trainable_state_dict().items()}
         write_bytes(directory / WEIGHTS_FILE, save(state))
         write_text(directory / CONFIG_FILE, json.dumps(self.config_dict(), indent=2) + "\n")
-        if self.method.name == "lora":
-            from .peft_format import save_peft
-
-            save_peft(self, directory)
+        if self.method.peft_type is not None:
+            save_peft(self.method, self.backbone, state, directory)
         return directory
 
     @classmethod
@@ -225,8 +241,6 @@ class TunedModel(nn.Module):
         vprompt's folders rebuild their backbone from the saved config unless ``backbone`` is given; a
         folder written by peft (LoRA) needs the ``backbone`` it was trained on.
         """
-        from . import load_adapter
-
         return load_adapter(path_or_repo_id, backbone, revision=revision)
 
     def push_to_hub(
@@ -239,8 +253,6 @@ class TunedModel(nn.Module):
     ) -> str:
         """Upload what :meth:`save_pretrained` writes to the Hub model repo ``repo_id``; returns its URL."""
         import tempfile
-
-        from .hub import push_folder
 
         with tempfile.TemporaryDirectory(prefix="vprompt-push-") as folder:
             self.save_pretrained(folder)
@@ -280,73 +292,50 @@ class TunedModel(nn.Module):
         return f"trainable={self.trainable_parameters():,}"
 
 
-def check_backbone_matches(config: dict[str, Any], backbone: Backbone) -> None:
-    """Refuse to load an adapter onto a backbone other than the one it was trained on."""
-    saved = config["backbone"]
-    here = {"name": backbone.name, "img_size": backbone.input_size[-1], "num_classes": backbone.num_classes}
-    wrong = {k: (saved[k], v) for k, v in here.items() if saved.get(k) != v}
-    if wrong:
-        details = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in wrong.items())
-        raise ValueError(f"adapter was trained on another backbone ({details})")
+def attach(backbone: Backbone, method: str | Method, **options: Any) -> TunedModel:
+    """Attach a method to ``backbone`` (frozen otherwise) and return the trainable model."""
+    if isinstance(method, str):
+        config = method_config(method, **options)  # unknown names and options are clear errors
+        method = METHODS[method](config)
+    elif options:
+        raise ValueError("pass options either in the Method's config or as keywords, not both")
+    return TunedModel(backbone, method)
 
 
-def _own_file(directory: str | Path, name: str, legacy: str) -> Path:
-    """``directory/name``, or the file's pre-0.1.0 name when only that exists."""
-    path = Path(directory) / name
-    if not path.is_file() and (Path(directory) / legacy).is_file():
-        return Path(directory) / legacy
-    return path
+def load_adapter(
+    path_or_repo_id: str | Path, backbone: Backbone | None = None, revision: str | None = None
+) -> TunedModel:
+    """Rebuild a saved model: the backbone (built from the saved config unless given), the method, its state.
 
-
-def has_config(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a vprompt adapter config (current or legacy name)."""
-    path = _own_file(directory, CONFIG_FILE, LEGACY_FILES[1])
-    if path.name == CONFIG_FILE:
-        return path.is_file()
+    ``path_or_repo_id`` is a folder written by ``save_pretrained`` (or by peft's, for LoRA: then
+    ``backbone`` is required), a run folder (its ``adapter/``) or a Hugging Face Hub repo id (``owner/name``, downloaded and cached by
+    ``huggingface_hub``). Loading onto a backbone other than the one it was trained on, or a state whose
+    keys or shapes do not match, is an error, never a partial load.
+    """
+    directory = local_folder(path_or_repo_id, revision)
+    if not has_config(directory) and (directory / RUN_CONFIG).is_file():  # a run folder: its adapter
+        if not has_config(directory / RUN_ADAPTER):
+            raise FileNotFoundError(
+                f"{directory} is a run folder without {directory / RUN_ADAPTER}: the run has not finished "
+                "(vprompt.load_run reads finished runs)"
+            )
+        directory = directory / RUN_ADAPTER
+    if not has_config(directory) and is_peft_folder(directory):
+        name, options = read_peft_config(directory, backbone)
+        model = attach(backbone, name, **options.to_dict())
+        model.load_trainable_state_dict(read_peft_weights(directory, name, backbone))
+        return model
+    config = read_config(directory)
+    if backbone is None:
+        backbone = rebuild_backbone(config["backbone"]["build_args"], Path(directory) / CONFIG_FILE)
+    check_backbone_matches(config, backbone)
+    model = attach(backbone, config["method"], **config["options"])
+    model.load_trainable_state_dict(read_weights(directory))
     try:
-        return "format" in json.loads(path.read_text(encoding="utf-8"))  # not peft's file of that name
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    path = _own_file(directory, CONFIG_FILE, LEGACY_FILES[1])
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); the adapter config is damaged") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not an adapter config (expected a JSON object)")
-    if config.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported adapter format {config.get('format')!r}")
-    backbone = config.get("backbone")
-    problems = [
-        k
-        for k, kind in (("method", str), ("options", dict), ("backbone", dict))
-        if not isinstance(config.get(k), kind)
-    ]
-    if isinstance(backbone, dict) and not isinstance(backbone.get("build_args"), dict):
-        problems.append("backbone.build_args")
-    names = config.get("class_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        problems.append("class_names")
-    if not isinstance(config.get("preprocessing", {}), dict):
-        problems.append("preprocessing")
-    if problems:
-        raise ValueError(f"{path}: damaged adapter config (missing or wrong: {', '.join(problems)})")
-    refuse_non_finite(config, path)
-    return config
-
-
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    path = _own_file(directory, WEIGHTS_FILE, LEGACY_FILES[0])
-    if not path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
-    try:
-        state = load(path.read_bytes())
-    except (SafetensorError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: damaged or not a safetensors file ({e})") from None
-    refuse_non_finite(state, path)
-    return state
+        model.class_names = config.get("class_names")
+    except ValueError as e:
+        raise ValueError(
+            f"{Path(directory) / CONFIG_FILE}: class_names: {e}; the adapter config is damaged"
+        ) from None
+    model.preprocessing = config.get("preprocessing")
+    return model
