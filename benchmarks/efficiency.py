@@ -341,7 +341,7 @@ def part_c(args: argparse.Namespace, steps: int) -> list[str]:
 def part_d(args: argparse.Namespace, steps: int) -> list[str]:
     print("D ...", file=sys.stderr)
     results = []
-    for prompts in (10, 50, 200):
+    for prompts in args.prompts:
         for method in ("vpt-deep", "vapt"):
             print(f"  {method}, {prompts} prompts ...", file=sys.stderr)
             results.append(unread_rows(method, prompts, steps))
@@ -395,6 +395,12 @@ def main() -> int:
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "efficiency.md")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--prompts",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[10, 50, 200],
+        help="part D: comma-separated prompt counts (default: 10,50,200)",
+    )
     args = parser.parse_args()
     parts = [p.strip().upper() for p in (args.parts or ("A" if args.quick else ",".join(PARTS))).split(",")]
     unknown = [p for p in parts if p not in PARTS]

@@ -36,7 +36,9 @@ def rows_seen_by_the_mlps(bb: vprompt.Backbone) -> list[list[int]]:
     """A token-wise (so allowed) probe on every block's MLP: the rows each block computed, per forward."""
     seen: list[list[int]] = [[] for _ in bb.model.blocks]
     for i, block in enumerate(bb.model.blocks):
-        block.mlp.register_forward_hook(tokenwise(lambda _m, args, _out, i=i: seen[i].append(args[0].shape[1])))
+        block.mlp.register_forward_hook(
+            tokenwise(lambda _m, args, _out, i=i: seen[i].append(args[0].shape[1]))
+        )
     return seen
 
 
