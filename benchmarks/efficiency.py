@@ -29,6 +29,7 @@ row of every block (what the official code computes), with the CLS-only last blo
 last block plus the unread prompt rows of the other blocks left uncomputed
 (``backbone.skip_unread_rows = True``, the default), in alternating rounds in one process; next to the
 arithmetic bound of each ratio (multiply-accumulates of the blocks' forward and input-gradient backward).
+``--prompts 10`` and ``--d-backbone vit_small_patch16_224`` pick other settings for it.
 
 Every number is measured in this run; memory comes from a fresh process per method.
 """
@@ -130,12 +131,12 @@ def unread_bounds(depth: int, patches: int, prefix: int, prompts: int, dim: int)
     }
 
 
-def unread_rows(method: str, prompts: int, steps: int, rounds: int = 5) -> dict:
-    """D: one method's ViT-B/16 train step (224 px, batch 4, SGD, random weights) computing every row,
+def unread_rows(method: str, prompts: int, steps: int, backbone: str, rounds: int = 5) -> dict:
+    """D: one method's ``backbone`` train step (224 px, batch 4, SGD, random weights) computing every row,
     the CLS row alone in the last block, and that plus no unread prompt rows, alternating in ``rounds``
     rounds; and the largest difference between the last and the first setting's logits."""
     device = torch.device("cpu")
-    model, options = build("vit_base_patch16_224", method, {"num_prompts": prompts}, 224, False, device)
+    model, options = build(backbone, method, {"num_prompts": prompts}, 224, False, device)
     bb = model.backbone
     has_switch = hasattr(bb, "skip_unread_rows")
     g = torch.Generator().manual_seed(0)
@@ -344,7 +345,7 @@ def part_d(args: argparse.Namespace, steps: int) -> list[str]:
     for prompts in args.prompts:
         for method in ("vpt-deep", "vapt"):
             print(f"  {method}, {prompts} prompts ...", file=sys.stderr)
-            results.append(unread_rows(method, prompts, steps))
+            results.append(unread_rows(method, prompts, steps, args.d_backbone))
     rows = []
     for r in results:
         before, after = r["cls"] / r["all"], r["rows"] / r["all"]
@@ -358,7 +359,7 @@ def part_d(args: argparse.Namespace, steps: int) -> list[str]:
             f"| **{r['rows'] / r['cls']:.3f}** ({bound['rows'] / bound['cls']:.3f}) | {r['diff']:.1e} | {target} |"
         )
     out = [
-        "## D. Unread prompt rows: ViT-B/16 at 224, batch 4, random weights, SGD",
+        f"## D. Unread prompt rows: {args.d_backbone} at 224, batch 4, random weights, SGD",
         "",
         f"Train step (median of {steps} each, in alternating rounds in one process) computing every row of",
         "every block (**all**: what the official VPT and VAPT code computes), with the last block computing the",
@@ -401,6 +402,7 @@ def main() -> int:
         default=[10, 50, 200],
         help="part D: comma-separated prompt counts (default: 10,50,200)",
     )
+    parser.add_argument("--d-backbone", default="vit_base_patch16_224", help="part D: the timm ViT (224 px)")
     args = parser.parse_args()
     parts = [p.strip().upper() for p in (args.parts or ("A" if args.quick else ",".join(PARTS))).split(",")]
     unknown = [p for p in parts if p not in PARTS]
