@@ -24,6 +24,12 @@ the built model, against the official implementations' figures quoted in the spe
 Part C (same setting): the train step with the last block computing only the CLS row
 (``backbone.cls_only_last_block = True``, the default) vs all tokens, in alternating rounds in one
 process, and the largest difference between the two models' logits (relative to the largest logit).
+Part D (same setting): VPT-deep and VAPT with 10, 50 and 200 prompts, the train step computing every
+row of every block (what the official code computes), with the CLS-only last block, and with the CLS-only
+last block plus the unread prompt rows of the other blocks left uncomputed
+(``backbone.skip_unread_rows = True``, the default), in alternating rounds in one process; next to the
+arithmetic bound of each ratio (multiply-accumulates of the blocks' forward and input-gradient backward).
+``--prompts 10`` and ``--d-backbone vit_small_patch16_224`` pick other settings for it.
 
 Every number is measured in this run; memory comes from a fresh process per method.
 """
@@ -48,7 +54,9 @@ OFFICIAL = {"vpt-deep": (2.00, 611), "vapt": (2.23, 661), "lora": (1.96, 531), "
 TARGETS = {"vpt-deep": 1.7, "vapt": 1.9}
 #: A3: the cache's speed-up should come within this share of its compute bound
 CACHE_TARGET = 0.9
-PARTS = ("A", "B", "C")
+PARTS = ("A", "B", "C", "D")
+#: D: target for VPT-deep and VAPT with 10 prompts, as a multiple of the every-row step
+UNREAD_TARGET = 0.88
 
 
 def _ratio(value: float | None, digits: int = 2) -> str:
@@ -94,6 +102,73 @@ def cls_only_last_block(method: str, options: dict, steps: int, rounds: int = 5)
         "all": med["all"],
         "ratio": med["cls"] / med["all"],
         "diff": diff,
+        "has_switch": has_switch,
+    }
+
+
+#: D: (CLS-only last block, unread rows skipped) per setting
+UNREAD = {"all": (False, False), "cls": (True, False), "rows": (True, True)}
+
+
+def block_macs(tokens: int, rows: int, dim: int) -> int:
+    """Multiply-accumulates of one ViT block's forward and input-gradient backward with ``tokens`` keys and
+    values and ``rows`` query rows (MLP ratio 4): the key/value projections of every token (2·D² each way),
+    the query, projection and MLP of each computed row (10·D² each way) and its attention (2·T·D forward,
+    4·T·D backward)."""
+    return 4 * dim * dim * tokens + 20 * dim * dim * rows + 6 * rows * tokens * dim
+
+
+def unread_bounds(depth: int, patches: int, prefix: int, prompts: int, dim: int) -> dict[str, float]:
+    """The blocks' arithmetic of the CLS-only step and of the unread-rows step, as multiples of the
+    every-row step's (the patch embedding, head and update are left out: they are the same in all three)."""
+    tokens = prefix + prompts + patches
+    full = block_macs(tokens, tokens, dim)
+    last = block_macs(tokens, 1, dim)
+    skipped = block_macs(tokens, tokens - prompts, dim)
+    return {
+        "cls": ((depth - 1) * full + last) / (depth * full),
+        "rows": ((depth - 1) * skipped + last) / (depth * full),
+    }
+
+
+def unread_rows(method: str, prompts: int, steps: int, backbone: str, rounds: int = 5) -> dict:
+    """D: one method's ``backbone`` train step (224 px, batch 4, SGD, random weights) computing every row,
+    the CLS row alone in the last block, and that plus no unread prompt rows, alternating in ``rounds``
+    rounds; and the largest difference between the last and the first setting's logits."""
+    device = torch.device("cpu")
+    model, options = build(backbone, method, {"num_prompts": prompts}, 224, False, device)
+    bb = model.backbone
+    has_switch = hasattr(bb, "skip_unread_rows")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, *model.input_size, generator=g)
+    y = torch.randint(0, 10, (4,), generator=g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+    def prepare(name: str) -> None:
+        bb.cls_only_last_block, bb.skip_unread_rows = UNREAD[name]
+
+    model.train()
+    step = train_step(model, x, y, optimizer, Precision.choose("fp32", device))
+    times = interleaved_times(dict.fromkeys(UNREAD, step), steps, 2, device, rounds, prepare=prepare)
+    model.eval()
+    with torch.no_grad():
+        prepare("rows")
+        status = bb.rows_status()
+        rows_logits = model(x)
+        prepare("all")
+        all_logits = model(x)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    embed = bb.site("embed")
+    patches = embed.grid[0] * embed.grid[1]
+    dim, depth = embed.shape[-1], sum(1 for name in bb.sites if name.startswith("block."))
+    return {
+        "method": method,
+        "prompts": prompts,
+        **{k: med[k] for k in UNREAD},
+        "bound": unread_bounds(depth, patches, embed.prefix_tokens, prompts, dim),
+        "diff": ((rows_logits - all_logits).abs().max() / all_logits.abs().max()).item(),
+        "status": status,
         "has_switch": has_switch,
     }
 
@@ -264,16 +339,70 @@ def part_c(args: argparse.Namespace, steps: int) -> list[str]:
     return out
 
 
+def part_d(args: argparse.Namespace, steps: int) -> list[str]:
+    print("D ...", file=sys.stderr)
+    results = []
+    for prompts in args.prompts:
+        for method in ("vpt-deep", "vapt"):
+            print(f"  {method}, {prompts} prompts ...", file=sys.stderr)
+            results.append(unread_rows(method, prompts, steps, args.d_backbone))
+    rows = []
+    for r in results:
+        before, after = r["cls"] / r["all"], r["rows"] / r["all"]
+        bound = r["bound"]
+        target = ""
+        if r["prompts"] == 10:
+            target = f"≤ {UNREAD_TARGET}: {'✅' if after <= UNREAD_TARGET else '❌'}"
+        rows.append(
+            f"| {r['method']} | {r['prompts']} | {1e3 * r['all']:.0f} | {1e3 * r['cls']:.0f} | {1e3 * r['rows']:.0f} "
+            f"| {before:.3f} ({bound['cls']:.3f}) | **{after:.3f}** ({bound['rows']:.3f}) "
+            f"| **{r['rows'] / r['cls']:.3f}** ({bound['rows'] / bound['cls']:.3f}) | {r['diff']:.1e} | {target} |"
+        )
+    out = [
+        f"## D. Unread prompt rows: {args.d_backbone} at 224, batch 4, random weights, SGD",
+        "",
+        f"Train step (median of {steps} each, in alternating rounds in one process) computing every row of",
+        "every block (**all**: what the official VPT and VAPT code computes), with the last block computing the",
+        "CLS row alone (**CLS**: before), and with the other blocks also leaving the prompt rows that the next",
+        "block replaces uncomputed (**CLS + rows**: after). In brackets the arithmetic bound of each ratio:",
+        "multiply-accumulates of the blocks' forward and input-gradient backward (`block_macs`). Logits",
+        "difference: max |CLS + rows − all| / max |all|.",
+        "",
+        "| method | prompts | all ms | CLS ms | CLS + rows ms | CLS / all (bound) | CLS + rows / all (bound) "
+        "| CLS + rows / CLS (bound) | logits max rel. difference | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Unread rows: {results[0]['status']} (VPT-deep, 10 prompts).",
+        "",
+    ]
+    if not all(r["has_switch"] for r in results):
+        out += [
+            "This version's backbone has no `skip_unread_rows` switch: the last two columns time the same",
+            "",
+        ]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer steps; part A only unless --parts")
     parser.add_argument(
-        "--parts", default=None, help="comma-separated parts to run, of A,B,C (default: all; A with --quick)"
+        "--parts",
+        default=None,
+        help="comma-separated parts to run, of A,B,C,D (default: all; A with --quick)",
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "efficiency.md")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--prompts",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[10, 50, 200],
+        help="part D: comma-separated prompt counts (default: 10,50,200)",
+    )
+    parser.add_argument("--d-backbone", default="vit_base_patch16_224", help="part D: the timm ViT (224 px)")
     args = parser.parse_args()
     parts = [p.strip().upper() for p in (args.parts or ("A" if args.quick else ",".join(PARTS))).split(",")]
     unknown = [p for p in parts if p not in PARTS]
@@ -290,7 +419,7 @@ def main() -> int:
         f"Command: `{command}` · machine: {platform.node()} ({machine}) · {time.strftime('%Y-%m-%d')}",
         "",
     ]
-    for part, run in (("A", part_a), ("B", part_b), ("C", part_c)):
+    for part, run in (("A", part_a), ("B", part_b), ("C", part_c), ("D", part_d)):
         if part in parts:
             out += run(args, steps)
     out.append(f"Total benchmark time: {(time.time() - started) / 60:.1f} min.")

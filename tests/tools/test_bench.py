@@ -44,6 +44,7 @@ def test_measure_counts_and_defaults():
     row = measure(TINY_VIT, "ap", {}, batch=2, img_size=32, steps=2, warmup=1)
     assert row["options"] == {"site": "block.8"}  # three quarters of 12 blocks
     assert row["last_block"] == "CLS row only"
+    assert row["unread_rows"].startswith("every row: ")  # AP replaces no rows
     assert row["trainable_parameters_without_head"] == 5 * 192  # 4 patches + CLS, 192 dims
     assert row["trainable_parameters"] == 5 * 192 + 192 * 10 + 10
     assert row["step_seconds"]["n"] == 2 and row["step_seconds"]["median"] > 0

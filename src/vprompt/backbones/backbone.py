@@ -21,11 +21,15 @@ class Backbone(nn.Module):
 
     On a CLS-pooled timm ViT, :meth:`forward` and :meth:`forward_from` let the last block compute the
     CLS row alone, the only row the head reads (exact; :mod:`vprompt.backbones.cls_only` says when it
-    steps aside). ``cls_only_last_block = False`` turns that off.
+    steps aside). ``cls_only_last_block = False`` turns that off. Likewise every block leaves the rows
+    that the function hooked at its output never reads uncomputed (VPT-deep's and VAPT's prompt rows);
+    ``skip_unread_rows = False`` turns that off.
     """
 
     #: let the last block of a CLS-pooled ViT compute only the CLS row during forwards to the logits
     cls_only_last_block: bool = True
+    #: let a ViT block leave the output rows its hooked function never reads uncomputed (same forwards)
+    skip_unread_rows: bool = True
     #: peft's hook for state-dict keys (``PeftModel.from_pretrained`` reads it, as for transformers'
     #: models): adapter files name modules of the inner ``model``, here one level down
     _checkpoint_conversion_mapping = {r"^(?!model\.)": "model."}
@@ -94,7 +98,7 @@ class Backbone(nn.Module):
             ) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with cls_only.reading_cls(self.model, self.cls_only_last_block):
+        with cls_only.reading_cls(self.model, self.cls_only_last_block, self.skip_unread_rows):
             return self.model(x)
 
     def cls_only_status(self) -> str:
@@ -103,6 +107,10 @@ class Backbone(nn.Module):
             return "all tokens: cls_only_last_block is off"
         reason = cls_only.why_not(self.model)
         return "CLS row only" if reason is None else f"all tokens: {reason}"
+
+    def rows_status(self) -> str:
+        """In which blocks a forward to the logits leaves rows no one reads uncomputed, or why none."""
+        return cls_only.rows_status(self.model, self.skip_unread_rows)
 
     def can_resume_at(self, name: str) -> bool:
         """Whether :meth:`forward_from` can continue a forward pass from site ``name``."""
@@ -136,7 +144,7 @@ class Backbone(nn.Module):
         site = self.site(name)
         if name == "input":
             return self(activation)  # the input's hooks run as the model's pre-hooks
-        with cls_only.reading_cls(self.model, self.cls_only_last_block):
+        with cls_only.reading_cls(self.model, self.cls_only_last_block, self.skip_unread_rows):
             return self._forward_from(site, activation)
 
     def _forward_from(self, site: Site, activation: torch.Tensor) -> torch.Tensor:

@@ -396,6 +396,7 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "compute": compute(trainer),
             "cache": trainer.cache_summary(),
             "last_block": model.backbone.cls_only_status(),
+            "unread_rows": model.backbone.rows_status(),
             "world_size": ctx.world,
             **environment(ctx.device),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

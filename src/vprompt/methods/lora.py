@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
@@ -119,6 +121,45 @@ def resolve_targets(
     return names
 
 
+def split_projection(
+    layer: nn.Module, h_rows: torch.Tensor, h: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """peft's LoRA ``Linear`` forward, its first ``width`` outputs (the queries of a fused ``qkv``) for
+    ``h_rows`` only and the others for every row of ``h``: ``base(x) + lora_B(lora_A(x)) · scaling`` per
+    output row, as peft computes it. ``None`` (run the layer whole) unless it is that plain case: one
+    active adapter, not merged, a plain ``Linear`` base, no bias or variant on the LoRA branch, no
+    hooks, and no active LoRA dropout (whose masks would differ from the whole layer's)."""
+    base = getattr(layer, "base_layer", None)
+    adapters = list(getattr(layer, "active_adapters", ()))
+    if (
+        type(base) is not nn.Linear
+        or layer.disable_adapters
+        or layer.merged
+        or len(adapters) != 1
+        or adapters[0] not in layer.lora_A
+        or adapters[0] in getattr(layer, "lora_variant", {})
+    ):
+        return None
+    name = adapters[0]
+    lora_a, lora_b, dropout = layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]
+    modules = (base, lora_a, lora_b, dropout)
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules) or lora_b.bias is not None:
+        return None
+    if type(lora_a) is not nn.Linear or type(lora_b) is not nn.Linear or lora_a.bias is not None:
+        return None
+    if not isinstance(dropout, nn.Identity) and (dropout.training and dropout.p > 0):
+        return None
+    scaling = layer.scaling[name]
+
+    def part(x: torch.Tensor, rows: slice) -> torch.Tensor:
+        bias = None if base.bias is None else base.bias[rows]
+        out = F.linear(x, base.weight[rows], bias)
+        low = lora_a(layer._cast_input_dtype(x, lora_a.weight.dtype))
+        return (out + F.linear(low, lora_b.weight[rows]) * scaling).to(out.dtype)
+
+    return part(h_rows, slice(None, width)), part(h, slice(width, None))
+
+
 def max_rank(layer: nn.Module) -> int:
     """The largest rank a LoRA update ``B A`` of ``layer`` can have: its input (per output) or output size."""
     if isinstance(layer, nn.Conv2d):  # A is a conv with the layer's kernel: in/groups · kh · kw inputs
@@ -168,6 +209,8 @@ class LoRA(Method):
         self.target_names, self._injected = names, True
         peft.inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER_NAME)
         self._layers = [model.get_submodule(n) for n in names]
+        for layer in self._layers:  # a block computing some rows' queries only may split the projection
+            layer.vprompt_split_projection = split_projection
         wrapped = {n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
         if wrapped != set(names) or not all(isinstance(m, BaseTunerLayer) for m in self._layers):
             raise RuntimeError(f"peft adapted {sorted(wrapped)[:5]}..., expected {names[:5]}...")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from ..backbones.cls_only import keeps_cls_row
+from ..backbones.cls_only import ignores_rows, keeps_cls_row
 from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size, register_method
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
@@ -75,9 +75,10 @@ class VAPT(Method):
             nn.init.zeros_(projector.bias)
         self.feature_projector = FeatureProjector(dim, c.hidden, c.dropout) if layers else None
         self.hook(backbone, "embed", self._insert)
+        prompt_rows = geo.prefix, geo.prefix + c.num_prompts  # never read: each block may skip them
         for layer in range(1, geo.depth):
-            self.hook(backbone, f"block.{layer - 1}", partial(self._adapt, layer))
-        self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+            self.hook(backbone, f"block.{layer - 1}", ignores_rows(partial(self._adapt, layer), *prompt_rows))
+        self.hook(backbone, f"block.{geo.depth - 1}", ignores_rows(self._strip, *prompt_rows))
         self._handles += hide_prompts(backbone.model, c.num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..backbones.cls_only import keeps_cls_row
+from ..backbones.cls_only import ignores_rows, keeps_cls_row
 from .base import (
     SIZE_FACTOR,
     Method,
@@ -140,9 +140,12 @@ class VPTShallow(Method):
         self.prompts = nn.Parameter(geo.vpt_init_(torch.empty(layers, num_prompts, geo.dim)))
         self.prompt_dropout = nn.Dropout(dropout)
         self.hook(backbone, "embed", self._insert)
+        prompt_rows = geo.prefix, geo.prefix + num_prompts  # never read: each block may skip them
         for layer in range(1, layers):
-            self.hook(backbone, f"block.{layer - 1}", partial(self._replace, layer))
-        self.hook(backbone, f"block.{geo.depth - 1}", self._strip)
+            self.hook(
+                backbone, f"block.{layer - 1}", ignores_rows(partial(self._replace, layer), *prompt_rows)
+            )
+        self.hook(backbone, f"block.{geo.depth - 1}", ignores_rows(self._strip, *prompt_rows))
         self._handles += hide_prompts(backbone.model, num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:

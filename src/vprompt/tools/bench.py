@@ -292,6 +292,7 @@ def measure(
         "step_vs_forward": step_s / forward_s,
         "floor_site": timed["site"],
         "last_block": model.backbone.cls_only_status(),
+        "unread_rows": model.backbone.rows_status(),
         **floor_fields(step_s, timed["prefix"], timed["suffix"]),
         "peak_memory_mib": peak,
         "memory_above_model_mib": above,

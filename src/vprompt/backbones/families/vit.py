@@ -6,6 +6,8 @@ Sites: ``embed`` (tokens after patch + position embedding, i.e. what enters bloc
 
 from __future__ import annotations
 
+import functools
+
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -46,5 +48,7 @@ class ViTFamily(Family):
         steps += [((f"block.{i}",), block) for i, block in enumerate(model.blocks)]
         if isinstance(model.blocks, ClsOnlyBlocks) and len(model.blocks):  # the CLS row alone, when exact
             steps[-1] = (steps[-1][0], model.blocks.last_block)
+            for i, block in enumerate(list(model.blocks)[:-1]):  # and only the rows that are read
+                steps[1 + i] = (steps[1 + i][0], functools.partial(model.blocks.run_block, block))
         steps.append(((), lambda x: model.forward_head(model.norm(x))))
         return steps
