@@ -20,7 +20,7 @@ from ..backbones.cls_only import keeps_cls_row
 from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
-from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
+from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, pool_prompts_field, split_tokens
 
 
 @dataclass
@@ -40,6 +40,7 @@ class VAPTConfig(MethodConfig):
     dropout: float = field(
         default=0.1, metadata={"help": "dropout on the hidden activation of the feature projector"}
     )
+    pool_prompts: bool | None = pool_prompts_field()
 
 
 class VAPT(Method):
@@ -120,4 +121,4 @@ class VAPT(Method):
 
     @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return strip_tokens(x, self.prompt.shape[0], self.geometry.prefix)
+        return self.geometry.end_tokens(x, self.prompt.shape[0])
