@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.layers import feature_take_indices
 from torch import nn
 
 
@@ -65,6 +64,13 @@ def _strip(tokens: torch.Tensor, num_prompts: int, patches: int) -> torch.Tensor
     return tokens[:, num_prompts:]
 
 
+def _takes_last(depth: int, indices: int | list[int] | None) -> bool:
+    """Whether timm's ``indices`` take the last block's output (an int ``n``: the last ``n`` blocks)."""
+    if indices is None or isinstance(indices, int):
+        return True
+    return depth - 1 in [i + depth if i < 0 else i for i in indices]
+
+
 def _forward_intermediates(
     model: nn.Module,
     num_prompts: int,
@@ -102,9 +108,7 @@ def _forward_intermediates(
     spatial = [_strip(y, num_prompts, h * w) for y in spatial]
     # the last block removes the prompts, or leaves them for the head to pool (then ``final`` keeps them,
     # as forward_features does); stop_early may end before it
-    ran_to_end = (
-        not stop_early or feature_take_indices(len(model.blocks), indices)[1] == len(model.blocks) - 1
-    )
+    ran_to_end = not stop_early or _takes_last(len(model.blocks), indices)
     if not ran_to_end and final.shape[1] == prefix + num_prompts + h * w:
         final = torch.cat([final[:, :prefix], final[:, prefix + num_prompts :]], dim=1)
     if output_fmt == "NCHW":
