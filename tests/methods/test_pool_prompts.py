@@ -10,6 +10,7 @@ import torch
 import vprompt
 from numerics import assert_exact
 from vprompt import MethodNotApplicable
+from vprompt.cli.train import method_options
 from vprompt.methods import METHODS
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=16, num_heads=2)
@@ -197,3 +198,10 @@ def test_bad_pool_prompts_are_refused():
         vprompt.attach(attention_pooled, "vapt", pool_prompts=True)
     model = vprompt.attach(attention_pooled, "vapt")  # unset: the prompts are removed, as before
     assert model.method.geometry.pool_prompts is False
+
+
+def test_the_option_on_the_command_line():
+    for method in OPTIONS:
+        assert method_options(method, ["--no-pool-prompts"]) == {"pool_prompts": False}
+        assert method_options(method, ["--pool-prompts"]) == {"pool_prompts": True}
+        assert method_options(method, []) == {}  # unset: the config's None, follow the backbone
