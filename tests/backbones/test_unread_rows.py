@@ -110,20 +110,24 @@ def test_skipped_prompt_rows_give_the_same_logits_and_gradients(method, register
         assert_same(skipped, full, mode)
 
 
+@pytest.mark.parametrize("pool_prompts", [False, None])
 @pytest.mark.parametrize("method", ["vpt-deep", "vapt", "vpt-shallow", "gatevpt"])
-def test_average_pooling_skips_the_stripped_rows_of_the_last_block_too(method, float64):
-    """MAE's pooling (the mean of the patch tokens) reads every row but the prompts': the last block
-    computes all but those, also for the shallow methods, whose strip is their only such hook."""
+def test_average_pooling_skips_the_stripped_rows_of_the_last_block_too(method, pool_prompts, float64):
+    """An average pooling of the patch tokens alone (``pool_prompts=False``, the official 'img_pool')
+    reads every row but the prompts': the last block computes all but those, also for the shallow
+    methods, whose strip is their only such hook. Pooling the prompts too (the default on an
+    average-pooled backbone, the official 'original') reads them: the last block computes every row."""
     bb = vit(global_pool="avg")
-    model = vprompt.attach(bb, method, num_prompts=PROMPTS)
+    model = vprompt.attach(bb, method, num_prompts=PROMPTS, pool_prompts=pool_prompts)
     perturbed(model)
     seen = rows_seen_by_the_mlps(bb)
     x = torch.randn(2, *model.input_size)
     tokens = TOKENS + PROMPTS
     deep = method in REPLACING
+    last = tokens - PROMPTS if pool_prompts is False else tokens
     for mode in ("train", "eval"):
         skipped = logits_and_grads(model, x, mode, skip=True)
-        want = [tokens - PROMPTS if deep else tokens] * 2 + [tokens - PROMPTS]
+        want = [tokens - PROMPTS if deep else tokens] * 2 + [last]
         assert [s[-1] for s in seen] == want
         full = logits_and_grads(model, x, mode, skip=False)
         assert [s[-1] for s in seen] == [tokens] * 3
@@ -135,7 +139,7 @@ def test_no_prefix_token_and_unfused_attention(float64):
     bb = vit(class_token=False, global_pool="avg")
     for block in bb.model.blocks:
         block.attn.fused_attn = False
-    model = vprompt.attach(bb, "vpt-deep", num_prompts=PROMPTS)
+    model = vprompt.attach(bb, "vpt-deep", num_prompts=PROMPTS, pool_prompts=False)
     perturbed(model)
     assert bb.rows_status() == f"rows 0:{PROMPTS} uncomputed in 3 of 3 blocks"
     x = torch.randn(2, *model.input_size)

@@ -1,4 +1,5 @@
-"""timm's entry points on a prompted ViT (VPT, VAPT): no prompt token ever reaches the user."""
+"""timm's entry points on a prompted ViT (VPT, VAPT): no prompt token reaches the user, but in the features
+an average-pooling head pools (pool_prompts)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def test_forward_intermediates_strips_the_prompts(method, factory):
         else:
             torch.testing.assert_close(with_prefix[i], nchw[i], rtol=0, atol=0)
     torch.testing.assert_close(final, features, rtol=0, atol=0)
-    assert features.shape == (2, prefix + h * w, dim)
+    pooled = model.method.geometry.pool_prompts  # the head pools them: forward_features keeps them
+    assert features.shape == (2, prefix + (NP if pooled else 0) + h * w, dim)
     assert set(as_dict) == (
         {"image_intermediates", "image_features"} | ({"image_intermediates_prefix"} if prefix else set())
     )
@@ -87,7 +89,8 @@ def test_stop_early_features_and_head(method, factory):
     torch.testing.assert_close(inter[0], block0[:, prefix:], rtol=0, atol=0)
     torch.testing.assert_close(head, logits, rtol=0, atol=0)
     torch.testing.assert_close(bb.model.head(pre_logits), logits, rtol=0, atol=0)
-    assert features.shape == final.shape  # the backbone's own token positions
+    pooled = model.method.geometry.pool_prompts  # the head pools them: forward_features keeps them
+    assert features.shape[1] == final.shape[1] + (NP if pooled else 0)  # the backbone's own token positions
     for handle in handles:
         handle.remove()
 

@@ -128,7 +128,10 @@ def test_prompts_are_inserted_replaced_and_stripped(method, factory):
         out = model(x)
         features = bb.model.forward_features(x)
     assert out.shape == (2, 5)
-    assert features.shape == bare_features.shape  # the final norm and pooling see the original tokens
+    pooled = m.geometry.pool_prompts  # an average-pooling head pools the prompts too (official 'original')
+    assert pooled == (factory is vit_avg)
+    # the final norm and pooling see the original tokens (and the prompts, where the head pools them)
+    assert features.shape[1] == bare_features.shape[1] + (NP if pooled else 0)
     raw, enter = seen["raw"], seen["enter"]
     assert raw["embed"].shape[1] == T
     for i in range(len(blocks(bb))):
@@ -149,7 +152,7 @@ def test_prompts_are_inserted_replaced_and_stripped(method, factory):
             assert torch.count_nonzero(slots) == 0
     # stripped at the output of the last block: the prefix and patch tokens, in their places
     last = raw[f"block.{len(blocks(bb)) - 1}"]
-    torch.testing.assert_close(seen["norm"], drop(last, prefix, NP), rtol=0, atol=0)
+    torch.testing.assert_close(seen["norm"], last if pooled else drop(last, prefix, NP), rtol=0, atol=0)
     for h in handles:
         h.remove()
 

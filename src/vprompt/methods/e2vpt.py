@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from ..backbones.cls_only import keeps_cls_row
 from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
 from .timm_views import hide_prompts
-from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, replace_tokens, strip_tokens
+from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, pool_prompts_field, replace_tokens
 
 #: the official pruning grid: percentages of the prompts (of the segments) to prune, and how many stay
 PRUNE_PERCENTS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -64,6 +64,7 @@ class E2VPTConfig(MethodConfig):
         default_factory=list,
         metadata={"help": "segments k·R+j zeroed (segment j of prompt k: dims j, j+R, j+2R, ...)"},
     )
+    pool_prompts: bool | None = pool_prompts_field()
 
 
 class KVPromptAttention(nn.Module):
@@ -256,7 +257,7 @@ class E2VPT(Method):
 
     @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return strip_tokens(x, len(self.kept), self.geometry.prefix)
+        return self.geometry.end_tokens(x, len(self.kept))
 
     def kv_rows(self, layer: int, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``layer``'s key and value prompts, ``(B, H, M, d_h)`` each (dropout per sample)."""

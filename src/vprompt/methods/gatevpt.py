@@ -18,7 +18,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import MethodConfig, MethodNotApplicable, register_method
-from .vpt import TOKEN_FAMILIES, TokenGeometry, VPTShallow, split_tokens
+from .vpt import TOKEN_FAMILIES, TokenGeometry, VPTShallow, pool_prompts_field, split_tokens
 
 #: the official clamp of the learned attention temperatures (``TEMP_MIN``, ``TEMP_MAX``)
 TEMPERATURE_RANGE = (0.01, 10.0)
@@ -41,6 +41,7 @@ class GateVPTConfig(MethodConfig):
             "clamped to [0.01, 10]); --no-temperature (temperature=false): the backbone's own attention"
         },
     )
+    pool_prompts: bool | None = pool_prompts_field()
 
 
 @register_method(order=100)
@@ -67,7 +68,9 @@ class GateVPT(VPTShallow):
             else []
         )
         super().attach(backbone)  # prompts (1, N_p, D): inserted at embed, removed after the last block
-        #: gate logit of blocks 0..L-2 (the last block's prompt outputs reach no output: no gate)
+        # (or left for an average-pooling head: pool_prompts)
+        #: gate logit of blocks 0..L-2 (the last block has none, as the official code: its prompt outputs
+        #: are removed, or pooled as they are)
         self.gate_logits = nn.Parameter(torch.full((geo.depth - 1,), -float(c.gate_init)))
         for i, block in enumerate(blocks[:-1]):  # a torch hook: the gate needs the block's input too
             self._handles.append(block.register_forward_hook(partial(self._gate, i)))

@@ -1,7 +1,7 @@
 """timm's entry points on a ViT that carries prompt tokens (VPT, VAPT): what the user sees is honest.
 
-:func:`hide_prompts` makes ``forward_intermediates`` skip the prompt tokens and refuses
-``prune_intermediate_layers``.
+:func:`hide_prompts` makes ``forward_intermediates`` skip the prompt tokens (its final features keep them
+only where the head pools them, as ``forward_features``) and refuses ``prune_intermediate_layers``.
 Design notes: ``docs/design.md``, section ``vprompt/methods/timm_views.py``.
 """
 
@@ -64,6 +64,13 @@ def _strip(tokens: torch.Tensor, num_prompts: int, patches: int) -> torch.Tensor
     return tokens[:, num_prompts:]
 
 
+def _takes_last(depth: int, indices: int | list[int] | None) -> bool:
+    """Whether timm's ``indices`` take the last block's output (an int ``n``: the last ``n`` blocks)."""
+    if indices is None or isinstance(indices, int):
+        return True
+    return depth - 1 in [i + depth if i < 0 else i for i in indices]
+
+
 def _forward_intermediates(
     model: nn.Module,
     num_prompts: int,
@@ -99,7 +106,10 @@ def _forward_intermediates(
     else:
         spatial, prefix_tokens = list(raw), None
     spatial = [_strip(y, num_prompts, h * w) for y in spatial]
-    if final.shape[1] == prefix + num_prompts + h * w:  # stop_early ended before the last block
+    # the last block removes the prompts, or leaves them for the head to pool (then ``final`` keeps them,
+    # as forward_features does); stop_early may end before it
+    ran_to_end = not stop_early or _takes_last(len(model.blocks), indices)
+    if not ran_to_end and final.shape[1] == prefix + num_prompts + h * w:
         final = torch.cat([final[:, :prefix], final[:, prefix + num_prompts :]], dim=1)
     if output_fmt == "NCHW":
         spatial = [y.reshape(batch, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in spatial]

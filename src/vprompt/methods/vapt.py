@@ -20,7 +20,7 @@ from ..backbones.cls_only import ignores_rows, keeps_cls_row
 from .base import SIZE_FACTOR, Method, MethodConfig, MethodNotApplicable, check_size, register_method
 from .parts import FeatureProjector
 from .timm_views import hide_prompts
-from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, split_tokens, strip_tokens
+from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, pool_prompts_field, split_tokens
 
 
 @dataclass
@@ -40,6 +40,7 @@ class VAPTConfig(MethodConfig):
     dropout: float = field(
         default=0.1, metadata={"help": "dropout on the hidden activation of the feature projector"}
     )
+    pool_prompts: bool | None = pool_prompts_field()
 
 
 @register_method(order=90)
@@ -78,7 +79,7 @@ class VAPT(Method):
         prompt_rows = geo.prefix, geo.prefix + c.num_prompts  # never read: each block may skip them
         for layer in range(1, geo.depth):
             self.hook(backbone, f"block.{layer - 1}", ignores_rows(partial(self._adapt, layer), *prompt_rows))
-        self.hook(backbone, f"block.{geo.depth - 1}", ignores_rows(self._strip, *prompt_rows))
+        self.hook(backbone, f"block.{geo.depth - 1}", geo.end_hook(self._strip, c.num_prompts))
         self._handles += hide_prompts(backbone.model, c.num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:
@@ -122,4 +123,4 @@ class VAPT(Method):
 
     @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return strip_tokens(x, self.prompt.shape[0], self.geometry.prefix)
+        return self.geometry.end_tokens(x, self.prompt.shape[0])

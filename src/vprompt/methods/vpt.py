@@ -8,8 +8,10 @@ Design notes: ``docs/design.md``, section ``vprompt/methods/vpt.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +31,41 @@ from .timm_views import hide_prompts
 
 #: families every token-prompt method supports, for ``vprompt methods``
 TOKEN_FAMILIES = "plain ViT (timm VisionTransformer: ViT, DeiT, DINOv2, registers)"
+#: poolings (:meth:`Family.token_pooling`) that reduce every token after the prefix: prompt tokens left in
+#: the sequence are pooled with the patch tokens
+TOKEN_REDUCTIONS = ("avg", "max", "avgmax")
+
+
+def pool_prompts_field() -> Any:
+    """The ``pool_prompts`` option every token-prompt method's config has (see :func:`pools_prompts`)."""
+    return field(
+        default=None,
+        metadata={
+            "help": "the head pools the prompt tokens' outputs with the patch tokens, as the official code's "
+            "default VIT_POOL_TYPE 'original' (default: when the backbone averages its tokens, e.g. MAE); "
+            "--no-pool-prompts: the patch tokens only ('img_pool'); no effect with CLS pooling"
+        },
+    )
+
+
+def pools_prompts(method: Method, backbone: Backbone) -> bool:
+    """Whether the prompt tokens stay in the sequence after the last block, for the head to pool with the
+    patch tokens: ``method.config.pool_prompts``, where ``None`` follows the backbone's pooling (yes when
+    its head reduces the tokens after the prefix, :data:`TOKEN_REDUCTIONS`)."""
+    choice = getattr(method.config, "pool_prompts", None)
+    if choice is not None and not isinstance(choice, bool):
+        raise MethodNotApplicable(
+            f"{method.name} pool_prompts must be true, false or null (follow the backbone), got {choice!r}"
+        )
+    pooling = backbone.family.token_pooling(backbone.model)
+    if pooling in TOKEN_REDUCTIONS:
+        return True if choice is None else choice
+    if choice and pooling != "token":
+        raise MethodNotApplicable(
+            f"{method.name} pool_prompts: backbone {backbone.name!r} pools {pooling!r}, neither the tokens "
+            f"after the prefix ({', '.join(TOKEN_REDUCTIONS)}) nor the class token; leave pool_prompts unset"
+        )
+    return False  # CLS pooling reads the class token alone: the prompts are removed as before
 
 
 @dataclass(frozen=True)
@@ -45,6 +82,8 @@ class TokenGeometry:
     depth: int
     #: pixels per patch (p² for square patches), from the input size and the grid
     patch_area: int
+    #: the prompt tokens stay after the last block, for the head to pool (:func:`pools_prompts`)
+    pool_prompts: bool = False
 
     @classmethod
     def of(cls, method: Method, backbone: Backbone) -> TokenGeometry:
@@ -59,7 +98,8 @@ class TokenGeometry:
         h, w = embed.grid
         height, width = backbone.input_size[-2:]
         patch_area = max(1, height // h) * max(1, width // w)
-        return cls(embed.prefix_tokens, (h, w), embed.shape[-1], depth, patch_area)
+        pool = pools_prompts(method, backbone)
+        return cls(embed.prefix_tokens, (h, w), embed.shape[-1], depth, patch_area, pool)
 
     def prompt_bound(self, backbone: Backbone) -> tuple[int, str]:
         """The most prompt tokens a method may insert, and why: :data:`SIZE_FACTOR` times the sequence."""
@@ -71,6 +111,16 @@ class TokenGeometry:
         bound = math.sqrt(6.0 / (3 * self.patch_area + self.dim))
         with torch.no_grad():
             return prompts.uniform_(-bound, bound)
+
+    def end_tokens(self, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """After the last block: ``[prefix, prompts, X]`` → ``[prefix, X]``, or unchanged when the head
+        pools the prompt tokens (:attr:`pool_prompts`); row 0 stays either way."""
+        return x if self.pool_prompts else strip_tokens(x, num_prompts, self.prefix)
+
+    def end_hook(self, strip: Callable, num_prompts: int) -> Callable:
+        """The last block's ``strip`` (calling :meth:`end_tokens`) as it is hooked: its prompt rows are
+        never read, so the block may skip them, unless the head pools them (:attr:`pool_prompts`)."""
+        return strip if self.pool_prompts else ignores_rows(strip, self.prefix, self.prefix + num_prompts)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -115,6 +165,7 @@ class VPTConfig(MethodConfig):
         default=None,
         metadata={"help": "dropout on the prompts as they are inserted (default: 0 shallow, 0.1 deep)"},
     )
+    pool_prompts: bool | None = pool_prompts_field()
 
 
 @register_method(order=70)
@@ -145,7 +196,7 @@ class VPTShallow(Method):
             self.hook(
                 backbone, f"block.{layer - 1}", ignores_rows(partial(self._replace, layer), *prompt_rows)
             )
-        self.hook(backbone, f"block.{geo.depth - 1}", ignores_rows(self._strip, *prompt_rows))
+        self.hook(backbone, f"block.{geo.depth - 1}", geo.end_hook(self._strip, num_prompts))
         self._handles += hide_prompts(backbone.model, num_prompts, self.name)
 
     def first_site(self, backbone: Backbone) -> str:
@@ -165,7 +216,7 @@ class VPTShallow(Method):
 
     @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return strip_tokens(x, self.prompts.shape[1], self.geometry.prefix)
+        return self.geometry.end_tokens(x, self.prompts.shape[1])
 
 
 @register_method(order=80)

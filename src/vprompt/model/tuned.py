@@ -106,7 +106,8 @@ class TunedModel(nn.Module):
     # ------------------------------------------------------- timm's verbs, with the method attached
 
     def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """timm's ``forward_features`` of the adapted backbone (prompt tokens already removed)."""
+        """timm's ``forward_features`` of the adapted backbone (prompt tokens removed, unless the head
+        pools them: ``pool_prompts``)."""
         return self._timm_verb("forward_features")(x, **kwargs)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

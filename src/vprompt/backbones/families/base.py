@@ -33,6 +33,12 @@ class Family:
         """``(prefix_tokens, (grid_h, grid_w))`` for token families, else ``None``."""
         return None
 
+    def token_pooling(self, model: nn.Module) -> str | None:
+        """How the head pools a token model's last tokens, in timm's ``global_pool`` words: ``token`` (the
+        class token), ``avg`` / ``max`` / ``avgmax`` (the tokens after the prefix), ``map`` (attention
+        pooling), ``""`` (none); ``None`` for families without tokens."""
+        return None
+
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         """The MLP sub-module of every transformer block, for adapter-style methods."""
         return []

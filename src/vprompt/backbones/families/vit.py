@@ -34,6 +34,9 @@ class ViTFamily(Family):
         h, w = model.patch_embed.grid_size
         return model.num_prefix_tokens, (int(h), int(w))
 
+    def token_pooling(self, model: nn.Module) -> str:
+        return "map" if getattr(model, "attn_pool", None) is not None else str(model.global_pool)
+
     def mlps(self, model: nn.Module) -> list[nn.Module]:
         return [block.mlp for block in model.blocks]
 
