@@ -3,8 +3,8 @@
 ``SuccessiveHalvingPruner`` (``pip install 'vprompt[search]'``) and run by the sweep's own executors.
 
 Every grid point is one Optuna trial and trains to the first rung (``grace`` epochs); at each rung
-(``grace · reduction^k`` epochs) every point reports its validation accuracy there, then the pruner says,
-point by point in grid order, which stop; the others go on. The survivors finish their full schedule and
+(``grace · reduction^k`` epochs) every point reports its validation accuracy there, then the pruner is
+asked, point by point in grid order, which stop (its rule: ``docs/design.md``); the others go on. The survivors finish their full schedule and
 the grid's rule chooses among the finished points. A paused run resumes from its checkpoint, so a
 survivor's result is exactly that of the full grid's run. Only validation results reach the pruner;
 tuning runs never see the test split. Design notes: ``docs/design.md``, section ``vprompt/tools/search.py``.
@@ -121,10 +121,8 @@ def _halve(optuna, search: Asha, epochs: int, jobs: list[Job], executor: Executo
     for k, rung in enumerate(search.rungs(epochs)):
         if len(alive) <= 1:
             break
-        reached = {}
-        for i, outcome in zip(
-            alive, executor.run([replace(jobs[i], pause=rung) for i in alive]), strict=True
-        ):
+        reached, results = {}, executor.run([replace(jobs[i], pause=rung) for i in alive])
+        for i, outcome in zip(alive, results, strict=True):
             accuracy = rung_accuracy(outcome, rung)
             if accuracy is None:  # finished (diverged, stopped early by its own --early-stop) or failed
                 outcomes[i] = outcome
@@ -132,7 +130,8 @@ def _halve(optuna, search: Asha, epochs: int, jobs: list[Job], executor: Executo
             else:
                 trials[i].report(accuracy, step=rung)
                 reached[i] = (accuracy, outcome)
-        pruned = {i: trials[i].should_prune() for i in reached}  # every value reported, then asked
+        # asked in grid order: each point's value is set against those asked before it at this rung
+        pruned = {i: trials[i].should_prune() for i in reached}
         points = [
             {"run": jobs[i].name, "val_accuracy": reached[i][0], "kept": not pruned[i]} for i in reached
         ]
