@@ -1,5 +1,5 @@
-"""The early-stopping search's decisions are Optuna's: SuccessiveHalvingPruner's rule as it is (asked in
-grid order, ties go on, small rungs keep at least one), only validation reaches it, stopped points are not
+"""The early-stopping search's decisions are Optuna's: SuccessiveHalvingPruner's rule as it is (asked in an
+order drawn from the seed, ties go on, small rungs keep at least one), only validation reaches it, stopped points are not
 trained further; and without Optuna ``--search asha`` fails at once with one line while the grid never
 imports it. Runs are stood in for by a fake executor (no training: the rules, in milliseconds)."""
 
@@ -16,7 +16,7 @@ from tiny_runs import TINY_CLI, TINY_SWEEP
 from vprompt.cli import main
 from vprompt.tools import executors, sweep
 from vprompt.tools.executors import Job, Outcome
-from vprompt.tools.search import Asha, halve
+from vprompt.tools.search import Asha, arrival, halve
 
 
 class Epochs:
@@ -53,46 +53,60 @@ def kept(record: dict, rung: int = 0) -> list[bool]:
     return [p["kept"] for p in record["rung_results"][rung]["points"]]
 
 
-def test_the_rung_decisions_are_optunas_asked_in_grid_order():
-    # rising in grid order: each is the best so far, all go on (a synchronous rule would keep 2 of 4);
-    # falling at the next rung: only the first asked goes on
-    outcomes, record, ran = search([[10, 40, 0, 0], [20, 30, 0, 0], [30, 20, 0, 0], [40, 10, 0, 0]])
+def asked(record: dict, rung: int = 0) -> list[float]:
+    """The rung's validation accuracies in the order the pruner was asked."""
+    return [p["val_accuracy"] for p in record["rung_results"][rung]["points"]]
+
+
+def test_the_rung_decisions_are_optunas_in_an_order_drawn_from_the_seed():
+    val = [[10 * (i + 1), 80 - 10 * i, 0, 0] for i in range(8)]  # rising in grid order, then falling
+    outcomes, record, ran = search(val)
     assert record["engine"] == f"optuna {version('optuna')}" and record["pruner"] == "SuccessiveHalvingPruner"
-    assert (
-        record["rungs"] == [1, 2]
-        and kept(record, 0) == [True] * 4
-        and kept(record, 1) == [True, False, False, False]
-    )
-    assert record["stopped"] == [
-        {"run": f"p{i}", "rung": 2, "epoch": 2, "val_accuracy": 40 - 10 * i, "epochs_skipped": 2}
-        for i in (1, 2, 3)
-    ]
-    assert [o.status for o in outcomes] == ["trained", "stopped", "stopped", "stopped"]
-    assert {"run": "p2", **outcomes[2].summary["search_stopped"]} == record["stopped"][1]
-    # every point to epoch 1, every point to epoch 2, then only the survivor to its end: no stopped run goes on
-    assert ran == [(f"p{i}", 1) for i in range(4)] + [(f"p{i}", 2) for i in range(4)] + [("p0", None)]
+    assert record["rungs"] == [1, 2]
+    first = [p["run"] for p in record["rung_results"][0]["points"]]
+    assert sorted(first) == [f"p{i}" for i in range(8)] and first != sorted(first)  # not the grid's order
+    assert first == [f"p{i}" for i in arrival(list(range(8)), [Job("p0", "out", {})], 1)]
+    for rung in (0, 1):  # Optuna's rule on the values in the order asked
+        assert kept(record, rung) == optuna_keeps(asked(record, rung), 2)
+    assert 1 <= sum(kept(record, 0)) < 8  # in grid order the rising values would all have gone on
+    assert search(val)[1] == record  # the same order and decisions on a rerun
+    stopped = {s["run"]: s for s in record["stopped"]}
+    assert stopped and all(s["val_accuracy"] == val[int(r[1:])][s["epoch"] - 1] for r, s in stopped.items())
+    for i, outcome in enumerate(outcomes):
+        assert outcome.status == ("stopped" if f"p{i}" in stopped else "trained")
+        # a stopped point never runs again after its rung; a survivor runs to its end once
+        runs = [pause for name, pause in ran if name == f"p{i}"]
+        want = [1, 2][: stopped[f"p{i}"]["rung"]] if f"p{i}" in stopped else [1, 2, None][: len(runs)]
+        assert runs == want and (f"p{i}" in stopped or runs[-1] is None)
 
 
-def test_ties_go_on_and_a_small_rung_keeps_at_least_the_first_asked():
+def test_the_order_is_drawn_from_the_seed_and_the_rung():
+    jobs = [Job("p0", "out", {"seed": s}) for s in (0, 1)]
+    orders = {(s, r): arrival(list(range(10)), [jobs[s]], r) for s in (0, 1) for r in (1, 2)}
+    assert all(sorted(o) == list(range(10)) for o in orders.values())
+    assert len({tuple(o) for o in orders.values()}) == 4
+    assert arrival(list(range(10)), [jobs[0]], 1) == orders[0, 1]
+
+
+def test_ties_go_on_and_any_values_follow_optunas_rule():
     _, record, _ = search([[50, 0], [50, 0], [50, 0], [50, 0]])  # value >= the k-th best: ties go on
     assert kept(record) == [True] * 4 and record["stopped"] == []
-    _, record, _ = search([[30, 0], [20, 0], [10, 0]], reduction=4)  # 3 // 4 = 0: k = 1, the best so far
-    assert kept(record) == [True, False, False]
-    _, record, _ = search([[10, 0], [20, 0], [30, 0]], reduction=4)
-    assert kept(record) == [True, True, True]
     rng = random.Random(0)
-    for n, reduction in [(16, 4), (9, 3), (7, 2), (12, 4)]:  # and on any values: the rule in tiny_sweeps
+    for n, reduction in [(3, 4), (16, 4), (9, 3), (7, 2), (12, 4)]:  # small rungs too (3 // 4 = 0: k = 1)
         first = [rng.choice([10.0, 20.0, 30.0, 40.0, 50.0]) for _ in range(n)]
         _, record, _ = search([[v, 0.0] for v in first], reduction=reduction)
-        assert kept(record) == optuna_keeps(first, reduction), (first, reduction)
+        assert kept(record) == optuna_keeps(asked(record), reduction), (first, reduction)
+        assert kept(record)[0] and max(first) in [
+            v for v, k in zip(asked(record), kept(record), strict=True) if k
+        ]
 
 
 def test_only_validation_reaches_the_pruner():
     """The fake's test accuracy ranks the points the other way round; the decisions follow validation."""
-    outcomes, record, _ = search([[90, 0], [10, 0]])
-    assert kept(record) == [True, False] and [
-        p["val_accuracy"] for p in record["rung_results"][0]["points"]
-    ] == [90, 10]
+    val = [[90 - 10 * i, 0] for i in range(6)]
+    _, record, _ = search(val)
+    assert sorted(asked(record), reverse=True) == [v[0] for v in val]
+    assert kept(record) == optuna_keeps(asked(record), 2)
     assert "test_accuracy" not in str(record)
 
 

@@ -17,8 +17,8 @@ from vprompt.engine import trainer as trainer_module
 from vprompt.engine.cache import SharedCaches, sharing
 from vprompt.engine.rundir import RunDir
 from vprompt.tools import sweep
-from vprompt.tools.executors import Executor, Outcome
-from vprompt.tools.search import Asha
+from vprompt.tools.executors import Executor, Job, Outcome
+from vprompt.tools.search import Asha, arrival
 from vprompt.tools.tuning import choose
 
 QUIET = Executor(log=None)
@@ -187,11 +187,13 @@ def test_asha_stops_points_where_optuna_says_and_its_survivors_equal_the_full_gr
     assert search["rungs"] == [1, 2] and search["grace"] == 1 and search["reduction"] == 2
     assert search["engine"] == f"optuna {version('optuna')}" and search["pruner"] == "SuccessiveHalvingPruner"
     first = search["rung_results"][0]
-    assert first["epoch"] == 1 and [p["run"] for p in first["points"]] == [g["run"] for g in full["grid"]]
+    assert first["epoch"] == 1 and sorted(p["run"] for p in first["points"]) == sorted(
+        g["run"] for g in full["grid"]
+    )
     for p in first["points"]:  # the rung's figures are the full grid's own epoch-1 validation
         row = RunDir(tmp_path / "grid" / p["run"]).read_metrics()[0]
         assert p["val_accuracy"] == row["val_accuracy"]
-    for rung in search["rung_results"]:  # Optuna's rule, asked in grid order
+    for rung in search["rung_results"]:  # Optuna's rule, in the order asked
         assert [p["kept"] for p in rung["points"]] == optuna_keeps(
             [p["val_accuracy"] for p in rung["points"]], 2
         )
@@ -255,7 +257,9 @@ def test_the_accounting_sums_the_runs(tmp_path):
 
 def test_sweep_tune_search_asha_on_the_command_line(tmp_path, capsys):
     args = ["sweep", "tune", *TINY_CLI, "--method", "linear", "--epochs", "2", "--no-progress", "--quiet"]
-    args += ["--device", "cpu", "--lr", "0.05,0.0001", "--seeds", "1", "--search", "asha"]
+    # seed 0 asks the second grid point (lr 0.05, the better at epoch 1) first: lr 0.0001 then stops
+    assert arrival([0, 1], [Job("p", "out", {"seed": 0})], 1) == [1, 0]
+    args += ["--device", "cpu", "--lr", "0.0001,0.05", "--seeds", "1", "--search", "asha"]
     assert main([*args, "--asha-reduction", "2", "--output", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "stopped at rung 1 (epoch 1)" in out and "compute: " in out and "epochs (divergence)" in out

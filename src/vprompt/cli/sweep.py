@@ -144,7 +144,7 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         type=int,
         default=4,
         help="reduction_factor: at a rung a point goes on if in the top 1/N of the points asked so far, "
-        "in grid order (default: 4)",
+        "in an order drawn from --seed (default: 4)",
     )
 
 

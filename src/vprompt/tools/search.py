@@ -4,7 +4,8 @@
 
 Every grid point is one Optuna trial and trains to the first rung (``grace`` epochs); at each rung
 (``grace · reduction^k`` epochs) every point reports its validation accuracy there, then the pruner is
-asked, point by point in grid order, which stop (its rule: ``docs/design.md``); the others go on. The survivors finish their full schedule and
+asked, point by point in an order drawn from the sweep's seed, which stop (its rule: ``docs/design.md``);
+the others go on. The survivors finish their full schedule and
 the grid's rule chooses among the finished points. A paused run resumes from its checkpoint, so a
 survivor's result is exactly that of the full grid's run. Only validation results reach the pruner;
 tuning runs never see the test split. Design notes: ``docs/design.md``, section ``vprompt/tools/search.py``.
@@ -12,6 +13,7 @@ tuning runs never see the test split. Design notes: ``docs/design.md``, section 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -79,6 +81,13 @@ def rung_accuracy(outcome: Outcome, epoch: int) -> float | None:
     return (rows[epoch - 1] if len(rows) >= epoch else {}).get("val_accuracy")
 
 
+def arrival(points: list[int], jobs: list[Job], rung: int) -> list[int]:
+    """The order in which a rung's points are put to the pruner: a shuffle drawn from the sweep's seed and
+    the rung (the same on every rerun)."""
+    random.Random(f"{jobs[0].config.get('seed', 0)}:{rung}").shuffle(points)
+    return points
+
+
 def halve(search: Asha, epochs: int, jobs: list[Job], executor: Executor) -> tuple[list[Outcome], dict]:
     """Run ``jobs`` (one grid, in grid order) by successive halving, Optuna deciding at each rung; their
     outcomes in grid order (a point stopped at a rung has status ``stopped`` and a summary saying where)
@@ -130,11 +139,10 @@ def _halve(optuna, search: Asha, epochs: int, jobs: list[Job], executor: Executo
             else:
                 trials[i].report(accuracy, step=rung)
                 reached[i] = (accuracy, outcome)
-        # asked in grid order: each point's value is set against those asked before it at this rung
-        pruned = {i: trials[i].should_prune() for i in reached}
-        points = [
-            {"run": jobs[i].name, "val_accuracy": reached[i][0], "kept": not pruned[i]} for i in reached
-        ]
+        # ASHA decides as points arrive, each against those asked before it at this rung: they are asked
+        # in an order drawn from the sweep's seed, so that the grid's own order (by lr) does not decide
+        pruned = {i: trials[i].should_prune() for i in arrival(list(reached), jobs, rung)}
+        points = [{"run": jobs[i].name, "val_accuracy": reached[i][0], "kept": not pruned[i]} for i in pruned]
         record["rung_results"].append({"rung": k + 1, "epoch": rung, "points": points})
         for i in [i for i in reached if pruned[i]]:
             accuracy, outcome = reached[i]
