@@ -21,7 +21,7 @@ setup: $(STAMP) $(FMNIST)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,dev,ray,prepare,hf,tracking,vp]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[export,dev,ray,search,prepare,hf,tracking,vp]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OFFLINE_PACKAGES)
 	@touch $@
 

@@ -5,9 +5,10 @@ exact savings change no finished run and no choice (bit-equal weights and metric
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import pytest
-from tiny_sweeps import one_thread
+from tiny_sweeps import one_thread, optuna_keeps
 
 import vprompt
 from tiny_runs import TINY_CLI, TINY_SWEEP, same_weights, strip_timing, weights
@@ -16,8 +17,8 @@ from vprompt.engine import trainer as trainer_module
 from vprompt.engine.cache import SharedCaches, sharing
 from vprompt.engine.rundir import RunDir
 from vprompt.tools import sweep
-from vprompt.tools.executors import Executor, Outcome
-from vprompt.tools.search import Asha
+from vprompt.tools.executors import Executor, Job, Outcome
+from vprompt.tools.search import Asha, arrival
 from vprompt.tools.tuning import choose
 
 QUIET = Executor(log=None)
@@ -175,7 +176,7 @@ def test_caches_shared_on_disk_by_separate_processes_give_the_same_run(tmp_path,
     assert RunDir(tmp_path / "second").read_summary()["cache"]["storage"] == "disk (shared)"
 
 
-def test_asha_stops_the_worse_points_at_a_rung_and_its_survivor_equals_the_full_grid_run(tmp_path):
+def test_asha_stops_points_where_optuna_says_and_its_survivors_equal_the_full_grid_runs(tmp_path):
     config = dict(PROBE, epochs=4)
     lrs = [0.05, 0.01, 0.002, 0.0005]
     full = sweep.tune(config, tmp_path / "grid", lrs=lrs, wds=[0.0], seeds=1, executor=QUIET)
@@ -184,29 +185,42 @@ def test_asha_stops_the_worse_points_at_a_rung_and_its_survivor_equals_the_full_
     )
     search = asha["search"]
     assert search["rungs"] == [1, 2] and search["grace"] == 1 and search["reduction"] == 2
+    assert search["engine"] == f"optuna {version('optuna')}" and search["pruner"] == "SuccessiveHalvingPruner"
     first = search["rung_results"][0]
-    assert first["epoch"] == 1 and [p["kept"] for p in first["points"]] == [True, True, False, False]
-    accuracies = [p["val_accuracy"] for p in first["points"]]
-    assert accuracies == sorted(accuracies, reverse=True)  # ranked by validation at the rung
+    assert first["epoch"] == 1 and sorted(p["run"] for p in first["points"]) == sorted(
+        g["run"] for g in full["grid"]
+    )
     for p in first["points"]:  # the rung's figures are the full grid's own epoch-1 validation
         row = RunDir(tmp_path / "grid" / p["run"]).read_metrics()[0]
         assert p["val_accuracy"] == row["val_accuracy"]
+    for rung in search["rung_results"]:  # Optuna's rule, in the order asked
+        assert [p["kept"] for p in rung["points"]] == optuna_keeps(
+            [p["val_accuracy"] for p in rung["points"]], 2
+        )
     stopped = {s["run"]: s for s in search["stopped"]}
-    assert len(stopped) == 3 and {s["epochs_skipped"] for s in stopped.values()} <= {3, 2}
+    assert stopped and {s["epochs_skipped"] for s in stopped.values()} <= {3, 2}
     for name, stop in stopped.items():  # a stopped point keeps its checkpoint and metrics to its rung
         run = RunDir(tmp_path / "asha" / name)
         assert not run.finished and len(run.read_metrics()) == stop["epoch"]
         status = next(g["status"] for g in asha["grid"] if g["run"] == name)
         assert status == f"stopped at rung {stop['rung']} (epoch {stop['epoch']})"
-    (survivor,) = [g["run"] for g in asha["grid"] if g["status"] == "trained"]
-    same_run(tmp_path / "asha" / survivor, tmp_path / "grid" / survivor)  # paused and resumed = whole
-    assert asha["chosen"]["lr"] == float(survivor.split("lr")[1].split("-")[0])
-    mine = next(g for g in full["grid"] if g["run"] == survivor)
-    assert asha["chosen"]["val_accuracy"] == mine["val_accuracy"]
+    survivors = [g["run"] for g in asha["grid"] if g["status"] == "trained"]
+    assert survivors and len(survivors) + len(stopped) == len(lrs)
+    for survivor in survivors:  # paused at each rung and resumed = trained whole, bit for bit
+        same_run(tmp_path / "asha" / survivor, tmp_path / "grid" / survivor)
+    best = choose(
+        [
+            ((g["lr"], 0.0), Outcome(g["run"], "", g["status"], g))
+            for g in full["grid"]
+            if g["run"] in survivors
+        ]
+    )
+    assert asha["chosen"]["lr"] == best["lr"] and asha["chosen"]["val_accuracy"] == best["val_accuracy"]
     saved = asha["compute"]["saved"]
     assert saved["epochs_skipped_search"] == sum(s["epochs_skipped"] for s in stopped.values())
     assert saved["images_trained_saved"] == 64 * saved["epochs_skipped_search"]
-    assert "Search: asha (grace 1 epochs, reduction 2" in (tmp_path / "asha" / "result.md").read_text()
+    md = (tmp_path / "asha" / "result.md").read_text()
+    assert "Search: asha (grace 1 epochs, reduction 2, rungs at epochs [1, 2]; decided by optuna " in md
     # run again: everything is read back, and the search decides the same
     again = sweep.tune(
         config, tmp_path / "asha", lrs=lrs, wds=[0.0], seeds=1, executor=QUIET, search=Asha(1, 2)
@@ -243,7 +257,9 @@ def test_the_accounting_sums_the_runs(tmp_path):
 
 def test_sweep_tune_search_asha_on_the_command_line(tmp_path, capsys):
     args = ["sweep", "tune", *TINY_CLI, "--method", "linear", "--epochs", "2", "--no-progress", "--quiet"]
-    args += ["--device", "cpu", "--lr", "0.05,0.0001", "--seeds", "1", "--search", "asha"]
+    # seed 0 asks the second grid point (lr 0.05, the better at epoch 1) first: lr 0.0001 then stops
+    assert arrival([0, 1], [Job("p", "out", {"seed": 0})], 1) == [1, 0]
+    args += ["--device", "cpu", "--lr", "0.0001,0.05", "--seeds", "1", "--search", "asha"]
     assert main([*args, "--asha-reduction", "2", "--output", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "stopped at rung 1 (epoch 1)" in out and "compute: " in out and "epochs (divergence)" in out

@@ -46,3 +46,13 @@ class FakeTrain:
         summary.setdefault("accuracy", summary.get("test_accuracy", summary.get("val_accuracy")))
         run.write_summary(summary)
         return summary
+
+
+def optuna_keeps(values: list[float], reduction: int) -> list[bool]:
+    """Which points Optuna's ``SuccessiveHalvingPruner`` lets go on at a rung when they are asked in this
+    order: the j-th goes on iff its value is at least the k-th best of the first j, k = max(1, j // reduction)
+    (``optuna/pruners/_successive_halving.py``: a value counts for the others once it has been asked)."""
+    return [
+        v >= sorted(values[:j], reverse=True)[max(1, j // reduction) - 1]
+        for j, v in enumerate(values, start=1)
+    ]

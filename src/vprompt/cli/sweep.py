@@ -133,14 +133,18 @@ def _grid(p: argparse.ArgumentParser, tune_note: str = "") -> None:
         choices=("grid", "asha"),
         default="grid",
         help="grid (default): every point trained in full, the official protocol; asha: successive "
-        "halving, the worse points stopped at rungs (docs/guide.md, 'A sweep's savings')",
+        "halving, Optuna's SuccessiveHalvingPruner stopping points at rungs (pip install "
+        "'vprompt[search]'; docs/guide.md, 'A sweep's savings')",
     )
-    s.add_argument("--asha-grace", type=int, default=1, help="epochs before the first rung (default: 1)")
+    s.add_argument(
+        "--asha-grace", type=int, default=1, help="epochs before the first rung: min_resource (default: 1)"
+    )
     s.add_argument(
         "--asha-reduction",
         type=int,
         default=4,
-        help="at each rung the best 1/N of the points go on (default: 4)",
+        help="reduction_factor: at a rung a point goes on if in the top 1/N of the points asked so far, "
+        "in an order drawn from --seed (default: 4)",
     )
 
 

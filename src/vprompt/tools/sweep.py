@@ -19,7 +19,7 @@ from . import benchmarks, plots, report
 from .benchmarks import FAMILIES, VTAB_GROUPS  # noqa: F401  (sweep.FAMILIES, sweep.VTAB_GROUPS)
 from .compute import account, combine, write_compute
 from .executors import Executor, Job, failures, one_sweep_at_a_time, write_failures
-from .search import SEARCHES, Asha
+from .search import SEARCHES, Asha, load_optuna
 from .tables import markdown, mean_std, pm, write_csv
 from .tuning import Plan, run_plans
 
@@ -262,12 +262,13 @@ DEFAULT_SEEDS = 5
 
 def searcher(search: str | Asha | None) -> Asha | None:
     """``"grid"``/None: the exact grid; ``"asha"``: successive halving with ASHA's defaults; an
-    :class:`~.search.Asha` as it is."""
-    if search is None or isinstance(search, Asha):
-        return search
-    if search not in SEARCHES:
+    :class:`~.search.Asha` as it is. A search needs Optuna (checked here, before any run)."""
+    if isinstance(search, str) and search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}; choose one of: {', '.join(SEARCHES)}")
-    return Asha() if search == "asha" else None
+    if search is None or search == "grid":
+        return None
+    load_optuna()
+    return Asha() if search == "asha" else search
 
 
 def grid(

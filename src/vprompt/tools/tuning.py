@@ -219,7 +219,8 @@ def result_markdown(r: dict[str, Any]) -> str:
         stopped = ", ".join(f"{s['run']} at epoch {s['epoch']}" for s in search["stopped"]) or "none"
         lines.append(
             f"Search: {search['kind']} (grace {search['grace']} epochs, reduction {search['reduction']}, "
-            f"rungs at epochs {search['rungs']}); stopped: {stopped}.\n"
+            f"rungs at epochs {search['rungs']}; decided by {search['engine']} "
+            f"{search['pruner']}); stopped: {stopped}.\n"
         )
     if chosen is None:
         lines.append("No grid run finished: no final runs.\n")
