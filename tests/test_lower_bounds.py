@@ -19,7 +19,9 @@ def lower_bound(name: str) -> str:
     return re.search(r">=\s*([\w.]+)", spec).group(1)
 
 
-@pytest.mark.skipif("lower-bounds" not in os.environ.get("PYTHONPATH", ""), reason="only under make test-lower")
+@pytest.mark.skipif(
+    "lower-bounds" not in os.environ.get("PYTHONPATH", ""), reason="only under make test-lower"
+)
 @pytest.mark.parametrize("module", [timm, peft], ids=["timm", "peft"])
 def test_the_imported_versions_are_the_stated_lower_bounds(module):
     name = module.__name__

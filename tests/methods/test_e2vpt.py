@@ -9,7 +9,7 @@ import e2vpt_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.layers.attention import Attention
+from timm.models.vision_transformer import Attention
 
 import vprompt
 from numerics import EXACT_RTOL, assert_exact

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from timm.layers.attention import Attention
+from timm.models.vision_transformer import Attention
 from torch import nn
 
 import vprompt

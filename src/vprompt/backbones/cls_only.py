@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers.attention import Attention
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import (
+    Attention,  # the same class as timm.layers.attention.Attention in newer timm
+    Block,
+    VisionTransformer,
+)
 from torch import nn
 from torch.nn.modules import module as torch_module
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers.attention import Attention
+from timm.models.vision_transformer import (
+    Attention,  # the same class as timm.layers.attention.Attention in newer timm
+)
 from torch import nn
 
 from ..backbones import Backbone

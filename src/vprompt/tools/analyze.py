@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers.attention import Attention
+from timm.models.vision_transformer import (
+    Attention,  # the same class as timm.layers.attention.Attention in newer timm
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
