@@ -60,7 +60,12 @@ def assert_same(a, b, what: str) -> None:
 
 
 # the methods whose hooks replace the prompt rows of every block's output (blocks 0..L-2)
-REPLACING = {"vpt-deep": {"num_prompts": PROMPTS}, "vapt": {"num_prompts": PROMPTS}}
+REPLACING = {
+    "vpt-deep": {"num_prompts": PROMPTS},
+    "vapt": {"num_prompts": PROMPTS},
+    # its key-value prompts (and their dropout, drawn inside every block) enter the rows computed too
+    "e2vpt": {"num_prompts": PROMPTS, "kv_prompts": 2, "kv_dropout": 0.2},
+}
 # options for the other methods' attach on the tiny ViT (defaults otherwise)
 OTHERS = {
     "ap": {"site": "block.1"},
@@ -76,7 +81,7 @@ OTHERS = {
 
 def test_exactly_the_methods_that_replace_prompt_rows_skip_them_in_the_inner_blocks():
     """Every registered method attached to a ViT: the blocks before the last leave rows uncomputed for
-    VPT-deep and VAPT alone (a new method that replaces prompt rows adds itself to REPLACING and marks its
+    VPT-deep, VAPT and E²VPT alone (a new method that replaces prompt rows adds itself to REPLACING and marks its
     hook with ``ignores_rows``)."""
     skipping = set()
     for name in METHODS:
@@ -111,14 +116,15 @@ def test_skipped_prompt_rows_give_the_same_logits_and_gradients(method, register
 
 
 @pytest.mark.parametrize("pool_prompts", [False, None])
-@pytest.mark.parametrize("method", ["vpt-deep", "vapt", "vpt-shallow", "gatevpt"])
+@pytest.mark.parametrize("method", ["vpt-deep", "vapt", "e2vpt", "vpt-shallow", "gatevpt"])
 def test_average_pooling_skips_the_stripped_rows_of_the_last_block_too(method, pool_prompts, float64):
     """An average pooling of the patch tokens alone (``pool_prompts=False``, the official 'img_pool')
     reads every row but the prompts': the last block computes all but those, also for the shallow
     methods, whose strip is their only such hook. Pooling the prompts too (the default on an
     average-pooled backbone, the official 'original') reads them: the last block computes every row."""
     bb = vit(global_pool="avg")
-    model = vprompt.attach(bb, method, num_prompts=PROMPTS, pool_prompts=pool_prompts)
+    options = {"num_prompts": PROMPTS, **REPLACING.get(method, {})}
+    model = vprompt.attach(bb, method, **options, pool_prompts=pool_prompts)
     perturbed(model)
     seen = rows_seen_by_the_mlps(bb)
     x = torch.randn(2, *model.input_size)

@@ -2,10 +2,14 @@
 
 The private script that ran the official code (ChengHan111/E2VPT) imported these functions and copied
 the tensors they build bit for bit into the official modules; ``fixtures/README.md`` says how. Changing
-anything here invalidates the fixture.
+anything here invalidates the fixture. Everything is drawn in float64, whose ``torch.randn`` draws are the
+same under every CPU kernel (float32 draws differ by an ulp in the non-vectorised one).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from test_official_reference import redraw_
@@ -27,23 +31,35 @@ CASES = {
 }
 
 
-def reference_backbone() -> vprompt.Backbone:
-    """timm ``vit_tiny_patch16_224`` at :data:`VIT`, a 10-class head, every parameter redrawn (seed 0).
+@contextlib.contextmanager
+def float64_default() -> Iterator[None]:
+    """Build and draw in float64 (``redraw_`` draws in the default dtype), whatever the caller's default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
-    Built and drawn in float32 (the default dtype); the comparison casts the model to float64 after."""
-    backbone = vprompt.backbone("vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, **VIT)
-    redraw_(backbone.model.named_parameters(), WEIGHT_SEED)
+
+def reference_backbone() -> vprompt.Backbone:
+    """timm ``vit_tiny_patch16_224`` at :data:`VIT`, a 10-class head, every parameter redrawn (seed 0);
+    built and drawn in float64."""
+    with float64_default():
+        backbone = vprompt.backbone("vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, **VIT)
+        redraw_(backbone.model.named_parameters(), WEIGHT_SEED)
     return backbone.eval()
 
 
 def reference_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two images ``randn(2, 3, 32, 32)`` (seed 1) and their labels."""
+    """Two images ``randn(2, 3, 32, 32)`` (seed 1, float64) and their labels."""
     generator = torch.Generator().manual_seed(INPUT_SEED)
-    return torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float32), torch.tensor(LABELS)
+    return torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64), torch.tensor(LABELS)
 
 
 def reference_model(backbone: vprompt.Backbone, case: str) -> TunedModel:
-    """E²VPT attached with its parameters redrawn (seed 2; masks too), in eval mode."""
-    model = TunedModel(backbone, E2VPT(CASES[case]))
-    redraw_(model.method.named_parameters(), METHOD_SEED)
+    """E²VPT attached with its parameters redrawn (seed 2; masks too; float64), in eval mode."""
+    with float64_default():
+        model = TunedModel(backbone, E2VPT(CASES[case]))
+        redraw_(model.method.named_parameters(), METHOD_SEED)
     return model.eval()

@@ -19,14 +19,6 @@ from vprompt.backbones.cls_only import why_not
 from vprompt.cli import main
 from vprompt.methods.e2vpt import KVPromptAttention, importance, prune_grid, prune_options
 
-#: the pinned reference weights are float32 ``torch.randn`` draws; PyTorch's non-vectorised kernel
-#: (``ATEN_CPU_CAPABILITY=default``) draws them an ulp apart from its AVX2 and AVX-512 kernels (which
-#: agree), so the weights, not the method, differ there. TODO: draw them in float64 and recompute.
-DRAWS_DIFFER = pytest.mark.skipif(
-    torch.backends.cpu.get_cpu_capability() == "DEFAULT",
-    reason="the reference weights' float32 randn draws differ in the non-vectorised CPU kernel",
-)
-
 FIXTURE = Path(__file__).parent / "fixtures" / "e2vpt_reference.json"
 TINY_VIT = dict(img_size=32, patch_size=8, depth=3, embed_dim=24, num_heads=2)
 
@@ -60,18 +52,19 @@ def test_the_fixture_records_its_provenance(official):
 
 
 @pytest.mark.numerics
-@DRAWS_DIFFER
 @pytest.mark.parametrize("cls_only", [True, False], ids=["cls-row", "all-rows"])
 @pytest.mark.parametrize("case", list(ref.CASES))
-def test_logits_and_gradients_equal_the_official_code(official, case, cls_only):
-    """Eval mode, float64: the logits, the loss and every gradient value (per block) equal the official
-    ``PromptedVisionTransformer_Prompt_VK``'s on the same weights and prompts."""
+def test_logits_and_gradients_equal_the_official_code(official, case, cls_only, float64):
+    """Eval mode, float64 (weights and inputs drawn in float64: the same on every CPU kernel): the logits,
+    the loss and every gradient value (per block) equal the official ``PromptedVisionTransformer_Prompt_VK``'s
+    on the same weights and prompts."""
     want = official["cases"][case]
     bb = ref.reference_backbone()
     bb.cls_only_last_block = cls_only
-    model = ref.reference_model(bb, case).double()
+    model = ref.reference_model(bb, case)
     images, labels = ref.reference_inputs()
-    logits = model(images.double())
+    assert images.dtype == bb.head.weight.dtype == model.method.prompts.dtype == torch.float64
+    logits = model(images)
     assert bb.cls_only_status() == ("CLS row only" if cls_only else "all tokens: cls_only_last_block is off")
     loss = F.cross_entropy(logits, labels)
     relative(logits, want["logits"], "logits")
@@ -92,15 +85,14 @@ def test_logits_and_gradients_equal_the_official_code(official, case, cls_only):
 
 
 @pytest.mark.numerics
-@DRAWS_DIFFER
-def test_importance_scores_are_the_official_mask_gradients(official):
+def test_importance_scores_are_the_official_mask_gradients(official, float64):
     """The official score of one batch is the gradient of the loss w.r.t. the (learned) masks; over a
     loader it is the mean of the batches' gradients."""
     want = official["cases"]["masks"]["grads"]
     bb = ref.reference_backbone()
-    model = ref.reference_model(bb, "masks").double().train()
+    model = ref.reference_model(bb, "masks").train()
     images, labels = ref.reference_inputs()
-    batch = (images.double(), labels)
+    batch = (images, labels)
     tokens, segments = importance(model, [batch, batch])
     relative(tokens, want["token_mask"], "token scores")
     relative(segments, want["segment_mask"], "segment scores")

@@ -24,10 +24,8 @@ from timm.models.vision_transformer import (
 from torch import nn
 
 from ..backbones import Backbone
-from ..backbones.cls_only import keeps_cls_row
-from .base import Method, MethodConfig, MethodNotApplicable, check_size, register_method
-from .timm_views import hide_prompts
-from .vpt import TOKEN_FAMILIES, TokenGeometry, insert_tokens, pool_prompts_field, replace_tokens
+from .base import MethodConfig, MethodNotApplicable, check_size, register_method
+from .vpt import TOKEN_FAMILIES, TokenGeometry, VPTDeep, pool_prompts_field
 
 #: the official pruning grid: percentages of the prompts (of the segments) to prune, and how many stay
 PRUNE_PERCENTS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -121,7 +119,10 @@ class KVPromptAttention(nn.Module):
 
 
 @register_method(order=105)
-class E2VPT(Method):
+class E2VPT(VPTDeep):
+    """VPT-deep's prompt hooks (:meth:`VPTDeep.hook_prompts`) with :meth:`visual_prompts` as the
+    prompts, and :class:`KVPromptAttention` in every block."""
+
     name = "e2vpt"
     summary = "E²VPT: VPT-deep prompts + key-value prompts in every self-attention; token/segment pruning"
     families = TOKEN_FAMILIES
@@ -172,11 +173,7 @@ class E2VPT(Method):
         if c.learn_masks:
             self.token_mask = nn.Parameter(torch.ones(c.num_prompts))
             self.segment_mask = nn.Parameter(torch.ones(c.num_prompts, c.segments))
-        self.hook(backbone, "embed", self._insert)
-        for layer in range(1, depth):
-            self.hook(backbone, f"block.{layer - 1}", partial(self._replace, layer))
-        self.hook(backbone, f"block.{depth - 1}", self._strip)
-        self._handles += hide_prompts(backbone.model, len(kept), self.name)
+        self.hook_prompts(backbone, depth, len(kept), c.dropout)
         for layer, (parent, attr) in enumerate(slots):
             base = getattr(parent, attr)
             setattr(parent, attr, KVPromptAttention(base, partial(self.kv_rows, layer)))
@@ -187,9 +184,6 @@ class E2VPT(Method):
             setattr(parent, attr, base)
         self._wrapped.clear()
         super().detach(backbone)
-
-    def first_site(self, backbone: Backbone) -> str:
-        return "embed"  # visual prompts enter after the token embedding, key-value prompts inside blocks
 
     def _pruned_layout(self, geo: TokenGeometry) -> tuple[list[int], torch.Tensor | None]:
         """Kept prompt indices, and the kept ``(token, dim)`` entries (flat, over the kept tokens) when
@@ -245,21 +239,7 @@ class E2VPT(Method):
             p = p * tokens[:, None]
         return p
 
-    def _layer_prompts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        prompts = self.visual_prompts(layer).to(x.dtype).expand(x.shape[0], -1, -1)
-        if self.training and self.config.dropout > 0:
-            prompts = F.dropout(prompts, self.config.dropout, training=True)
-        return prompts
-
-    def _insert(self, x: torch.Tensor) -> torch.Tensor:
-        return insert_tokens(x, self._layer_prompts(0, x), self.geometry.prefix)
-
-    def _replace(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        return replace_tokens(x, self._layer_prompts(layer, x), self.geometry.prefix)
-
-    @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
-    def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return self.geometry.end_tokens(x, len(self.kept))
+    layer_prompts = visual_prompts  # what VPT-deep's hooks insert
 
     def kv_rows(self, layer: int, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``layer``'s key and value prompts, ``(B, H, M, d_h)`` each (dropout per sample)."""

@@ -1,7 +1,7 @@
 """Visual prompt tuning (VPT): learned prompt tokens inserted into a plain ViT's token sequence.
 
 Jia et al., "Visual Prompt Tuning" (ECCV 2022): ``vpt-shallow`` and ``vpt-deep``. The helpers here
-(:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT.
+(:class:`TokenGeometry`, :func:`insert_tokens`, ...) are shared with VAPT; E²VPT extends VPT-deep.
 Design notes: ``docs/design.md``, section ``vprompt/methods/vpt.py``.
 """
 
@@ -189,7 +189,16 @@ class VPTShallow(Method):
         layers = geo.depth if self.deep else 1
         #: prompts of block l at ``prompts[l]``: ``(layers, N_p, D)``
         self.prompts = nn.Parameter(geo.vpt_init_(torch.empty(layers, num_prompts, geo.dim)))
+        self.hook_prompts(backbone, layers, num_prompts, dropout)
+
+    def hook_prompts(self, backbone: Backbone, layers: int, num_prompts: int, dropout: float) -> None:
+        """Hook the ``num_prompts`` tokens of :meth:`layer_prompts` into the sequence (``self.geometry``
+        set): inserted at ``embed``, replaced after blocks 0..``layers``-2 (prompt rows each block may
+        leave uncomputed), removed after the last block unless the head pools them; dropout as inserted."""
+        geo = self.geometry
         self.prompt_dropout = nn.Dropout(dropout)
+        #: prompt tokens in the sequence
+        self.num_tokens = num_prompts
         self.hook(backbone, "embed", self._insert)
         prompt_rows = geo.prefix, geo.prefix + num_prompts  # never read: each block may skip them
         for layer in range(1, layers):
@@ -202,8 +211,12 @@ class VPTShallow(Method):
     def first_site(self, backbone: Backbone) -> str:
         return "embed"  # prompts enter after the token embedding
 
+    def layer_prompts(self, layer: int) -> torch.Tensor:
+        """The prompts that enter before block ``layer`` (0: at ``embed``), ``(N_p, D)``."""
+        return self.prompts[layer]
+
     def _layer_prompts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        prompts = self.prompts[layer].to(x.dtype).expand(x.shape[0], -1, -1)
+        prompts = self.layer_prompts(layer).to(x.dtype).expand(x.shape[0], -1, -1)
         if self.training and self.prompt_dropout.p > 0:
             prompts = self.prompt_dropout(prompts)
         return prompts
@@ -216,7 +229,7 @@ class VPTShallow(Method):
 
     @keeps_cls_row  # row 0 stays: the last block may compute the CLS row alone
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        return self.geometry.end_tokens(x, self.prompts.shape[1])
+        return self.geometry.end_tokens(x, self.num_tokens)
 
 
 @register_method(order=80)
