@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from vprompt.cli import build_parser
+from vprompt.cli import build_parser, main
 from vprompt.engine.config import config_fields
 
 
@@ -67,3 +67,44 @@ def test_sweep_weight_decays_by_either_spelling(flag):
 @pytest.mark.parametrize("flag", ["--output", "--out"])
 def test_data_prepare_output_by_either_spelling(flag):
     assert parse("data", "prepare", "vtab1k", flag, "root").out == "root"
+
+
+def test_every_command_naming_a_backbone_takes_backbone_as_train_spells_it():
+    """``sites`` and ``analyze layers`` take BACKBONE positionally (as before) and ``--backbone``, as
+    ``train``, ``bench`` and ``classify`` do; every ``--random-init`` has its ``--no-random-init``."""
+    missing = []
+    for path, parser in commands(build_parser()):
+        flags = {dest: [] for dest in ("backbone", "random_init")}
+        for action in parser._actions:
+            if action.dest in flags:
+                flags[action.dest] += action.option_strings
+        for dest, flag in (("backbone", "--backbone"), ("random_init", "--no-random-init")):
+            if any(a.dest == dest for a in parser._actions) and flag not in flags[dest]:
+                missing.append(f"vprompt {' '.join(path)} {flag}")
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sites", "resnet18"],
+        ["sites", "--backbone", "resnet18"],
+        ["sites", "resnet18", "--backbone", "resnet18"],  # the same name twice is no conflict
+        ["analyze", "layers", "resnet18", "--data", "mnist-5k"],
+        ["analyze", "layers", "--backbone", "resnet18", "--data", "mnist-5k"],
+    ],
+)
+def test_sites_and_analyze_take_the_backbone_either_way(argv):
+    assert parse(*argv).backbone == "resnet18"
+
+
+def test_two_different_backbones_or_none_are_one_error(capsys):
+    with pytest.raises(SystemExit):
+        parse("sites", "resnet18", "--backbone", "resnet50")
+    assert "the backbone is given twice (resnet18, resnet50)" in capsys.readouterr().err
+    assert main(["sites"]) == 2
+    assert (
+        capsys.readouterr().err == "vprompt sites: error: name a backbone: BACKBONE or --backbone BACKBONE\n"
+    )
+    assert main(["analyze", "layers", "--data", "mnist-5k"]) == 2
+    assert "name a BACKBONE (or --backbone BACKBONE" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
@@ -128,6 +128,11 @@ class Items(Dataset):
 PIXEL = Image.new("RGB", (4, 4))
 
 
+class Stream(IterableDataset):
+    def __iter__(self):
+        yield PIXEL, 0
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -135,6 +140,14 @@ PIXEL = Image.new("RGB", (4, 4))
             5,
             "data: expected a dataset spec string, a map-style dataset (len and indexing), a pair (train, "
             "val) or a dict of splits; the train data is int",
+        ),
+        (
+            DataLoader(Items([(PIXEL, 0)])),
+            "the train data is DataLoader (a DataLoader: pass its dataset, loader.dataset; vprompt builds",
+        ),
+        (
+            {"train": Items([(PIXEL, 0)]), "val": Stream()},
+            "the val data is Stream (an iterable-style dataset: vprompt needs len and indexing",
         ),
         (Items([]), "data: the train dataset (Items) holds no items"),
         (Items([1, 2]), "data (Items): items are int; expected (image, label) pairs or dicts"),

@@ -291,7 +291,7 @@ def test_ema_weights_are_the_hand_computed_average_and_what_is_kept(tmp_path, mo
     ],
 )
 def test_early_stopping_stops_after_patience_validations_without_improvement(
-    tmp_path, monkeypatch, metric, script, patience, stopped, best
+    tmp_path, monkeypatch, capsys, metric, script, patience, stopped, best
 ):
     real = trainer_module.Trainer.evaluate
 
@@ -307,6 +307,14 @@ def test_early_stopping_stops_after_patience_validations_without_improvement(
     assert summary["early_stop"]["best_epoch"] == best and summary["early_stop"]["best"] == script[best - 1]
     assert len(RunDir(tmp_path / "r").read_metrics()) == stopped
     assert summary["epochs"] == 6
+    lines = capsys.readouterr().out.splitlines()  # the log says why it ended, after the last epoch's line
+    assert [line.split()[1] for line in lines[:stopped]] == [f"{e}/6" for e in range(1, stopped + 1)]
+    assert lines[stopped] == (
+        f"early stop: {metric} did not improve for {patience} validations (best {script[best - 1]:.4g} "
+        f"after epoch {best}); stopped after epoch {stopped} of 6"
+    )
+    vprompt.train(**run, quiet=True, output=tmp_path / "quiet")
+    assert capsys.readouterr() == ("", "")
     monkeypatch.undo()
     assert vprompt.evaluate_run(tmp_path / "r", split="test")["split"] == "test"  # choosing nothing there
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .backbones import add_backbone_name
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,15 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the radius holding 50%% / 90%% of the input-gradient mass of its central position (effective "
         "receptive field). With --run: prompted (the run's model) and plain (its backbone alone).",
     )
-    k.add_argument(
-        "backbone",
-        nargs="?",
-        default=None,
-        help="timm name, torchvision:<name> or offline:<name> (not with --run)",
-    )
+    add_backbone_name(k, help="timm name, torchvision:<name> or offline:<name> (not with --run)")
     k.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
     k.add_argument("--weights", default=None, help="local .safetensors/.pth/.npz weights file")
-    k.add_argument("--random-init", action="store_true", help="random weights instead of pretrained")
+    k.add_argument(
+        "--random-init",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="random weights instead of pretrained",
+    )
     k.add_argument("--data", default=None, help="data spec (default with --run: the run's dataset)")
     k.add_argument("--root", default=None, help="data root (docs/guide.md, Data)")
     k.add_argument("--split", default="test", help="split whose images are analysed (default: test)")
@@ -78,11 +80,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     if args.run is not None:
         if args.backbone is not None:
-            raise ValueError("give a BACKBONE or --run, not both (the run names its backbone)")
+            raise ValueError(
+                "give a BACKBONE (or --backbone) or --run, not both (the run names its backbone)"
+            )
         result = analyze.analyze_run(args.run, args.data, device=device, **options)
     else:
         if args.backbone is None:
-            raise ValueError("name a BACKBONE (or a finished run with --run)")
+            raise ValueError("name a BACKBONE (or --backbone BACKBONE, or a finished run with --run)")
         if args.data is None:
             raise ValueError("--data is needed (a data spec, e.g. mnist-5k or vtab1k:cifar)")
         from .backbones import build_backbone

@@ -7,13 +7,37 @@ from pathlib import Path
 
 import torch
 
+BACKBONE_HELP = "timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>"
+
+
+class BackboneName(argparse.Action):
+    """The backbone, given as a positional BACKBONE or as ``--backbone`` (train's spelling): once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:  # an optional positional that was not given
+            return
+        given = getattr(namespace, "backbone", None)
+        if given is not None and given != values:
+            parser.error(f"the backbone is given twice ({given}, {values}): give BACKBONE or --backbone")
+        namespace.backbone = values
+
+
+def add_backbone_name(parser: argparse.ArgumentParser, help: str = BACKBONE_HELP) -> None:
+    """BACKBONE as a positional (optional) or as ``--backbone``, as ``vprompt train`` spells it."""
+    parser.add_argument("backbone", nargs="?", default=None, action=BackboneName, help=help)
+    parser.add_argument("--backbone", dest="backbone", action=BackboneName, help="the same as BACKBONE")
+
+
+def named_backbone(args: argparse.Namespace) -> str:
+    if args.backbone is None:
+        raise ValueError("name a backbone: BACKBONE or --backbone BACKBONE")
+    return args.backbone
+
 
 def add_backbone_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """The options every command that builds a backbone shares."""
     if positional:
-        parser.add_argument(
-            "backbone", help="timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>"
-        )
+        add_backbone_name(parser)
     else:
         parser.add_argument(
             "--backbone",
@@ -23,7 +47,10 @@ def add_backbone_args(parser: argparse.ArgumentParser, positional: bool = True) 
     parser.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
     parser.add_argument("--weights", default=None, help="local .safetensors/.pth/.npz weights file")
     parser.add_argument(
-        "--random-init", action="store_true", help="random weights instead of pretrained (for quick checks)"
+        "--random-init",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="random weights instead of pretrained (for quick checks)",
     )
 
 
@@ -31,7 +58,7 @@ def build_backbone(args: argparse.Namespace, num_classes: int | None = None):
     from ..backbones import create_backbone
 
     return create_backbone(
-        args.backbone,
+        named_backbone(args),
         num_classes=num_classes,
         img_size=args.img_size,
         pretrained=not args.random_init,

@@ -670,6 +670,16 @@ class Trainer:
         if p.stale_validations >= cfg.early_stop:
             p.stopped_epoch = p.epoch + 1
 
+    def early_stop_line(self) -> str:
+        """The log line of a run that early stopping ended (after its last epoch's line)."""
+        cfg, p = self.config, self.progress
+        best = p.watched_best if cfg.early_stop_metric == "val_accuracy" else -p.watched_best
+        times = "validation" if cfg.early_stop == 1 else "validations"
+        return (
+            f"early stop: {cfg.early_stop_metric} did not improve for {cfg.early_stop} {times} (best "
+            f"{best:.4g} after epoch {p.watched_epoch}); stopped after epoch {p.stopped_epoch} of {cfg.epochs}"
+        )
+
     def tricks_summary(self) -> dict[str, Any]:
         """How augmentation, mixup, accumulation, the EMA and early stopping shaped the run (its summary)."""
         cfg, p = self.config, self.progress
@@ -755,10 +765,14 @@ class Trainer:
                     break
                 p.metrics.append(json_values(row))  # --nonfinite continue: NaN is no JSON value
                 p.epoch += 1
-                if bar is not None:
-                    bar.write(epoch_line(row, cfg.epochs))
-                elif speak:
-                    print(epoch_line(row, cfg.epochs), flush=True)
+                lines = [epoch_line(row, cfg.epochs)]
+                if p.stopped_epoch is not None:
+                    lines.append(self.early_stop_line())
+                for line in lines:
+                    if bar is not None:
+                        bar.write(line)
+                    elif speak:
+                        print(line, flush=True)
                 self.tracker.epoch(row, p.updates)
                 if self.run is not None:
                     state = self.state()  # every process takes part (RNG states are gathered)

@@ -67,11 +67,23 @@ def _splits(data) -> dict[str, object]:
         if not _dataset_like(ds):
             raise ValueError(
                 f"data: expected a dataset spec string, a map-style dataset (len and indexing), a pair "
-                f"(train, val) or a dict of splits; the {name} data is {type(ds).__name__}"
+                f"(train, val) or a dict of splits; the {name} data is {type(ds).__name__}{_hint(ds)}"
             )
         if len(ds) == 0:
             raise DataError(f"data: the {name} dataset ({type(ds).__name__}) holds no items")
     return parts
+
+
+def _hint(obj) -> str:
+    """What to pass instead of a loader or an iterable-style dataset (HF Trainer and Lightning habits)."""
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return (
+            " (a DataLoader: pass its dataset, loader.dataset; vprompt builds its own loaders from "
+            "batch_size and workers)"
+        )
+    if isinstance(obj, torch.utils.data.IterableDataset):
+        return " (an iterable-style dataset: vprompt needs len and indexing, to subset, hold out and resume)"
+    return ""
 
 
 def _layers(ds) -> list:
