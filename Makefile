@@ -57,7 +57,7 @@ test-kernels: setup
 
 # The lower bounds pyproject.toml states for timm and peft: those two versions, installed into a folder of
 # their own, shadow the pinned ones (PYTHONPATH comes first) for the tests that use timm and peft. CI runs it.
-LOWER := timm==1.0.16 peft==0.14.0
+LOWER := timm==1.0.28 peft==0.14.0
 LOWER_DIR := $(VENV)/lower-bounds
 $(LOWER_DIR)/.installed: Makefile | $(STAMP)
 	rm -rf $(LOWER_DIR)

@@ -259,7 +259,7 @@ def rows_forward(block: Block, x: torch.Tensor, spans: list[tuple[int, int]]) ->
     ``(B, T, D)`` → ``(B, R, D)``, R the number of rows in ``spans``."""
     attn = block.attn
     batch, tokens, _ = x.shape
-    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
+    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.num_heads * attn.head_dim
     h = block.norm1(x)
     h_rows = _take(h, spans)
     rows = h_rows.shape[1]
@@ -274,8 +274,10 @@ def rows_forward(block: Block, x: torch.Tensor, spans: list[tuple[int, int]]) ->
     else:
         scores = (q * attn.scale) @ k.transpose(-2, -1)
         o = attn.attn_drop(scores.softmax(dim=-1)) @ v
-    o = attn.norm(o.transpose(1, 2).reshape(batch, rows, width))
-    if attn.gate is not None:
+    o = o.transpose(1, 2).reshape(batch, rows, width)
+    if getattr(attn, "norm", None) is not None:  # timm's scale-norm (Identity when off)
+        o = attn.norm(o)
+    if getattr(attn, "gate", None) is not None:  # timm 1.0.28 on
         o = o * attn.gate(h_rows).sigmoid()
     y = _take(x, spans) + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(o))))
     return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))

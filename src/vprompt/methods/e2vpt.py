@@ -87,7 +87,11 @@ class KVPromptAttention(nn.Module):
             self.add_module(name, child)
         self.base = [base]  # in a list: not registered twice; what detach puts back
         self.rows = rows
-        self.num_heads, self.head_dim, self.attn_dim = base.num_heads, base.head_dim, base.attn_dim
+        self.num_heads, self.head_dim, self.attn_dim = (
+            base.num_heads,
+            base.head_dim,
+            base.num_heads * base.head_dim,
+        )
         self.scale, self.fused_attn = base.scale, base.fused_attn
         if getattr(base, "gate", None) is None:
             self.gate = None
@@ -112,7 +116,9 @@ class KVPromptAttention(nn.Module):
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             x = self.attn_drop(attn) @ v
-        x = self.norm(x.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
+        x = x.transpose(1, 2).reshape(batch, tokens, self.attn_dim)
+        if getattr(self, "norm", None) is not None:  # timm's scale-norm (Identity when off)
+            x = self.norm(x)
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
