@@ -28,6 +28,10 @@ from ..data.fingerprint import fingerprint
 from ..methods import METHODS, MethodNotApplicable, method_config
 from ..model import TunedModel, attach, load_adapter
 from .config import (
+    DataOptions,
+    LoopOptions,
+    ModelOptions,
+    OptimOptions,
     TrainConfig,
     check_config,
     data_location,
@@ -36,6 +40,7 @@ from .config import (
     recipe_note,
     to_dict,
     typed,
+    val_choosers,
 )
 from .details import details_folder, item_paths, per_class_accuracy, write_details
 from .distributed import Context, resolve_device, setup, teardown
@@ -134,6 +139,7 @@ def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedM
 
 
 def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel:
+    seed, head_init, config = config.seed, config.head_init, config.section(ModelOptions)
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
@@ -146,12 +152,12 @@ def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel
         img_size=config.img_size,
         pretrained=not config.random_init,
         weights=config.weights,
-        init_seed=config.seed,
+        init_seed=seed,
         data_config=vdata.input_overrides(config.mean, config.std, config.interpolation, config.antialias),
     )
-    torch.manual_seed(config.seed)  # the method's own initialisation
+    torch.manual_seed(seed)  # the method's own initialisation
     model = attach(backbone, METHODS[config.method](options))
-    init_head(model, config.head_init, config.seed)
+    init_head(model, head_init, seed)
     if data_info is not None:
         model.class_names = list(data_info.class_names)
     return model
@@ -173,9 +179,9 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "interpolation": dc.get("interpolation"),
         "antialias": dc.get("antialias", True),
         "preprocess": config.preprocess,
-        "peak_lr": peak_lr(config),
+        "peak_lr": peak_lr(config.section(OptimOptions)),
         "lr_scaled_by_batch_over_256": config.lr_scale,
-        "effective_batch_size": effective_batch(config),  # images per optimiser step
+        "effective_batch_size": effective_batch(config.section(OptimOptions)),  # images per optimiser step
         "train_randomness": data.plan.randomness,  # why the training transform is random (None: it is not)
         "selection": config.selection,
         "seed": config.seed,
@@ -316,15 +322,16 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             return run.read_summary()
         if not resume and (run.has_checkpoint() or run.finished):
             raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
-    plan = plan_data(config, source)  # bad data fails here, before any model is built
+    data_options, loop = config.section(DataOptions), config.section(LoopOptions)
+    plan = plan_data(data_options, source, val_choosers(loop))  # bad data fails here, before any model
     ctx = setup(config.device)
     trainer = None
     try:
         model = build_model(config, plan.info.num_classes, plan.info)
         model.preprocessing = {"protocol": plan.protocol, "preprocess": config.preprocess}
-        data = load_data(config, plan, model.data_config, model.num_classes)
+        data = load_data(data_options, plan, model.data_config, model.num_classes, config.seed)
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
-        trainer = Trainer(model, data, config, ctx, run)
+        trainer = Trainer(model, data, loop, config.section(OptimOptions), ctx, run)
         resolved = resolved_config(config, model, data, ctx)
         trainer.options = option_digests(resolved)
         if run is not None:
@@ -379,6 +386,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "selected_epoch": selected,
             "epochs": config.epochs,
             "epochs_trained": progress.epoch,
+            "augment": config.augment,
+            "random_erasing": config.random_erasing,
             **trainer.tricks_summary(),
             "seed": config.seed,
             **results,
@@ -418,8 +427,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
 def compute(trainer: Trainer) -> dict[str, Any]:
     """What a run spent (for a sweep's accounting): seconds (training, cache builds and evaluation),
     images through forward+backward and through evaluation, and the epochs a divergence saved."""
-    p, cfg = trainer.progress, trainer.config
-    steps = cfg.epochs * trainer.steps_per_epoch
+    p = trainer.progress
+    steps = trainer.optim.epochs * trainer.steps_per_epoch
     skipped = (steps - p.updates) / trainer.steps_per_epoch if trainer.stopping else 0.0
     return {
         "seconds": p.train_seconds + p.eval_seconds,
@@ -487,10 +496,9 @@ def evaluate_run(
     config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
     ctx = Context(device=resolve_device(device))
     model = load_run(run_dir, str(ctx.device))
-    # one split, read like a validation split: evaluation transforms, no training split
-    only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
-    only = replace(only, early_stop=None, early_stop_metric="val_accuracy")  # nothing is chosen here
-    data = load_data(only, plan_data(only, source), model.data_config, model.num_classes)
+    # one split, read like a validation split: evaluation transforms, no training split, nothing chosen
+    only = replace(config.section(DataOptions), train_split="none", val_split=split, test_split="none")
+    data = load_data(only, plan_data(only, source), model.data_config, model.num_classes, config.seed)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)
     result = evaluate(model, loader, ctx, amp, keep=details)
