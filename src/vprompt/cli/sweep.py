@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from .options import add_dataclass_options, given
 
 FAMILIES = ("vtab1k", "fgvc", "vp")
-SHAPES = ("full", "channel", "spatial")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..methods.ap import APConfig
+
     p = sub.add_parser(
         "sweep",
         help="many runs: AP layer preference, lr × wd tuning on validation + multi-seed final, whole suites",
@@ -38,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. aap's --hidden) may follow",
     )
     k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
-    k.add_argument("--shape", choices=SHAPES, default="full", help="prompt shape (default: full)")
+    shapes = get_args(get_type_hints(APConfig)["shape"])
+    k.add_argument("--shape", choices=shapes, default="full", help="prompt shape (default: full)")
     _seed_options(k, "runs per site", "the run's --seed alone")
     k.add_argument(
         "--analyze",

@@ -21,21 +21,9 @@ from typing import Any, Literal, TypeVar, get_type_hints
 import yaml
 
 from .. import recipes
-from ..options import coerce
+from ..data.transforms import Preprocess
+from ..options import choices, coerce
 
-SELECTIONS = ("final", "best-val")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "multistep")
-SCHEDULE_STEPS = ("step", "epoch")
-HEAD_INITS = ("default", "vpt")
-PREPROCESSES = ("protocol", "resize-crop")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CACHES = ("auto", "off", "memory", "disk")
-CACHE_DTYPES = ("float32", "float16", "bfloat16")
-LOGGERS = ("csv", "tensorboard", "wandb")
-EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
-FINAL_TRAINS = ("trainval", "train")
-NONFINITE = ("stop", "continue", "error")
 S = TypeVar("S")
 
 
@@ -90,7 +78,7 @@ class TrainConfig:
     test_split: str | None = _data(None, "override the test split ('none' for no test)")
     train_size: int | None = _data(None, "train on a class-balanced subset of this many images")
     eval_size: int | None = _data(None, "validate and test on class-balanced subsets of this many images")
-    preprocess: Literal["protocol", "resize-crop"] = _data(
+    preprocess: Preprocess = _data(
         "protocol",
         "protocol: the protocol's transforms; resize-crop: resize the shorter side to s·256/224, "
         "then centre-crop s, in training and evaluation (Bahng et al.; vtab and vp protocols)",
@@ -248,6 +236,11 @@ def val_choosers(loop: LoopOptions) -> tuple[str, ...]:
     return tuple(option for option, on in uses.items() if on not in (None, False))
 
 
+def choices_of(option: str) -> tuple:
+    """The values run option ``option`` allows, as its ``Literal`` annotation states them."""
+    return choices(get_type_hints(TrainConfig)[option])
+
+
 def config_fields() -> dict[str, Any]:
     """``name → dataclass field`` of :class:`TrainConfig`."""
     return {f.name: f for f in fields(TrainConfig)}
@@ -350,24 +343,8 @@ def _check_config(config: TrainConfig) -> None:
     for name in ("backbone", "method", "data"):
         if not getattr(config, name):
             raise ValueError(f"--{name} is required")
-    choices = {
-        "optimizer": OPTIMIZERS,
-        "selection": SELECTIONS,
-        "precision": PRECISIONS,
-        "cache": CACHES,
-        "cache_dtype": CACHE_DTYPES,
-        "log": LOGGERS,
-        "schedule": SCHEDULES,
-        "schedule_step": SCHEDULE_STEPS,
-        "head_init": HEAD_INITS,
-        "preprocess": PREPROCESSES,
-        "early_stop_metric": EARLY_STOP_METRICS,
-        "final_train": FINAL_TRAINS,
-        "nonfinite": NONFINITE,
-    }
-    for name, valid in choices.items():
-        if getattr(config, name) not in valid:
-            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}")
+    for name, hint in get_type_hints(TrainConfig).items():
+        coerce(name, getattr(config, name), hint)  # a config built in Python: its values of their types
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "eval_every": config.eval_every}
     positive["accumulate"] = config.accumulate
     optional = ("train_size", "eval_size", "early_stop")
