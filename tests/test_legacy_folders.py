@@ -86,3 +86,20 @@ def test_a_legacy_config_reads_back_as_the_same_options(name):
     assert {k: v for k, v in saved.items() if k not in ("resolved", "data", "root")} == {
         k: v for k, v in flat.items() if k in saved and k not in ("data", "root")
     }
+
+
+@pytest.mark.parametrize("name", ["run", "interrupted"])
+def test_finished_and_interrupted_runs_accept_the_same_changes(name, tmp_path, capsys):
+    """Every option that does not change a result (``RESUME_FREE``, the one list) may differ when a run
+    is resumed, finished or not; an option that does is refused either way."""
+    from vprompt.engine.run import RESUME_FREE
+
+    run = copy(name, tmp_path)
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert "epochs: 2 → 3" in capsys.readouterr().err
+    free = {"cache": "off", "workers": "0", "device": "cpu", "log": "tensorboard", "root": str(tmp_path)}
+    free |= {"details": True, "quiet": True, "progress": True}
+    assert set(free) == RESUME_FREE - {"resolved"}
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in free.items()]
+    assert main(["train", "--resume", str(run), *flags]) == 0
+    assert RunDir(run).finished

@@ -181,21 +181,14 @@ def floats(values: list[str] | None) -> list[float] | None:
         raise ValueError(f"not a number list: {' '.join(values)}") from e
 
 
-def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed) -> dict:
+def _config(args: argparse.Namespace, extra: list[str], **fixed) -> dict:
     """The run options as given (YAML, then the command line, then method options): a dict, so that a
     recipe can fill the rest per dataset."""
-    from ..engine.config import read_yaml
-    from ..engine.run import as_config
+    from ..engine.run import run_options
     from .train import method_options
 
-    values = read_yaml(args.config) if args.config else {}
-    values.update(given(args, args.train_fields))
-    values.update(fixed)
-    config = as_config(values, {})  # checks the recipe and finds the method (perhaps the recipe's)
-    if extra is not None:
-        options = method_options(config.method, extra)
-        values["method_options"] = {**(values.get("method_options") or {}), **options}
-    return values
+    flags = given(args, args.train_fields)
+    return run_options(args.config, flags, fixed, method_flags=lambda method: method_options(method, extra))
 
 
 def _seeds(args: argparse.Namespace):

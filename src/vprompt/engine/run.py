@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from .config import (
     OptimOptions,
     TrainConfig,
     check_config,
+    config_fields,
     data_location,
     make_config,
     read_yaml,
@@ -79,24 +81,40 @@ def diverged_note(diverged: dict[str, Any] | None) -> str:
     return where if diverged["what"] == "training loss" else f"{where} ({diverged['what']})"
 
 
-def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a config object, a dict or a YAML path, with ``overrides`` on top.
+Layer = TrainConfig | dict | str | Path | None
 
-    A dict or YAML file that names a ``recipe`` takes the recipe's values for whatever it does not give
-    (explicit options win). A :class:`TrainConfig` is complete as it is: its ``recipe`` is a label.
-    """
-    complete = isinstance(config, TrainConfig)
-    if complete:
-        values = to_dict(config)
-    elif isinstance(config, str | Path):
-        values = read_yaml(config)
-    else:
-        values = dict(config or {})
-    values.pop("resolved", None)  # written by runs for the record; derived, never read back
-    values, overrides = typed(values), typed(overrides)  # one clear error for a wrongly typed value
-    options = {**values.pop("method_options"), **overrides.pop("method_options")}
-    values = {**values, **overrides, "method_options": options}
-    return make_config(values if complete else recipes.apply(values))
+
+def run_options(*layers: Layer, method_flags: Callable[[str], dict] | None = None) -> dict[str, Any]:
+    """A run's options as given, each layer on top of those before: a config object, a YAML file (a
+    path), dicts (a run folder's own options, command-line flags, keywords). Method options, nested or
+    written flat, are merged, not replaced. ``method_flags(method)`` gives the method's own command-line
+    options, read once the method is known (perhaps from the recipe); they win. The one assembly of
+    ``vprompt train``, ``vprompt sweep`` and :func:`train`; a dict, so that a recipe can still fill what
+    is not given (a suite's, per dataset)."""
+    known, values = config_fields(), {"method_options": {}}
+    for layer in layers:
+        if isinstance(layer, TrainConfig):
+            layer = to_dict(layer)
+        elif isinstance(layer, str | Path):
+            layer = read_yaml(layer)
+        layer = typed(dict(layer or {}))  # one clear error for a wrongly typed value
+        layer.pop("resolved", None)  # written by runs for the record; derived, never read back
+        flat = {k: layer.pop(k) for k in [k for k in layer if k not in known]}
+        values |= {**layer, "method_options": {**values["method_options"], **layer["method_options"], **flat}}
+    if method_flags is not None:
+        method = make_config(recipes.apply(dict(values))).method
+        if not method:
+            raise ValueError("--method is required")
+        values["method_options"] = {**values["method_options"], **method_flags(method)}
+    return values
+
+
+def as_config(*layers: Layer, method_flags: Callable[[str], dict] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from :func:`run_options`' layers. Options that name a ``recipe`` take the
+    recipe's values for whatever they do not give (explicit options win); a :class:`TrainConfig` as the
+    first layer is complete as it is: its ``recipe`` is a label."""
+    values = run_options(*layers, method_flags=method_flags)
+    return make_config(values if isinstance(layers[0], TrainConfig) else recipes.apply(values))
 
 
 def data_objects(config, overrides: dict[str, Any]):
@@ -140,8 +158,6 @@ def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedM
 
 def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel:
     seed, head_init, config = config.seed, config.head_init, config.section(ModelOptions)
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
     if data_info is not None:
         METHODS[config.method].for_data(options, data_info)
@@ -208,7 +224,7 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     have them, so it ran with what they default to)."""
     from dataclasses import fields as dc_fields
 
-    from .config import config_fields, default_of
+    from .config import default_of
 
     full = {name: default_of(f) for name, f in config_fields().items()} | saved
     method = METHODS.get(saved.get("method", ""))
