@@ -129,13 +129,9 @@ def data_objects(config, overrides: dict[str, Any]):
         if holder is overrides:
             overrides = {**overrides, "data": source.info.spec}
         else:
+            spec = source.info.spec
             config = (
-                replace(config, data=source.info.spec)
-                if isinstance(config, TrainConfig)
-                else {
-                    **config,
-                    "data": source.info.spec,
-                }
+                replace(config, data=spec) if isinstance(config, TrainConfig) else {**config, "data": spec}
             )
     return config, overrides, source
 
