@@ -333,7 +333,7 @@ def engine_run(
 ) -> dict[str, Any]:
     """``s.steps`` optimisation steps (one per epoch, so each epoch's loss is one step's) through the
     engine's Trainer; returns the weight updates (on the CPU, float32), the losses and what ran."""
-    from vprompt.engine.config import check_config
+    from vprompt.engine.config import DataOptions, LoopOptions, OptimOptions, check_config
     from vprompt.engine.distributed import Context
     from vprompt.engine.run import as_config, build_model
     from vprompt.engine.run_data import load_data, plan_data
@@ -362,12 +362,15 @@ def engine_run(
         ),
     )
     check_config(config)
-    plan = plan_data(config)
+    plan = plan_data(config.section(DataOptions))
     model = build_model(config, plan.info.num_classes)
-    data = load_data(config, plan, model.backbone.data_config, model.num_classes)
+    data = load_data(
+        config.section(DataOptions), plan, model.backbone.data_config, model.num_classes, config.seed
+    )
     before = {k: v.float().cpu() for k, v in model.trainable_state_dict().items()}
     torch.manual_seed(config.seed)
-    trainer = Trainer(model, data, config, ctx or Context(device=device), None)
+    loop, optim = config.section(LoopOptions), config.section(OptimOptions)
+    trainer = Trainer(model, data, loop, optim, ctx or Context(device=device), None)
     scaler = trainer.precision.scaler
     initial_scale = scaler.get_scale() if scaler is not None else None
     progress = trainer.fit()
@@ -614,12 +617,10 @@ def write_jpegs(root: Path, count: int, size: tuple[int, int], task: str = "dtd"
 
 def loader_rate(dataset, batch: int, workers: int | None, device: torch.device) -> dict[str, Any]:
     """Images/s of one pass of the engine's training loader, batches copied to ``device``."""
-    from vprompt.engine.config import TrainConfig
     from vprompt.engine.distributed import Context, synchronize
     from vprompt.engine.run_data import loader_options, train_loader
 
-    config = TrainConfig(batch_size=batch, workers=workers)
-    loader, _ = train_loader(dataset, config, Context(device=device), augments=False)
+    loader, _ = train_loader(dataset, batch, 0, workers, Context(device=device), augments=False)
     start = time.perf_counter()
     seen = 0
     for x, _y in loader:

@@ -76,11 +76,19 @@ def loader_pass(method: str, options: dict) -> tuple[float, list]:
         from vprompt.engine.data import load_data, plan_data, train_loader
 
     config = make_config({**settings(), "method": method, "method_options": options})
-    plan = plan_data(config)
+    sectioned = hasattr(config, "section")  # a checkout with typed option sections (issue #24)
+    data_options = config.section(vprompt.engine.config.DataOptions) if sectioned else config
+    plan = plan_data(data_options)
     ctx = setup(config.device)
     model = build_model(config, plan.info.num_classes)
-    data = load_data(config, plan, model.backbone.data_config, model.num_classes)
-    loader, _ = train_loader(data.train, config, ctx, data.augments)
+    if sectioned:
+        data = load_data(data_options, plan, model.backbone.data_config, model.num_classes, config.seed)
+        loader, _ = train_loader(
+            data.train, config.batch_size, config.seed, config.workers, ctx, data.augments
+        )
+    else:
+        data = load_data(config, plan, model.backbone.data_config, model.num_classes)
+        loader, _ = train_loader(data.train, config, ctx, data.augments)
     start = time.perf_counter()
     batches = [(x.clone(), y.clone()) for x, y in loader]
     return time.perf_counter() - start, batches

@@ -6,6 +6,13 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 
+def choices(annotation: Any) -> tuple:
+    """The values a ``Literal`` annotation allows (``Literal[...] | None`` too); ``()`` for any other."""
+    if get_origin(annotation) in (Union, UnionType):
+        return next((choices(a) for a in get_args(annotation) if get_origin(a) is Literal), ())
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
 def coerce(name: str, value: Any, annotation: Any) -> Any:
     """``value`` as the type of option ``name`` (YAML reads ``1e-2`` as a string, ``5`` as an int ...),
     or a ValueError naming the option and what it expects."""

@@ -29,6 +29,12 @@ class Registry(Mapping[str, T], Generic[T]):
         self._names = sorted(self._entries, key=lambda n: self._entries[n][:2])
         return entry
 
+    def choose(self, name: str) -> T:
+        """The entry ``name``, or a ValueError that lists the valid names (the one "unknown" message)."""
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._names)}")
+        return self[name]
+
     def __getitem__(self, name: str) -> T:
         return self._entries[name][2]
 

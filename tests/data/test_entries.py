@@ -173,7 +173,7 @@ def test_unreadable_list_files_are_named(vtab_root, fgvc_root):
 
 def test_the_cli_flag_allows_outside_images_for_data_check_and_train(vtab_root, capsys):
     from vprompt.cli import main
-    from vprompt.engine.config import TrainConfig
+    from vprompt.engine.config import DataOptions
     from vprompt.engine.run_data import plan_data
 
     write_image(vtab_root / "elsewhere" / "x.jpg", seed=7)
@@ -186,5 +186,5 @@ def test_the_cli_flag_allows_outside_images_for_data_check_and_train(vtab_root, 
         data="vtab1k:eurosat", root=str(vtab_root), final=True, train_split="none", test_split="test"
     )
     with pytest.raises(DataError, match="outside the dataset folder"):
-        plan_data(TrainConfig(**options))
-    assert plan_data(TrainConfig(**options, images_outside_root=True)).info.name == "eurosat"
+        plan_data(DataOptions(**options))
+    assert plan_data(DataOptions(**options, images_outside_root=True)).info.name == "eurosat"

@@ -16,6 +16,7 @@ import vprompt
 from tiny_runs import TINY
 from vprompt import data as vdata
 from vprompt.data.transforms import ResizeNoAntialias, build_transform
+from vprompt.engine.config import DataOptions
 from vprompt.engine.run import as_config, build_model
 from vprompt.engine.run_data import Splits, resolve_splits
 from vprompt.engine.rundir import RunDir
@@ -132,7 +133,7 @@ def test_the_final_training_split(tmp_path):
         sizes[final_train] = data["sizes"]["train"]
     assert sizes == {"trainval": 80, "train": 64}  # synthetic:4x32: 16 + 4 per class, 16 per class
     tuning = as_config(dict(TINY, method="linear", final_train="train"), {})  # a tuning run: train → val
-    assert resolve_splits(tuning, "vp") == Splits("train", "val", None)
+    assert resolve_splits(tuning.section(DataOptions), "vp") == Splits("train", "val", None)
     items = [(torch.zeros(3, 8, 8), i % 2) for i in range(8)]
     assert vdata.own_train_split(vdata.from_objects({"train": items, "test": items})) == "trainval"
     assert vdata.own_train_split(vdata.from_objects({"train": items, "val": items})) == "train"

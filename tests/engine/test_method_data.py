@@ -18,7 +18,7 @@ from tiny_runs import TINY
 from vprompt.data import build_transform
 from vprompt.data.packaged import FOOLBOX_PIP
 from vprompt.data.sources import DatasetInfo
-from vprompt.engine.config import make_config
+from vprompt.engine.config import DataOptions, make_config
 from vprompt.engine.run import build_model
 from vprompt.engine.run_data import load_data, plan_data
 from vprompt.methods.vp import ExpansiveConfig, ExpansivePrompt
@@ -112,9 +112,9 @@ def test_run_delivers_the_inner_image_end_to_end(tmp_path):
     values = {**TINY, "data": "synthetic:4x24", "method": "vp-expansive", "epochs": 1}
     values["method_options"] = {"inner_size": 16}
     config = make_config(dict(values))
-    plan = plan_data(config)
+    plan = plan_data(config.section(DataOptions))
     model = build_model(config, plan.info.num_classes, plan.info)
-    data = load_data(config, plan, model.data_config, model.num_classes)
+    data = load_data(config.section(DataOptions), plan, model.data_config, model.num_classes, config.seed)
     raw = vprompt.data.load("synthetic:4x24", None, "train", None)
     image, label = raw[5]
     reference = TF.normalize(TF.to_tensor(image.resize((16, 16), Image.BILINEAR)), [0.5] * 3, [0.5] * 3)

@@ -13,15 +13,15 @@ from torchvision import transforms as T
 
 import vprompt
 from vprompt.data import build_transform
-from vprompt.engine.config import TrainConfig, check_config
+from vprompt.engine.config import OptimOptions, TrainConfig, check_config
 from vprompt.engine.heads import VPT_BIAS, init_head
 from vprompt.engine.optim import build_optimizer, build_schedule, param_groups
 
 
 def lrs(config: TrainConfig, steps_per_epoch: int) -> list[float]:
     """The learning rate each optimisation step runs at (the trainer calls step_update after each)."""
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
-    schedule = build_schedule(optimizer, config, steps_per_epoch)
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.section(OptimOptions))
+    schedule = build_schedule(optimizer, config.section(OptimOptions), steps_per_epoch)
     rates = []
     for update in range(config.epochs * steps_per_epoch):
         schedule.step_update(update)
@@ -77,10 +77,10 @@ def test_warmup_in_steps():
 
 def test_adam_and_optimizer_choices():
     p = torch.nn.Parameter(torch.zeros(2))
-    adam = build_optimizer([p], TrainConfig(optimizer="adam", lr=0.01, weight_decay=5e-4))
+    adam = build_optimizer([p], OptimOptions(optimizer="adam", lr=0.01, weight_decay=5e-4))
     assert type(adam) is torch.optim.Adam
     assert adam.param_groups[0]["lr"] == 0.01 and adam.param_groups[0]["weight_decay"] == 5e-4
-    assert type(build_optimizer([p], TrainConfig(optimizer="adamw"))) is torch.optim.AdamW
+    assert type(build_optimizer([p], OptimOptions(optimizer="adamw"))) is torch.optim.AdamW
 
 
 @pytest.mark.parametrize(
@@ -131,14 +131,14 @@ def test_vpt_head_init_statistics():
 def test_vpt_weight_decay_spares_only_the_head_bias():
     model = tiny_model("bitfit", classes=10)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    default = param_groups(model, TrainConfig(weight_decay=1e-3))
+    default = param_groups(model, OptimOptions(weight_decay=1e-3))
     assert len(default) == 1 and len(default[0]["params"]) == len(trainable)
-    groups = param_groups(model, TrainConfig(weight_decay=1e-3, head_init="vpt"))
+    groups = param_groups(model, OptimOptions(weight_decay=1e-3, head_init="vpt"))
     assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
     assert groups[1]["params"] == [model.backbone.head.bias]
     assert len(groups[0]["params"]) == len(trainable) - 1  # every other bias still decays
     assert any(p is model.backbone.head.weight for p in groups[0]["params"])
-    optimizer = build_optimizer(groups, TrainConfig(weight_decay=1e-3, head_init="vpt"))
+    optimizer = build_optimizer(groups, OptimOptions(weight_decay=1e-3, head_init="vpt"))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-3, 0.0]
 
 

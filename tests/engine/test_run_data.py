@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vprompt.data import load
-from vprompt.engine.config import TrainConfig
+from vprompt.engine.config import DataOptions
 from vprompt.engine.distributed import Context
 from vprompt.engine.run_data import (
     EpochBatches,
@@ -33,7 +33,7 @@ CONFIG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "int
     ],
 )
 def test_splits_follow_the_protocol(options, protocol, expected):
-    splits = resolve_splits(TrainConfig(**options), protocol)
+    splits = resolve_splits(DataOptions(**options), protocol)
     assert (splits.train, splits.val, splits.test) == expected
 
 
@@ -79,7 +79,7 @@ def test_a_last_batch_too_small_to_share_is_dropped_everywhere():
 
 
 def test_validation_never_overlaps_training_even_by_file_name():
-    config = TrainConfig(train_split="train800val200", val_split="val200")
+    config = DataOptions(train_split="train800val200", val_split="val200")
     with pytest.raises(ValueError, match="training split 'trainval' and the validation split 'val' share"):
         resolve_splits(config, "vtab")
 
@@ -98,14 +98,15 @@ def test_validation_never_overlaps_training_even_by_file_name():
 )
 def test_no_two_roles_share_a_split_either_way(options):
     with pytest.raises(ValueError, match="share images"):
-        resolve_splits(TrainConfig(**options), "vp")
+        resolve_splits(DataOptions(**options), "vp")
 
 
 def test_evaluation_subsets_do_not_depend_on_the_seed():
     def subsets(seed):
-        config = TrainConfig(data="synthetic:4x16", train_size=8, eval_size=6, seed=seed, final=True)
-        config.val_split, config.train_split = "val", "train"
-        data = load_data(config, plan_data(config), CONFIG, head_classes=4)
+        config = DataOptions(
+            data="synthetic:4x16", train_size=8, eval_size=6, final=True, val_split="val", train_split="train"
+        )
+        data = load_data(config, plan_data(config), CONFIG, head_classes=4, seed=seed)
         return data.train.indices, data.val.indices, data.test.indices
 
     (train0, val0, test0), (train1, val1, test1) = subsets(0), subsets(1)
@@ -138,7 +139,7 @@ def test_loaders_use_workers_and_pinned_memory_by_default_on_a_gpu(monkeypatch, 
     assert loader_options(synthetic, None, gpu)["num_workers"] == 1  # one core left for the main process
     # the run's loaders take these options (building them touches no GPU)
     ctx = Context(device=gpu)
-    loader, _ = train_loader(synthetic, TrainConfig(batch_size=4), ctx, augments=False)
+    loader, _ = train_loader(synthetic, 4, 0, None, ctx, augments=False)
     assert loader.pin_memory and loader.num_workers == 1 and loader.persistent_workers
     evaluation = eval_loader(synthetic, 8, ctx, None)
     assert evaluation.pin_memory and evaluation.num_workers == 1

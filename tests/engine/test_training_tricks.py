@@ -23,7 +23,7 @@ from tiny_runs import TINY, same_weights, strip_timing, weights
 from vprompt.data import build_transform
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.cache import CacheRefused
-from vprompt.engine.config import TrainConfig, check_config
+from vprompt.engine.config import LoopOptions, TrainConfig, check_config
 from vprompt.engine.run_data import SeededItems, seeded
 from vprompt.engine.rundir import RunDir
 
@@ -212,7 +212,7 @@ def test_mixup_needs_even_batches(tmp_path):
 
 def test_mixup_is_timms_with_label_smoothing_folded_in():
     config = TrainConfig(**BASE, mixup=0.5, label_smoothing=0.1, seed=4)
-    mixer = trainer_module.Mixer(config, num_classes=4)
+    mixer = trainer_module.Mixer(config.section(LoopOptions), num_classes=4)
     x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
     mixed, targets = mixer(x.clone(), y, epoch=2, batch=1)
     with seeded(hash((4, 2, 1))):  # timm's Mixup itself, its draws seeded from (seed, epoch, batch)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..engine.config import PRECISIONS
+    from ..engine.config import choices_of
 
     p = sub.add_parser("eval", help="accuracy of a finished run on a split of its data (or another dataset)")
     p.add_argument("run", type=Path, help="run directory")
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=choices_of("precision"),
         default=None,
         help="autocast of the evaluation (default: the run's precision option)",
     )

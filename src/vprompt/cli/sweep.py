@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from .options import add_dataclass_options, given
 
 FAMILIES = ("vtab1k", "fgvc", "vp")
-SHAPES = ("full", "channel", "spatial")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..methods.ap import APConfig
+
     p = sub.add_parser(
         "sweep",
         help="many runs: AP layer preference, lr × wd tuning on validation + multi-seed final, whole suites",
@@ -38,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. aap's --hidden) may follow",
     )
     k.add_argument("--sites", nargs="+", default=None, help="sites to try (default: embed and every block.N)")
-    k.add_argument("--shape", choices=SHAPES, default="full", help="prompt shape (default: full)")
+    shapes = get_args(get_type_hints(APConfig)["shape"])
+    k.add_argument("--shape", choices=shapes, default="full", help="prompt shape (default: full)")
     _seed_options(k, "runs per site", "the run's --seed alone")
     k.add_argument(
         "--analyze",
@@ -182,21 +185,14 @@ def floats(values: list[str] | None) -> list[float] | None:
         raise ValueError(f"not a number list: {' '.join(values)}") from e
 
 
-def _config(args: argparse.Namespace, extra: list[str] | None = None, **fixed) -> dict:
+def _config(args: argparse.Namespace, extra: list[str], **fixed) -> dict:
     """The run options as given (YAML, then the command line, then method options): a dict, so that a
     recipe can fill the rest per dataset."""
-    from ..engine.config import read_yaml
-    from ..engine.run import as_config
+    from ..engine.run import run_options
     from .train import method_options
 
-    values = read_yaml(args.config) if args.config else {}
-    values.update(given(args, args.train_fields))
-    values.update(fixed)
-    config = as_config(values, {})  # checks the recipe and finds the method (perhaps the recipe's)
-    if extra is not None:
-        options = method_options(config.method, extra)
-        values["method_options"] = {**(values.get("method_options") or {}), **options}
-    return values
+    flags = given(args, args.train_fields)
+    return run_options(args.config, flags, fixed, method_flags=lambda method: method_options(method, extra))
 
 
 def _seeds(args: argparse.Namespace):

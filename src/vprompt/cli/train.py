@@ -44,12 +44,10 @@ def method_options(method: str, extra: list[str]) -> dict:
     """Parse the method's own options from ``extra`` (unknown ones are a clear error)."""
     from ..methods import METHODS
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     parser = argparse.ArgumentParser(
         prog=f"vprompt train --method {method}", add_help=False, allow_abbrev=False
     )
-    names = add_dataclass_options(parser, METHODS[method].config_class)
+    names = add_dataclass_options(parser, METHODS.choose(method).config_class)
     args, rest = parser.parse_known_args(extra)
     if rest:
         valid = ", ".join("--" + n.replace("_", "-") for n in names) or "(none)"
@@ -59,24 +57,18 @@ def method_options(method: str, extra: list[str]) -> dict:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from ..engine import train
-    from ..engine.config import read_yaml
     from ..engine.run import as_config, run_config, to_dict
 
-    values: dict = {}
+    own = None
     if isinstance(args.resume, str):
         if args.output is not None and Path(args.output) != Path(args.resume):
             raise ValueError(f"--resume {args.resume} and --output {args.output} name different runs")
         args.output = Path(args.resume)
     by_name = isinstance(args.resume, str)
     if by_name or (args.resume and args.output is not None and (Path(args.output) / "config.yaml").is_file()):
-        values = to_dict(run_config(args.output))  # the run's own options; anything given goes on top
-    if args.config:
-        values.update(read_yaml(args.config))
-    values.update(given(args, args.train_fields))
-    config = as_config(values, {})
-    if not config.method:
-        raise ValueError("--method is required")
-    config.method_options.update(method_options(config.method, extra))
+        own = to_dict(run_config(args.output))  # the run's own options; anything given goes on top
+    flags = given(args, args.train_fields)
+    config = as_config(own, args.config, flags, method_flags=lambda method: method_options(method, extra))
     output = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}"
     args.interrupt_hint = (
         f"the last finished epoch is kept; continue it with: vprompt train --resume {output}"

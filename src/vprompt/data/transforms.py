@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -210,7 +211,8 @@ class ResizeNoAntialias:
         return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation}, antialias=False)"
 
 
-PREPROCESSES = ("protocol", "resize-crop")
+#: how images are sized before the protocol's transform (a run's ``preprocess`` option)
+Preprocess = Literal["protocol", "resize-crop"]
 
 
 def build_transform(
@@ -224,8 +226,10 @@ def build_transform(
     """The image transform for ``protocol`` (training or evaluation), normalised with the backbone's
     mean/std; a training transform as ``augment`` and ``random_erasing`` say."""
     proto = get_protocol(protocol)
-    if preprocess not in PREPROCESSES:
-        raise ValueError(f"unknown preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESSES)}")
+    if preprocess not in get_args(Preprocess):
+        raise ValueError(
+            f"unknown preprocess {preprocess!r}; choose one of: {', '.join(get_args(Preprocess))}"
+        )
     if preprocess == "resize-crop" and proto.train_augments:
         raise ValueError(
             f"preprocess 'resize-crop' replaces a plain resize; protocol {proto.name!r} has its own crops"

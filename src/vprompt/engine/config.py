@@ -3,7 +3,9 @@
 The same fields are the ``vprompt train`` options (``--lr``), the keys of a YAML file (``lr: 0.01``)
 and the keyword arguments of :func:`vprompt.train`. A method's own options (``site``, ``shape``,
 ``num_prompts`` ...) live in ``method_options``; in a YAML file they may also be written flat, next to
-the run's options. :func:`resolve_config` checks everything a run needs before any work is done.
+the run's options. :func:`check_config` checks everything a run needs before any work is done. Each
+field names its section; only :mod:`.run` sees the whole config and hands each engine part its own
+(``config.section(DataOptions)``; see docs/design.md, Option sections).
 """
 
 from __future__ import annotations
@@ -11,283 +13,232 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, TypeVar, get_type_hints
 
 import yaml
 
 from .. import recipes
-from ..options import coerce
+from ..data.transforms import Preprocess
+from ..options import choices, coerce
 
-SELECTIONS = ("final", "best-val")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "multistep")
-SCHEDULE_STEPS = ("step", "epoch")
-HEAD_INITS = ("default", "vpt")
-PREPROCESSES = ("protocol", "resize-crop")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CACHES = ("auto", "off", "memory", "disk")
-CACHE_DTYPES = ("float32", "float16", "bfloat16")
-LOGGERS = ("csv", "tensorboard", "wandb")
-EARLY_STOP_METRICS = ("val_accuracy", "val_loss")
-FINAL_TRAINS = ("trainval", "train")
-NONFINITE = ("stop", "continue", "error")
+S = TypeVar("S")
+
+
+def _option(section: str, default: Any, help: str) -> Any:
+    """A :class:`TrainConfig` field: its default, its help text and the section (engine part) it belongs to."""
+    metadata = {"help": help, "section": section}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+#: the engine parts a run's options belong to: the model choice, the data, the optimisation, the loop
+_model, _data, _optim, _loop = (partial(_option, s) for s in ("model", "data", "optim", "loop"))
 
 
 @dataclass
 class TrainConfig:
-    # ------------------------------------------------------------------------------------ what
-    backbone: str = field(
-        default="",
-        metadata={"help": "timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>"},
+    """Every option of a run, flat (as the CLI, YAML files, recipes and ``config.yaml`` name them); each
+    field belongs to one section, the frozen dataclass that the engine part reading it receives:
+    :class:`ModelOptions`, :class:`DataOptions`, :class:`OptimOptions`, :class:`LoopOptions`."""
+
+    backbone: str = _model("", "timm name, torchvision:<name>, offline:<name>, mae:<vit> or mocov3:<file>")
+    img_size: int | None = _model(None, "square input size (default: the model's)")
+    weights: str | None = _model(None, "local .safetensors/.pth/.npz weights file")
+    random_init: bool = _model(False, "random backbone weights (quick checks only)")
+    method: str = _model("", "adaptation method (see `vprompt methods`)")
+    method_options: dict[str, Any] = _model({}, "the method's own options (see `vprompt methods --options`)")
+    recipe: str | None = _model(
+        None, "a named recipe (see `vprompt recipes`) giving defaults; explicit options win"
     )
-    img_size: int | None = field(default=None, metadata={"help": "square input size (default: the model's)"})
-    weights: str | None = field(default=None, metadata={"help": "local .safetensors/.pth/.npz weights file"})
-    random_init: bool = field(default=False, metadata={"help": "random backbone weights (quick checks only)"})
-    method: str = field(default="", metadata={"help": "adaptation method (see `vprompt methods`)"})
-    method_options: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "the method's own options (see `vprompt methods --options`)"}
+    data: str = _data("", "dataset spec: vtab1k:<task>, hf:<name or folder>, fashion-mnist, ...")
+    root: str | None = _data(None, "data root (see docs/guide.md, Data)")
+    image_column: str | None = _data(None, "hf: data: the image column (default: the first Image feature)")
+    label_column: str | None = _data(
+        None, "hf: data: the label column (default: the first ClassLabel feature)"
     )
-    recipe: str | None = field(
-        default=None,
-        metadata={"help": "a named recipe (see `vprompt recipes`) giving defaults; explicit options win"},
+    images_outside_root: bool = _data(
+        False, "accept split-list entries that point outside the dataset folder (refused by default)"
     )
-    # ------------------------------------------------------------------------------------ data
-    data: str = field(
-        default="", metadata={"help": "dataset spec: vtab1k:<task>, hf:<name or folder>, fashion-mnist, ..."}
+    protocol: str | None = _data(None, "vtab, fgvc or vp (default: from the dataset family)")
+    final: bool = _data(
+        False, "final run: train on the protocol's final split and test once (default: tune on val)"
     )
-    root: str | None = field(default=None, metadata={"help": "data root (see docs/guide.md, Data)"})
-    image_column: str | None = field(
-        default=None, metadata={"help": "hf: data: the image column (default: the first Image feature)"}
+    final_train: Literal["trainval", "train"] = _data(
+        "trainval",
+        "what a final run trains on: trainval (train + val) or train (the dataset's own training "
+        "split alone, as the VPT code on FGVC and ILM-VP; for data that ships no val, from which vprompt "
+        "holds val out, that is the whole training set)",
     )
-    label_column: str | None = field(
-        default=None, metadata={"help": "hf: data: the label column (default: the first ClassLabel feature)"}
+    train_split: str | None = _data(None, "override the protocol's training split")
+    val_split: str | None = _data(None, "override the validation split ('none' for no validation)")
+    test_split: str | None = _data(None, "override the test split ('none' for no test)")
+    train_size: int | None = _data(None, "train on a class-balanced subset of this many images")
+    eval_size: int | None = _data(None, "validate and test on class-balanced subsets of this many images")
+    preprocess: Preprocess = _data(
+        "protocol",
+        "protocol: the protocol's transforms; resize-crop: resize the shorter side to s·256/224, "
+        "then centre-crop s, in training and evaluation (Bahng et al.; vtab and vp protocols)",
     )
-    images_outside_root: bool = field(
-        default=False,
-        metadata={
-            "help": "accept split-list entries that point outside the dataset folder (refused by default)"
-        },
+    mean: list[float] | None = _model(
+        None, "normalisation mean, one per channel (default: the backbone's), e.g. 0.485 0.456 0.406"
     )
-    protocol: str | None = field(
-        default=None, metadata={"help": "vtab, fgvc or vp (default: from the dataset family)"}
+    std: list[float] | None = _model(
+        None, "normalisation std, one per channel (default: the backbone's), e.g. 0.229 0.224 0.225"
     )
-    final: bool = field(
-        default=False,
-        metadata={
-            "help": "final run: train on the protocol's final split and test once (default: tune on val)"
-        },
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"] | None = _model(
+        None, "resize interpolation (default: the backbone's)"
     )
-    final_train: Literal["trainval", "train"] = field(
-        default="trainval",
-        metadata={
-            "help": "what a final run trains on: trainval (train + val) or train (the dataset's own training "
-            "split alone, as the VPT code on FGVC and ILM-VP; for data that ships no val, from which vprompt "
-            "holds val out, that is the whole training set)"
-        },
+    antialias: bool = _model(
+        True,
+        "resize with PIL, which antialiases when shrinking (default); --no-antialias: resize the "
+        "0-255 values as floats without antialiasing, with half-pixel centres (bilinear: TensorFlow 2's "
+        "tf.image.resize as the VPT code's VTAB pipeline; bilinear or bicubic only)",
     )
-    train_split: str | None = field(default=None, metadata={"help": "override the protocol's training split"})
-    val_split: str | None = field(
-        default=None, metadata={"help": "override the validation split ('none' for no validation)"}
+    epochs: int = _optim(10, "training epochs")
+    batch_size: int = _optim(32, "global batch size (split across processes)")
+    optimizer: Literal["sgd", "adam", "adamw"] = _optim("sgd", "sgd (momentum 0.9), adam or adamw")
+    lr: float = _optim(0.01, "peak learning rate (before --lr-scale)")
+    lr_scale: bool = _optim(False, "scale the learning rate by batch_size / 256 (VPT's rule)")
+    weight_decay: float = _optim(0.0, "weight decay")
+    warmup_epochs: float = _optim(0.0, "linear warm-up, in epochs, then cosine")
+    min_lr: float = _optim(0.0, "learning rate at the end of the cosine")
+    label_smoothing: float = _loop(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float | None = _loop(None, "clip the gradient norm to this")
+    schedule: Literal["cosine", "multistep"] = _optim(
+        "cosine", "after the warm-up: cosine to --min-lr, or multistep (× --lr-decay at each milestone)"
     )
-    test_split: str | None = field(
-        default=None, metadata={"help": "override the test split ('none' for no test)"}
+    lr_milestones: list[float] | None = _optim(
+        None,
+        "multistep: decay points as fractions of the epochs (epoch int(f·epochs), as ILM-VP), e.g. 0.5 0.72",
     )
-    train_size: int | None = field(
-        default=None, metadata={"help": "train on a class-balanced subset of this many images"}
+    lr_decay: float = _optim(0.1, "multistep: factor at each milestone")
+    warmup_steps: int | None = _optim(
+        None, "linear warm-up in optimisation steps (instead of --warmup-epochs)"
     )
-    eval_size: int | None = field(
-        default=None, metadata={"help": "validate and test on class-balanced subsets of this many images"}
+    schedule_step: Literal["step", "epoch"] = _optim(
+        "step",
+        "update the learning rate every step, or once per epoch (as the VPT, VAPT and ILM-VP "
+        "code: constant within an epoch)",
     )
-    preprocess: Literal["protocol", "resize-crop"] = field(
-        default="protocol",
-        metadata={
-            "help": "protocol: the protocol's transforms; resize-crop: resize the shorter side to s·256/224, "
-            "then centre-crop s, in training and evaluation (Bahng et al.; vtab and vp protocols)"
-        },
+    head_init: Literal["default", "vpt"] = _optim(
+        "default",
+        "default (the backbone's) or vpt: the VPT code base's head, Kaiming-normal fan-out "
+        "weights and bias -log(99), and weight decay on every trainable tensor except the head's bias",
     )
-    mean: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "normalisation mean, one per channel (default: the backbone's), e.g. 0.485 0.456 0.406"
-        },
+    selection: Literal["final", "best-val"] = _loop(
+        "final", "which weights are kept: the final epoch's, or the best on validation"
     )
-    std: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "normalisation std, one per channel (default: the backbone's), e.g. 0.229 0.224 0.225"
-        },
+    accumulate: int = _optim(
+        1,
+        "accumulate gradients over N batches per optimiser step: the same training as a batch N× "
+        "larger (--lr-scale and the schedule count optimiser steps of N×batch-size images)",
     )
-    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"] | None = field(
-        default=None, metadata={"help": "resize interpolation (default: the backbone's)"}
+    ema: float | None = _loop(
+        None,
+        "keep an exponential moving average of the trained tensors with this decay (timm's "
+        "ModelEmaV3, updated after every optimiser step, e.g. 0.999): the EMA weights are what is "
+        "validated, selected, saved and tested",
     )
-    antialias: bool = field(
-        default=True,
-        metadata={
-            "help": "resize with PIL, which antialiases when shrinking (default); --no-antialias: resize the "
-            "0-255 values as floats without antialiasing, with half-pixel centres (bilinear: TensorFlow 2's "
-            "tf.image.resize as the VPT code's VTAB pipeline; bilinear or bicubic only)"
-        },
+    early_stop: int | None = _loop(
+        None,
+        "stop after this many validations in a row without improving --early-stop-metric "
+        "(needs a validation split; --selection decides which epoch's weights are kept)",
     )
-    # ---------------------------------------------------------------------------- optimisation
-    epochs: int = field(default=10, metadata={"help": "training epochs"})
-    batch_size: int = field(default=32, metadata={"help": "global batch size (split across processes)"})
-    optimizer: Literal["sgd", "adam", "adamw"] = field(
-        default="sgd", metadata={"help": "sgd (momentum 0.9), adam or adamw"}
+    early_stop_metric: Literal["val_accuracy", "val_loss"] = _loop(
+        "val_accuracy", "what --early-stop watches: val_accuracy or val_loss"
     )
-    lr: float = field(default=0.01, metadata={"help": "peak learning rate (before --lr-scale)"})
-    lr_scale: bool = field(
-        default=False, metadata={"help": "scale the learning rate by batch_size / 256 (VPT's rule)"}
+    nonfinite: Literal["stop", "continue", "error"] = _loop(
+        "stop",
+        "a NaN/inf training loss: stop (the run ends at once, recorded as diverged: no adapter, "
+        "no accuracy, never chosen by a sweep), continue (it trains its whole schedule anyway, recorded "
+        "as diverged), error (NonFiniteLossError; the last good checkpoint is kept)",
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up, in epochs, then cosine"})
-    min_lr: float = field(default=0.0, metadata={"help": "learning rate at the end of the cosine"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy"})
-    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
-    schedule: Literal["cosine", "multistep"] = field(
-        default="cosine",
-        metadata={
-            "help": "after the warm-up: cosine to --min-lr, or multistep (× --lr-decay at each milestone)"
-        },
+    augment: str = _data(
+        "protocol",
+        "training augmentation: protocol (the protocol's own), none (the evaluation transform), "
+        "basic (timm's random-resized crop, h-flip, colour jitter 0.4), randaugment (basic with timm's "
+        "rand-m9-mstd0.5-inc1-mmax9), trivialaugment (basic with timm's rand-n1-m9-mstd101-p1-inc1: one "
+        "op of uniform magnitude), or a timm auto-augment string (rand-m9-mstd0.5, augmix-m5, original "
+        "...) added to basic",
     )
-    lr_milestones: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "multistep: decay points as fractions of the epochs (epoch int(f·epochs), as ILM-VP), "
-            "e.g. 0.5 0.72"
-        },
+    random_erasing: float = _data(
+        0.0, "probability of timm's RandomErasing (one box of per-pixel noise) on a normalised training image"
     )
-    lr_decay: float = field(default=0.1, metadata={"help": "multistep: factor at each milestone"})
-    warmup_steps: int | None = field(
-        default=None, metadata={"help": "linear warm-up in optimisation steps (instead of --warmup-epochs)"}
+    mixup: float = _loop(0.0, "mixup alpha (timm's Mixup; 0: off), label smoothing folded in")
+    cutmix: float = _loop(
+        0.0, "cutmix alpha (timm's Mixup; 0: off); with --mixup, each batch picks one (p 0.5)"
     )
-    schedule_step: Literal["step", "epoch"] = field(
-        default="step",
-        metadata={
-            "help": "update the learning rate every step, or once per epoch (as the VPT, VAPT and ILM-VP "
-            "code: constant within an epoch)"
-        },
+    mixup_prob: float = _loop(1.0, "probability that a batch is mixed when --mixup or --cutmix is on")
+    seed: int = _loop(0, "seed of the method's init, the data order and dropout")
+    device: str = _loop("auto", "auto (cuda when present), cpu, cuda, cuda:1")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _loop(
+        "auto",
+        "auto = bf16 autocast on a GPU that has it, else fp32; bf16 on a CPU: an opt-in, for "
+        "CPUs with native bf16 (x86 AVX512-BF16 or AMX-BF16, Arm BF16)",
     )
-    head_init: Literal["default", "vpt"] = field(
-        default="default",
-        metadata={
-            "help": "default (the backbone's) or vpt: the VPT code base's head, Kaiming-normal fan-out "
-            "weights and bias -log(99), and weight decay on every trainable tensor except the head's bias"
-        },
+    workers: int | None = _loop(
+        None, "data processes (default: 8 on a GPU; CPU: 0 in memory, up to 4 for files)"
     )
-    selection: Literal["final", "best-val"] = field(
-        default="final",
-        metadata={"help": "which weights are kept: the final epoch's, or the best on validation"},
+    eval_every: int = _loop(1, "validate every N epochs (and after the last)")
+    cache: Literal["auto", "off", "memory", "disk"] = _loop(
+        "auto", "frozen-prefix cache: auto (in memory where valid), off, memory, disk (memory-mapped)"
     )
-    accumulate: int = field(
-        default=1,
-        metadata={
-            "help": "accumulate gradients over N batches per optimiser step: the same training as a batch N× "
-            "larger (--lr-scale and the schedule count optimiser steps of N×batch-size images)"
-        },
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = _loop(
+        "float32", "dtype the cached activations are stored in"
     )
-    ema: float | None = field(
-        default=None,
-        metadata={
-            "help": "keep an exponential moving average of the trained tensors with this decay (timm's "
-            "ModelEmaV3, updated after every optimiser step, e.g. 0.999): the EMA weights are what is "
-            "validated, selected, saved and tested"
-        },
+    progress: bool = _loop(
+        True, "show a progress bar where stderr is a terminal (one line per epoch is printed either way)"
     )
-    early_stop: int | None = field(
-        default=None,
-        metadata={
-            "help": "stop after this many validations in a row without improving --early-stop-metric "
-            "(needs a validation split; --selection decides which epoch's weights are kept)"
-        },
+    details: bool = _loop(
+        False,
+        "also write <run>/eval-<split>/ for the splits evaluated at the end: per-class accuracy, "
+        "confusion matrix (CSV, PNG), each image's prediction (CSV)",
     )
-    early_stop_metric: Literal["val_accuracy", "val_loss"] = field(
-        default="val_accuracy", metadata={"help": "what --early-stop watches: val_accuracy or val_loss"}
+    quiet: bool = _loop(False, "print nothing but errors: no progress bar, no per-epoch lines")
+    log: Literal["csv", "tensorboard", "wandb"] = _loop(
+        "csv",
+        "where the run is tracked besides metrics.jsonl: csv (steps.csv), tensorboard "
+        "(<run>/tensorboard/), wandb (offline unless WANDB_API_KEY is set and the network is up)",
     )
-    nonfinite: Literal["stop", "continue", "error"] = field(
-        default="stop",
-        metadata={
-            "help": "a NaN/inf training loss: stop (the run ends at once, recorded as diverged: no adapter, "
-            "no accuracy, never chosen by a sweep), continue (it trains its whole schedule anyway, recorded "
-            "as diverged), error (NonFiniteLossError; the last good checkpoint is kept)"
-        },
-    )
-    # ------------------------------------------------------------------------- augmentation
-    augment: str = field(
-        default="protocol",
-        metadata={
-            "help": "training augmentation: protocol (the protocol's own), none (the evaluation transform), "
-            "basic (timm's random-resized crop, h-flip, colour jitter 0.4), randaugment (basic with timm's "
-            "rand-m9-mstd0.5-inc1-mmax9), trivialaugment (basic with timm's rand-n1-m9-mstd101-p1-inc1: one "
-            "op of uniform magnitude), or a timm auto-augment string (rand-m9-mstd0.5, augmix-m5, original "
-            "...) added to basic"
-        },
-    )
-    random_erasing: float = field(
-        default=0.0,
-        metadata={
-            "help": "probability of timm's RandomErasing (one box of per-pixel noise) on a normalised "
-            "training image"
-        },
-    )
-    mixup: float = field(
-        default=0.0, metadata={"help": "mixup alpha (timm's Mixup; 0: off), label smoothing folded in"}
-    )
-    cutmix: float = field(
-        default=0.0,
-        metadata={"help": "cutmix alpha (timm's Mixup; 0: off); with --mixup, each batch picks one (p 0.5)"},
-    )
-    mixup_prob: float = field(
-        default=1.0, metadata={"help": "probability that a batch is mixed when --mixup or --cutmix is on"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the method's init, the data order and dropout"})
-    # ------------------------------------------------------------------------------ execution
-    device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda, cuda:1"})
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        default="auto",
-        metadata={
-            "help": "auto = bf16 autocast on a GPU that has it, else fp32; bf16 on a CPU: an opt-in, for "
-            "CPUs with native bf16 (x86 AVX512-BF16 or AMX-BF16, Arm BF16)"
-        },
-    )
-    workers: int | None = field(
-        default=None,
-        metadata={"help": "data processes (default: 8 on a GPU; CPU: 0 in memory, up to 4 for files)"},
-    )
-    eval_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
-    cache: Literal["auto", "off", "memory", "disk"] = field(
-        default="auto",
-        metadata={
-            "help": "frozen-prefix cache: auto (in memory where valid), off, memory, disk (memory-mapped)"
-        },
-    )
-    cache_dtype: Literal["float32", "float16", "bfloat16"] = field(
-        default="float32", metadata={"help": "dtype the cached activations are stored in"}
-    )
-    progress: bool = field(
-        default=True,
-        metadata={
-            "help": "show a progress bar where stderr is a terminal (one line per epoch is printed either way)"
-        },
-    )
-    details: bool = field(
-        default=False,
-        metadata={
-            "help": "also write <run>/eval-<split>/ for the splits evaluated at the end: per-class accuracy, "
-            "confusion matrix (CSV, PNG), each image's prediction (CSV)"
-        },
-    )
-    quiet: bool = field(
-        default=False, metadata={"help": "print nothing but errors: no progress bar, no per-epoch lines"}
-    )
-    log: Literal["csv", "tensorboard", "wandb"] = field(
-        default="csv",
-        metadata={
-            "help": "where the run is tracked besides metrics.jsonl: csv (steps.csv), tensorboard "
-            "(<run>/tensorboard/), wandb (offline unless WANDB_API_KEY is set and the network is up)"
-        },
-    )
+
+    def section(self, kind: type[S]) -> S:
+        """This config's options of one section (e.g. ``config.section(DataOptions)``)."""
+        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
+
+
+def _section(name: str, doc: str) -> type:
+    """The frozen dataclass of the :class:`TrainConfig` fields of section ``name`` (same types, defaults, help)."""
+    own = [f for f in fields(TrainConfig) if f.metadata["section"] == name]
+    specs = [
+        (f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in own
+    ]
+    kind = make_dataclass(f"{name.title()}Options", specs, frozen=True)
+    kind.__module__, kind.__doc__ = __name__, doc
+    return kind
+
+
+ModelOptions = _section("model", "The model choice: backbone, method and input normalisation.")
+DataOptions = _section("data", "What a run reads: dataset, splits, subsets, preprocessing and augmentation.")
+OptimOptions = _section("optim", "The optimiser and its schedule over the epochs and batches.")
+LoopOptions = _section(
+    "loop", "The training loop: loss, selection, EMA, early stop, mixing, execution and output."
+)
+
+
+def val_choosers(loop: LoopOptions) -> tuple[str, ...]:
+    """The options that choose on the validation split (the data part checks that there is one)."""
+    uses = {"--selection best-val": loop.selection == "best-val", "--early-stop": loop.early_stop}
+    return tuple(option for option, on in uses.items() if on not in (None, False))
+
+
+def choices_of(option: str) -> tuple:
+    """The values run option ``option`` allows, as its ``Literal`` annotation states them."""
+    return choices(get_type_hints(TrainConfig)[option])
 
 
 def config_fields() -> dict[str, Any]:
@@ -392,24 +343,8 @@ def _check_config(config: TrainConfig) -> None:
     for name in ("backbone", "method", "data"):
         if not getattr(config, name):
             raise ValueError(f"--{name} is required")
-    choices = {
-        "optimizer": OPTIMIZERS,
-        "selection": SELECTIONS,
-        "precision": PRECISIONS,
-        "cache": CACHES,
-        "cache_dtype": CACHE_DTYPES,
-        "log": LOGGERS,
-        "schedule": SCHEDULES,
-        "schedule_step": SCHEDULE_STEPS,
-        "head_init": HEAD_INITS,
-        "preprocess": PREPROCESSES,
-        "early_stop_metric": EARLY_STOP_METRICS,
-        "final_train": FINAL_TRAINS,
-        "nonfinite": NONFINITE,
-    }
-    for name, valid in choices.items():
-        if getattr(config, name) not in valid:
-            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}")
+    for name, hint in get_type_hints(TrainConfig).items():
+        coerce(name, getattr(config, name), hint)  # a config built in Python: its values of their types
     positive = {"epochs": config.epochs, "batch_size": config.batch_size, "eval_every": config.eval_every}
     positive["accumulate"] = config.accumulate
     optional = ("train_size", "eval_size", "early_stop")

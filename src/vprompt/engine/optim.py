@@ -18,22 +18,22 @@ import torch
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 
-from .config import TrainConfig
+from .config import OptimOptions
 
 SGD_MOMENTUM = 0.9
 
 
-def effective_batch(config: TrainConfig) -> int:
+def effective_batch(config: OptimOptions) -> int:
     """Images per optimiser step: the batch size times the batches accumulated into one step."""
     return config.batch_size * config.accumulate
 
 
-def peak_lr(config: TrainConfig) -> float:
+def peak_lr(config: OptimOptions) -> float:
     """The learning rate after the optional batch/256 scaling (VPT's rule, by the effective batch)."""
     return config.lr * effective_batch(config) / 256 if config.lr_scale else config.lr
 
 
-def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+def param_groups(model: torch.nn.Module, config: OptimOptions) -> list[dict]:
     """The trainable parameters of ``model`` (a TunedModel) as optimiser groups with their weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.head_init != "vpt":
@@ -45,7 +45,7 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, config: OptimOptions) -> torch.optim.Optimizer:
     """An optimiser over ``params``: parameters, or groups from :func:`param_groups`."""
     params = list(params)
     if not params or all(isinstance(g, dict) and not g["params"] for g in params):
@@ -70,7 +70,7 @@ class Schedule:
         self.scheduler.step_update(updates)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
+def build_schedule(optimizer: torch.optim.Optimizer, config: OptimOptions, steps_per_epoch: int) -> Schedule:
     """Linear warm-up from 0, then cosine to ``min_lr`` at the last step (or multistep decay)."""
     total = max(1, config.epochs * steps_per_epoch)
     if config.warmup_steps is not None:

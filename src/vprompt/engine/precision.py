@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PRECISIONS
+from .config import choices_of
 
 #: /proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -109,8 +109,10 @@ class Precision:
     def choose(cls, name: str, device: torch.device) -> Precision:
         """The precision ``name`` (auto, fp32, bf16, fp16) means on ``device``; bf16 on a CPU without native
         bf16 is a clear error."""
-        if name not in PRECISIONS:
-            raise ValueError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
+        if name not in choices_of("precision"):
+            raise ValueError(
+                f"unknown precision {name!r}; choose one of: {', '.join(choices_of('precision'))}"
+            )
         if name == "fp32" or (name == "auto" and device.type != "cuda"):
             return cls(None, device.type)
         if name == "auto":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
@@ -28,14 +29,20 @@ from ..data.fingerprint import fingerprint
 from ..methods import METHODS, MethodNotApplicable, method_config
 from ..model import TunedModel, attach, load_adapter
 from .config import (
+    DataOptions,
+    LoopOptions,
+    ModelOptions,
+    OptimOptions,
     TrainConfig,
     check_config,
+    config_fields,
     data_location,
     make_config,
     read_yaml,
     recipe_note,
     to_dict,
     typed,
+    val_choosers,
 )
 from .details import details_folder, item_paths, per_class_accuracy, write_details
 from .distributed import Context, resolve_device, setup, teardown
@@ -74,24 +81,40 @@ def diverged_note(diverged: dict[str, Any] | None) -> str:
     return where if diverged["what"] == "training loss" else f"{where} ({diverged['what']})"
 
 
-def as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a config object, a dict or a YAML path, with ``overrides`` on top.
+Layer = TrainConfig | dict | str | Path | None
 
-    A dict or YAML file that names a ``recipe`` takes the recipe's values for whatever it does not give
-    (explicit options win). A :class:`TrainConfig` is complete as it is: its ``recipe`` is a label.
-    """
-    complete = isinstance(config, TrainConfig)
-    if complete:
-        values = to_dict(config)
-    elif isinstance(config, str | Path):
-        values = read_yaml(config)
-    else:
-        values = dict(config or {})
-    values.pop("resolved", None)  # written by runs for the record; derived, never read back
-    values, overrides = typed(values), typed(overrides)  # one clear error for a wrongly typed value
-    options = {**values.pop("method_options"), **overrides.pop("method_options")}
-    values = {**values, **overrides, "method_options": options}
-    return make_config(values if complete else recipes.apply(values))
+
+def run_options(*layers: Layer, method_flags: Callable[[str], dict] | None = None) -> dict[str, Any]:
+    """A run's options as given, each layer on top of those before: a config object, a YAML file (a
+    path), dicts (a run folder's own options, command-line flags, keywords). Method options, nested or
+    written flat, are merged, not replaced. ``method_flags(method)`` gives the method's own command-line
+    options, read once the method is known (perhaps from the recipe); they win. The one assembly of
+    ``vprompt train``, ``vprompt sweep`` and :func:`train`; a dict, so that a recipe can still fill what
+    is not given (a suite's, per dataset)."""
+    known, values = config_fields(), {"method_options": {}}
+    for layer in layers:
+        if isinstance(layer, TrainConfig):
+            layer = to_dict(layer)
+        elif isinstance(layer, str | Path):
+            layer = read_yaml(layer)
+        layer = typed(dict(layer or {}))  # one clear error for a wrongly typed value
+        layer.pop("resolved", None)  # written by runs for the record; derived, never read back
+        flat = {k: layer.pop(k) for k in [k for k in layer if k not in known]}
+        values |= {**layer, "method_options": {**values["method_options"], **layer["method_options"], **flat}}
+    if method_flags is not None:
+        method = make_config(recipes.apply(dict(values))).method
+        if not method:
+            raise ValueError("--method is required")
+        values["method_options"] = {**values["method_options"], **method_flags(method)}
+    return values
+
+
+def as_config(*layers: Layer, method_flags: Callable[[str], dict] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from :func:`run_options`' layers. Options that name a ``recipe`` take the
+    recipe's values for whatever they do not give (explicit options win); a :class:`TrainConfig` as the
+    first layer is complete as it is: its ``recipe`` is a label."""
+    values = run_options(*layers, method_flags=method_flags)
+    return make_config(values if isinstance(layers[0], TrainConfig) else recipes.apply(values))
 
 
 def data_objects(config, overrides: dict[str, Any]):
@@ -106,13 +129,9 @@ def data_objects(config, overrides: dict[str, Any]):
         if holder is overrides:
             overrides = {**overrides, "data": source.info.spec}
         else:
+            spec = source.info.spec
             config = (
-                replace(config, data=source.info.spec)
-                if isinstance(config, TrainConfig)
-                else {
-                    **config,
-                    "data": source.info.spec,
-                }
+                replace(config, data=spec) if isinstance(config, TrainConfig) else {**config, "data": spec}
             )
     return config, overrides, source
 
@@ -134,8 +153,7 @@ def build_model(config: TrainConfig, num_classes: int, data_info=None) -> TunedM
 
 
 def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel:
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(METHODS)}")
+    seed, head_init, config = config.seed, config.head_init, config.section(ModelOptions)
     options = method_config(config.method, **config.method_options)  # unknown options: a clear error
     if data_info is not None:
         METHODS[config.method].for_data(options, data_info)
@@ -146,12 +164,12 @@ def _build_model(config: TrainConfig, num_classes: int, data_info) -> TunedModel
         img_size=config.img_size,
         pretrained=not config.random_init,
         weights=config.weights,
-        init_seed=config.seed,
+        init_seed=seed,
         data_config=vdata.input_overrides(config.mean, config.std, config.interpolation, config.antialias),
     )
-    torch.manual_seed(config.seed)  # the method's own initialisation
+    torch.manual_seed(seed)  # the method's own initialisation
     model = attach(backbone, METHODS[config.method](options))
-    init_head(model, config.head_init, config.seed)
+    init_head(model, head_init, seed)
     if data_info is not None:
         model.class_names = list(data_info.class_names)
     return model
@@ -173,9 +191,9 @@ def resolved_config(config: TrainConfig, model: TunedModel, data: RunData, ctx: 
         "interpolation": dc.get("interpolation"),
         "antialias": dc.get("antialias", True),
         "preprocess": config.preprocess,
-        "peak_lr": peak_lr(config),
+        "peak_lr": peak_lr(config.section(OptimOptions)),
         "lr_scaled_by_batch_over_256": config.lr_scale,
-        "effective_batch_size": effective_batch(config),  # images per optimiser step
+        "effective_batch_size": effective_batch(config.section(OptimOptions)),  # images per optimiser step
         "train_randomness": data.plan.randomness,  # why the training transform is random (None: it is not)
         "selection": config.selection,
         "seed": config.seed,
@@ -202,7 +220,7 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     have them, so it ran with what they default to)."""
     from dataclasses import fields as dc_fields
 
-    from .config import config_fields, default_of
+    from .config import default_of
 
     full = {name: default_of(f) for name, f in config_fields().items()} | saved
     method = METHODS.get(saved.get("method", ""))
@@ -316,15 +334,16 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             return run.read_summary()
         if not resume and (run.has_checkpoint() or run.finished):
             raise FileExistsError(f"{run.path} already holds a run; pass --resume or choose another --output")
-    plan = plan_data(config, source)  # bad data fails here, before any model is built
+    data_options, loop = config.section(DataOptions), config.section(LoopOptions)
+    plan = plan_data(data_options, source, val_choosers(loop))  # bad data fails here, before any model
     ctx = setup(config.device)
     trainer = None
     try:
         model = build_model(config, plan.info.num_classes, plan.info)
         model.preprocessing = {"protocol": plan.protocol, "preprocess": config.preprocess}
-        data = load_data(config, plan, model.data_config, model.num_classes)
+        data = load_data(data_options, plan, model.data_config, model.num_classes, config.seed)
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # dropout; the data order has its own seeds
-        trainer = Trainer(model, data, config, ctx, run)
+        trainer = Trainer(model, data, loop, config.section(OptimOptions), ctx, run)
         resolved = resolved_config(config, model, data, ctx)
         trainer.options = option_digests(resolved)
         if run is not None:
@@ -379,6 +398,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
             "selected_epoch": selected,
             "epochs": config.epochs,
             "epochs_trained": progress.epoch,
+            "augment": config.augment,
+            "random_erasing": config.random_erasing,
             **trainer.tricks_summary(),
             "seed": config.seed,
             **results,
@@ -418,8 +439,8 @@ def _train(config: TrainConfig, run: RunDir | None, resume: bool, source) -> dic
 def compute(trainer: Trainer) -> dict[str, Any]:
     """What a run spent (for a sweep's accounting): seconds (training, cache builds and evaluation),
     images through forward+backward and through evaluation, and the epochs a divergence saved."""
-    p, cfg = trainer.progress, trainer.config
-    steps = cfg.epochs * trainer.steps_per_epoch
+    p = trainer.progress
+    steps = trainer.optim.epochs * trainer.steps_per_epoch
     skipped = (steps - p.updates) / trainer.steps_per_epoch if trainer.stopping else 0.0
     return {
         "seconds": p.train_seconds + p.eval_seconds,
@@ -487,10 +508,9 @@ def evaluate_run(
     config = replace(config, **{k: v for k, v in data_overrides.items() if v is not None})
     ctx = Context(device=resolve_device(device))
     model = load_run(run_dir, str(ctx.device))
-    # one split, read like a validation split: evaluation transforms, no training split
-    only = replace(config, train_split="none", val_split=split, test_split="none", selection="final")
-    only = replace(only, early_stop=None, early_stop_metric="val_accuracy")  # nothing is chosen here
-    data = load_data(only, plan_data(only, source), model.data_config, model.num_classes)
+    # one split, read like a validation split: evaluation transforms, no training split, nothing chosen
+    only = replace(config.section(DataOptions), train_split="none", val_split=split, test_split="none")
+    data = load_data(only, plan_data(only, source), model.data_config, model.num_classes, config.seed)
     loader = eval_loader(data.val, batch_size, ctx, config.workers)
     amp = Precision.choose(precision or config.precision, ctx.device)
     result = evaluate(model, loader, ctx, amp, keep=details)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import data as vdata
 from ..data.datasets import ImageListDataset
-from .config import TrainConfig
+from .config import DataOptions
 from .distributed import Context, split_evenly
 
 #: what each logical split contains (for the overlap check)
@@ -38,9 +38,12 @@ class Splits:
     test: str | None
 
 
-def resolve_splits(config: TrainConfig, protocol: str, own_train: str = "train") -> Splits:
+def resolve_splits(
+    config: DataOptions, protocol: str, own_train: str = "train", choosers: tuple[str, ...] = ()
+) -> Splits:
     """The run's splits: the protocol's tuning pair (train → val) or final pair (trainval → test; with
-    ``final_train`` train: ``own_train``, the dataset's own training split, → test)."""
+    ``final_train`` train: ``own_train``, the dataset's own training split, → test). ``choosers``: the
+    options that choose on the validation split (see :func:`~.config.val_choosers`)."""
     proto = vdata.get_protocol(protocol)
     train, evaluation = proto.splits(final=config.final)
     if config.final and config.final_train == "train":
@@ -56,8 +59,7 @@ def resolve_splits(config: TrainConfig, protocol: str, own_train: str = "train")
     val, test = (
         vdata.canonical_split(override(s, d)) for s, d in ((config.val_split, val), (config.test_split, test))
     )
-    uses_val = {"--selection best-val": config.selection == "best-val", "--early-stop": config.early_stop}
-    choosers = " and ".join(option for option, on in uses_val.items() if on not in (None, False))
+    choosers = " and ".join(choosers)
     if choosers and val is None:
         raise ValueError(
             f"{choosers} needs a validation split, but this run has none "
@@ -163,14 +165,17 @@ class DataPlan:
         return self.randomness is not None
 
 
-def data_spec(config: TrainConfig) -> str:
+def data_spec(config: DataOptions) -> str:
     """The run's dataset spec with ``--image-column`` / ``--label-column`` in it (``hf:`` data)."""
     return vdata.with_columns(config.data, config.image_column, config.label_column)
 
 
-def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPlan:
+def plan_data(
+    config: DataOptions, source: vdata.Source | None = None, choosers: tuple[str, ...] = ()
+) -> DataPlan:
     """Resolve protocol and splits, then check the data cheaply: files, labels, a decoded sample.
-    ``source``: the data given as Python objects (``config.data`` then only describes it)."""
+    ``source``: the data given as Python objects (``config.data`` then only describes it); ``choosers``:
+    as for :func:`resolve_splits`."""
     protocol = config.protocol or vdata.default_protocol(config.data)
     if vdata.get_protocol(protocol).train_augments and config.preprocess != "protocol":  # unknown: an error
         raise ValueError(
@@ -181,7 +186,7 @@ def plan_data(config: TrainConfig, source: vdata.Source | None = None) -> DataPl
         own_train = vdata.own_train_split(
             source or data_spec(config), config.root, config.images_outside_root
         )
-    splits = resolve_splits(config, protocol, own_train)
+    splits = resolve_splits(config, protocol, own_train, choosers)
     wanted = [s for s in (splits.train, splits.val, splits.test) if s is not None]
     info = vdata.preflight(
         source or data_spec(config), config.root, wanted, allow_outside_root=config.images_outside_root
@@ -220,9 +225,12 @@ class RunData:
         }
 
 
-def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_classes: int) -> RunData:
+def load_data(
+    config: DataOptions, plan: DataPlan, data_config: dict, head_classes: int, seed: int
+) -> RunData:
     """The run's splits with the protocol's transforms for the model's ``data_config`` (its input size,
-    mean and std: the backbone's unless the method asks for another input)."""
+    mean and std: the backbone's unless the method asks for another input); the training subset follows
+    ``seed``."""
     vdata.check_num_classes(plan.info, head_classes)
 
     def load(split: str | None, train: bool, size: int | None):
@@ -241,7 +249,7 @@ def load_data(config: TrainConfig, plan: DataPlan, data_config: dict, head_class
             random_erasing=config.random_erasing,
         )
         # the training subset follows the run's seed; evaluation subsets are the same for every seed
-        return vdata.subset(ds, size, seed=config.seed if train else 0) if size is not None else ds
+        return vdata.subset(ds, size, seed=seed if train else 0) if size is not None else ds
 
     return RunData(
         plan,
@@ -288,15 +296,15 @@ def loader_options(dataset: Dataset, requested: int | None, device: torch.device
 
 
 def train_loader(
-    dataset: Dataset, config: TrainConfig, ctx: Context, augments: bool
+    dataset: Dataset, batch_size: int, seed: int, workers: int | None, ctx: Context, augments: bool
 ) -> tuple[DataLoader, EpochBatches]:
-    sampler = EpochBatches(len(dataset), config.batch_size, ctx, config.seed, shuffle=True)
-    options = loader_options(dataset, config.workers, ctx.device)
+    sampler = EpochBatches(len(dataset), batch_size, ctx, seed, shuffle=True)
+    options = loader_options(dataset, workers, ctx.device)
     loader = DataLoader(
-        SeededItems(dataset, config.seed, augments),
+        SeededItems(dataset, seed, augments),
         batch_sampler=sampler,
         persistent_workers=options["num_workers"] > 0,
-        generator=private_generator(config.seed),
+        generator=private_generator(seed),
         **options,
     )
     return loader, sampler

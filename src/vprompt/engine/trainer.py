@@ -44,10 +44,10 @@ from .cache import (
     estimate_bytes,
     shared_store,
 )
-from .config import TrainConfig
+from .config import LoopOptions, OptimOptions
 from .details import TOP_K
 from .distributed import Context, split_evenly, synchronize
-from .optim import build_optimizer, build_schedule, param_groups
+from .optim import build_optimizer, build_schedule, effective_batch, param_groups
 from .precision import Precision
 from .run_data import (
     RunData,
@@ -152,7 +152,7 @@ class Mixer:
     """timm's ``Mixup`` (mixup and/or cutmix, label smoothing folded into the soft targets), its random
     draws seeded from ``(seed, epoch, batch)``: the same for a resumed run as for an uninterrupted one."""
 
-    def __init__(self, config: TrainConfig, num_classes: int):
+    def __init__(self, config: LoopOptions, num_classes: int):
         self.seed = config.seed
         self.mixup = Mixup(
             mixup_alpha=config.mixup,
@@ -232,12 +232,26 @@ class Diverged(Exception):
 
 
 class Trainer:
-    """Trains ``model`` (a :class:`TunedModel`) on ``data`` as ``config`` says, in ``run`` (if given)."""
+    """Trains ``model`` (a :class:`TunedModel`) on ``data`` as ``config`` (the loop's options) and ``optim``
+    (the optimiser's, the epochs and batches included) say, in ``run`` (if given)."""
 
     def __init__(
-        self, model: TunedModel, data: RunData, config: TrainConfig, ctx: Context, run: RunDir | None
+        self,
+        model: TunedModel,
+        data: RunData,
+        config: LoopOptions,
+        optim: OptimOptions,
+        ctx: Context,
+        run: RunDir | None,
     ):
-        self.model, self.data, self.config, self.ctx, self.run = model, data, config, ctx, run
+        self.model, self.data, self.config, self.optim, self.ctx, self.run = (
+            model,
+            data,
+            config,
+            optim,
+            ctx,
+            run,
+        )
         self.precision = Precision.choose(config.precision, ctx.device)
         model.to(ctx.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -252,21 +266,23 @@ class Trainer:
 
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
-        self.loader, self.sampler = train_loader(data.train, config, ctx, data.augments)
+        self.loader, self.sampler = train_loader(
+            data.train, optim.batch_size, config.seed, config.workers, ctx, data.augments
+        )
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch == 0:
             raise ValueError(f"the training split has {len(data.train)} images: not one batch")
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.accumulate)  # optimiser steps
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / optim.accumulate)  # optimiser steps
         self.mixer = Mixer(config, model.num_classes) if self.mixing else None
         if self.mixer is not None:
             self.check_even_batches()
         self.trained = nn.ParameterList(self.params)  # the trained tensors, as one module (for the EMA)
         self.ema = ModelEmaV3(self.trained, decay=config.ema) if config.ema else None
-        self.optimizer = build_optimizer(param_groups(model, config), config)
-        self.schedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
-        self.eval_batch = max(1, config.batch_size // ctx.world) * 2
+        self.optimizer = build_optimizer(param_groups(model, optim), optim)
+        self.schedule = build_schedule(self.optimizer, optim, self.steps_per_epoch)
+        self.eval_batch = max(1, optim.batch_size // ctx.world) * 2
         self.progress = Progress()
-        self.until = config.epochs  # fit() trains up to this epoch (a search may pause a run earlier)
+        self.until = optim.epochs  # fit() trains up to this epoch (a search may pause a run earlier)
         self.tracker = Tracker()  # run.py sets the one --log asks for
         self.options: dict[str, str] = {}  # run.py sets the digests of the options that train the run
 
@@ -356,7 +372,7 @@ class Trainer:
             return cache
 
         self.train_cache = build(self.data.train, "train")
-        if self.data.val is not None and cfg.epochs // cfg.eval_every > 1:
+        if self.data.val is not None and self.optim.epochs // cfg.eval_every > 1:
             self.val_cache = build(self.data.val, "val")
 
     def cache_key(self, dataset, role: str) -> str:
@@ -377,7 +393,7 @@ class Trainer:
         cfg, data = self.config, self.data
         described = {
             "frozen": digest.hexdigest(),
-            "method": cfg.method,
+            "method": self.model.method.name,
             "method_options": self.model.method.config.to_dict(),
             "site": self.cache_plan[0] if self.cache_plan else None,
             "data": data.describe() | {"class_names": None},
@@ -387,7 +403,7 @@ class Trainer:
             "data_config": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in self.model.data_config.items()
             },
-            "preprocess": cfg.preprocess,
+            "preprocess": (self.model.preprocessing or {}).get("preprocess"),
             "cache_dtype": cfg.cache_dtype,
             "precision": self.precision.name,
             "device": str(self.ctx.device),
@@ -450,7 +466,7 @@ class Trainer:
         try:
             progress = Progress(**state["progress"], best_state=state["best_state"])
             rng = list(state["rng"])
-            fits = 0 <= progress.epoch <= self.config.epochs and len(progress.metrics) == progress.epoch
+            fits = 0 <= progress.epoch <= self.optim.epochs and len(progress.metrics) == progress.epoch
             fits = fits and progress.updates == progress.epoch * self.steps_per_epoch
         except (KeyError, TypeError) as e:
             raise ValueError(f"the checkpoint does not hold a vprompt training state ({e})") from None
@@ -458,7 +474,7 @@ class Trainer:
             raise ValueError(
                 f"the checkpoint does not fit this run: it claims {progress.epoch} finished epochs and "
                 f"{progress.updates} steps ({len(progress.metrics)} metric rows) for a run of "
-                f"{self.config.epochs} epochs × {self.steps_per_epoch} steps"
+                f"{self.optim.epochs} epochs × {self.steps_per_epoch} steps"
             )
         self.model.load_trainable_state_dict(state["model"])
         if self.ema is not None:
@@ -486,13 +502,13 @@ class Trainer:
         return DataLoader(subset, batch_size=self.eval_batch, generator=private_generator(), **options)
 
     def train_epoch(self, bar) -> dict[str, float]:
-        cfg, ctx, model = self.config, self.ctx, self.model
+        ctx, model = self.ctx, self.model
         epoch = self.progress.epoch
         model.method.on_epoch_start(model, self.mapping_loader(), epoch)
         model.train()
         self.sampler.set_epoch(epoch)
         sizes = [len(b) for b in self.sampler.global_batches()]  # global images per batch
-        n = cfg.accumulate
+        n = self.optim.accumulate
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
         finite: list[torch.Tensor] = []  # per batch since the last check: was its loss finite?
@@ -611,7 +627,7 @@ class Trainer:
                 f"stopped. {self.nonfinite_advice(kept)}"
             )
         firsts = [b for b in self.ctx.gather(first) if b is not None]  # the earliest, over processes
-        self.diverge("training loss", epoch, min(firsts) // self.config.accumulate + 1)
+        self.diverge("training loss", epoch, min(firsts) // self.optim.accumulate + 1)
 
     def diverge(self, what: str, epoch: int, step: int) -> None:
         """Record that ``what`` became NaN or infinite in epoch ``epoch`` (0-based) at optimiser step
@@ -677,7 +693,7 @@ class Trainer:
         times = "validation" if cfg.early_stop == 1 else "validations"
         return (
             f"early stop: {cfg.early_stop_metric} did not improve for {cfg.early_stop} {times} (best "
-            f"{best:.4g} after epoch {p.watched_epoch}); stopped after epoch {p.stopped_epoch} of {cfg.epochs}"
+            f"{best:.4g} after epoch {p.watched_epoch}); stopped after epoch {p.stopped_epoch} of {self.optim.epochs}"
         )
 
     def tricks_summary(self) -> dict[str, Any]:
@@ -695,12 +711,10 @@ class Trainer:
             }
         mixup = ["mixup", "cutmix", "mixup_prob", "label_smoothing"]
         return {
-            "augment": cfg.augment,
-            "random_erasing": cfg.random_erasing,
             "train_randomness": self.data.plan.randomness,
             "mixup": {k: getattr(cfg, k) for k in mixup} if self.mixer is not None else None,
-            "accumulate": cfg.accumulate,
-            "effective_batch_size": cfg.batch_size * cfg.accumulate,
+            "accumulate": self.optim.accumulate,
+            "effective_batch_size": effective_batch(self.optim),
             "ema": {"decay": cfg.ema, "kept": "the EMA weights: validated, selected, saved, tested"}
             if self.ema is not None
             else None,
@@ -735,20 +749,20 @@ class Trainer:
 
             per_epoch = self.batches_per_epoch
             bar = tqdm(  # disable=None: tqdm draws no bar where its stream (stderr) is not a terminal
-                total=cfg.epochs * per_epoch, initial=p.epoch * per_epoch, unit="batch", disable=None
+                total=self.optim.epochs * per_epoch, initial=p.epoch * per_epoch, unit="batch", disable=None
             )
             if bar.disable:
                 bar = None
         try:
             while p.epoch < self.until and p.stopped_epoch is None and not self.stopping:
                 if bar is not None:
-                    bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
+                    bar.set_description(f"epoch {p.epoch + 1}/{self.optim.epochs}")
                 try:
                     row = {"epoch": p.epoch + 1, **self.train_epoch(bar)}
                 except Diverged:
                     break
                 p.train_seconds += row["epoch_seconds"]
-                last = p.epoch + 1 == cfg.epochs
+                last = p.epoch + 1 == self.optim.epochs
                 val = None
                 if self.data.val is not None and ((p.epoch + 1) % cfg.eval_every == 0 or last):
                     with self.kept_weights():
@@ -765,7 +779,7 @@ class Trainer:
                     break
                 p.metrics.append(json_values(row))  # --nonfinite continue: NaN is no JSON value
                 p.epoch += 1
-                lines = [epoch_line(row, cfg.epochs)]
+                lines = [epoch_line(row, self.optim.epochs)]
                 if p.stopped_epoch is not None:
                     lines.append(self.early_stop_line())
                 for line in lines:

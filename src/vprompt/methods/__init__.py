@@ -30,9 +30,7 @@ SITE_METHODS: list[str] = [m.name for m in METHODS.values() if issubclass(m.conf
 
 def method_config(name: str, **options: Any) -> MethodConfig:
     """The config of method ``name`` with ``options``; unknown names or options list the valid ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    config_class = METHODS[name].config_class
+    config_class = METHODS.choose(name).config_class
     valid = [f.name for f in fields(config_class)]
     unknown = [k for k in options if k not in valid]
     if unknown:

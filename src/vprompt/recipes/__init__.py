@@ -6,7 +6,6 @@ Design notes: ``docs/design.md``, section ``vprompt/recipes/__init__.py``.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..options import coerce
 
 #: top-level keys of a recipe file
 KEYS = ("name", "summary", "paper", "sources", "methods", "options", "datasets", "tune", "notes")
@@ -149,30 +150,16 @@ def check_options(values: Any, where: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of run options")
     known = hints = RUN_OPTIONS
-    for key, value in values.items():
+    for key in values:
         if key not in known or key in NOT_SET:
             valid = ", ".join(k for k in known if k not in NOT_SET)
             raise ValueError(f"{where}: a recipe cannot set {key!r}; run options it may set: {valid}")
-        if not _fits(hints[key], value):
-            raise ValueError(f"{where}: {key}: {value!r} is not a {hints[key]}")
+    try:
+        for key, value in values.items():
+            coerce(key, value, hints[key])  # the run options' own check; the values are typed when used
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     return dict(values)
-
-
-def _fits(tp, value) -> bool:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
-        return any(_fits(a, value) for a in args)
-    if tp is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return value in args
-    if origin is list:
-        return isinstance(value, list) and all(_fits(args[0], v) for v in value)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp) if isinstance(tp, type) else True
 
 
 def apply(values: dict[str, Any]) -> dict[str, Any]:
