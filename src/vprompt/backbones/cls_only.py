@@ -275,8 +275,9 @@ def rows_forward(block: Block, x: torch.Tensor, spans: list[tuple[int, int]]) ->
         scores = (q * attn.scale) @ k.transpose(-2, -1)
         o = attn.attn_drop(scores.softmax(dim=-1)) @ v
     o = o.transpose(1, 2).reshape(batch, rows, width)
-    if getattr(attn, "norm", None) is not None:  # timm's scale-norm (Identity when off)
-        o = attn.norm(o)
+    scale_norm = getattr(attn, "norm", None)  # timm's scale-norm (Identity when off; absent before 1.0.16)
+    if scale_norm is not None:
+        o = scale_norm(o)
     if getattr(attn, "gate", None) is not None:  # timm 1.0.28 on
         o = o * attn.gate(h_rows).sigmoid()
     y = _take(x, spans) + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(o))))
