@@ -4,10 +4,11 @@ Reads ``<sweep>/layers-<shape>.csv`` of ``vprompt sweep layers ... [--seeds N] -
 run's ``summary.json`` (one per site and seed), and prints markdown: the accuracy per site and seed with
 its mean and sample std, then per quantity Spearman's rho between the quantity and the sites' mean
 accuracy, a two-sided permutation p-value (the sites' mean accuracies shuffled; exact when the sites'
-permutations are no more than --resamples) and three 95% bootstrap intervals: seeds resampled within
-each site (the seed noise alone), sites and then seeds within them resampled (two-level), and the
-two-level interval of rho minus depth's rho on the same resamples (does the quantity follow the
-preference better than depth?). The sites of one network are not independent samples; read the site
+permutations are no more than --resamples), rho within each seed, and three 95% bootstrap intervals:
+seeds resampled (the seed noise alone), sites and then seeds resampled (two-level), and the two-level
+interval of rho minus depth's rho on the same resamples (does the quantity follow the preference
+better than depth?). When every site ran the same seeds, seed k is the same training subset, head
+initialisation and order for every site, so seeds are resampled jointly (paired); else within sites. The sites of one network are not independent samples; read the site
 resampling as how much rho depends on single sites. The evaluation images are the same for every site
 and seed, so their sampling noise is not in the intervals (see --binomial).
 
@@ -74,8 +75,18 @@ def permutation_p(x: np.ndarray, y: np.ndarray, resamples: int, rng: np.random.G
     return float((np.sum(np.abs(null) >= abs(rho) - 1e-12) + 1) / (resamples + 1))
 
 
-def _seed_means(samples: list[np.ndarray], sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per resample (row of ``sites``) and site: the mean of that site's seeds drawn with replacement."""
+def _seed_means(
+    samples: list[np.ndarray], sites: np.ndarray, rng: np.random.Generator, paired: bool
+) -> np.ndarray:
+    """Per resample (row of ``sites``) and drawn site: the mean of that site's seeds drawn with
+    replacement. ``paired``: one draw of seed positions per resample, the same for every site (the
+    k-th accuracy of every site comes from the same seed, i.e. the same training images)."""
+    if paired:
+        table = np.stack(samples)  # (sites, seeds)
+        k = table.shape[1]
+        draws = rng.integers(0, k, (sites.shape[0], k))
+        # resample r, drawn site j: mean over the drawn seed positions of that site's row
+        return table[sites[:, :, None], draws[:, None, :]].mean(axis=2)
     means = np.empty(sites.shape)
     for j in range(sites.shape[1]):
         for i in np.unique(sites[:, j]):
@@ -100,26 +111,31 @@ def correlate(
     resamples: int = 10000,
     seed: int = 0,
     reference: np.ndarray | None = None,
+    paired: bool = False,
 ) -> dict:
     """Spearman's rho between the quantity ``x`` (one value per site) and the sites' mean accuracy
     (``samples[i]``: site i's accuracy per seed), with its permutation p and 95% bootstrap intervals.
 
     ``seeds``: sites kept, each site's seeds resampled with replacement. ``two_level``: sites resampled
     with replacement, then each drawn site's seeds. ``versus_reference``: rho(x) − rho(reference) on the
-    same two-level resamples (``reference``, e.g. depth, one value per site)."""
+    same two-level resamples (``reference``, e.g. depth, one value per site). ``paired``: the k-th
+    accuracy of every site comes from the same seed, so seeds are resampled jointly across sites (a
+    seed's shared offset then cancels in the ranks), and ``per_seed`` gives rho within each seed."""
     x = np.asarray(x, dtype=float)
     samples = [np.asarray(s, dtype=float) for s in samples]
     if len(x) != len(samples) or any(len(s) == 0 for s in samples):
         raise ValueError("one quantity value and at least one accuracy per site are needed")
+    if paired and len({len(s) for s in samples}) != 1:
+        raise ValueError("paired seeds need the same number of accuracies per site")
     rng = np.random.default_rng(seed)
     n = len(x)
     means = np.array([s.mean() for s in samples])
     rho = spearman(x, means)
     p = permutation_p(x, means, resamples, rng)
     fixed = np.broadcast_to(np.arange(n), (resamples, n))
-    seed_rho = spearman(np.broadcast_to(x, fixed.shape), _seed_means(samples, fixed, rng))
+    seed_rho = spearman(np.broadcast_to(x, fixed.shape), _seed_means(samples, fixed, rng, paired))
     picked = rng.integers(0, n, (resamples, n))
-    two_means = _seed_means(samples, picked, rng)
+    two_means = _seed_means(samples, picked, rng, paired)
     two_rho = spearman(x[picked], two_means)
     out = {
         "n": n,
@@ -130,6 +146,8 @@ def correlate(
         "two_level_interval": _interval(two_rho),
         "undefined_resamples": int(np.isnan(two_rho).sum()),
     }
+    if paired:
+        out["per_seed"] = [spearman(x, column) for column in np.stack(samples).T]
     if reference is not None:
         reference = np.asarray(reference, dtype=float)
         out["reference_rho"] = spearman(reference, means)
@@ -153,6 +171,9 @@ def load_sweep(folder: Path, shape: str = "full") -> list[dict]:
                 if record.get(f"{split}_accuracy") is not None:
                     values.append(float(record[f"{split}_accuracy"]))
                     seeds.append(record.get("seed"))
+        if values and None not in seeds:
+            order = np.argsort(seeds, kind="stable")
+            values, seeds = [values[i] for i in order], [seeds[i] for i in order]
         row["samples"] = np.array(values or [float(row["accuracy"])])
         row["seed_ids"] = seeds or [None]
     return rows
@@ -185,6 +206,11 @@ def report(folder: Path, shape: str = "full", resamples: int = 10000, eval_image
         ]
         cells += [f"{float(r[k]):.3f}" if r.get(k) else "–" for k in shown]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    paired = width > 1 and None not in ids and all(r["seed_ids"] == ids for r in rows)
+    if paired:
+        table = np.stack([r["samples"] for r in rows])
+        spans = ", ".join(f"seed {s} {table[:, k].max() - table[:, k].min():.2f}" for k, s in enumerate(ids))
+        lines += ["", f"Spread between the sites within one seed (max − min, points): {spans}."]
     if eval_images:
         mean = float(np.mean([r["samples"].mean() for r in rows]))
         lines += [
@@ -192,11 +218,13 @@ def report(folder: Path, shape: str = "full", resamples: int = 10000, eval_image
             f"Binomial standard error of one accuracy near {mean:.1f}% on {eval_images} images: "
             f"{binomial_se(mean, eval_images):.2f} points.",
         ]
+    seeds_how = "jointly" if paired else "within sites"
     lines += [
         "",
-        "| quantity | sites | Spearman ρ (means) | permutation p | 95% CI, seeds resampled | "
-        "95% CI, sites + seeds resampled | ρ − ρ(depth), 95% CI |",
-        "|---|---|---|---|---|---|---|",
+        "| quantity | sites | Spearman ρ (means) | permutation p | "
+        + ("ρ per seed | " if paired else "")
+        + f"95% CI, seeds resampled {seeds_how} | 95% CI, sites + seeds resampled | ρ − ρ(depth), 95% CI |",
+        "|---|---|---|---|" + ("---|" if paired else "") + "---|---|---|",
     ]
     for key, label in QUANTITIES.items():
         have = [r for r in rows if r.get(key) not in (None, "")]
@@ -204,10 +232,12 @@ def report(folder: Path, shape: str = "full", resamples: int = 10000, eval_image
             continue
         x = np.array([float(r[key]) for r in have])
         depth = np.array([float(r["depth"]) for r in have])
-        c = correlate(x, [r["samples"] for r in have], resamples, reference=None if key == "depth" else depth)
+        reference = None if key == "depth" else depth
+        c = correlate(x, [r["samples"] for r in have], resamples, reference=reference, paired=paired)
         versus = "–" if key == "depth" else "[{:+.2f}, {:+.2f}]".format(*c["versus_reference"])
+        per_seed = " ".join(f"{v:+.2f}" for v in c["per_seed"]) + " | " if paired else ""
         lines.append(
-            f"| {label} | {c['n']} | {c['rho']:+.2f} | {c['p']:.3g} | "
+            f"| {label} | {c['n']} | {c['rho']:+.2f} | {c['p']:.3g} | {per_seed}"
             "[{:+.2f}, {:+.2f}] | [{:+.2f}, {:+.2f}] | ".format(
                 *c["seeds_interval"], *c["two_level_interval"]
             )

@@ -86,6 +86,21 @@ def test_correlate_seed_noise_widens_interval():
     assert one["rho"] == pytest.approx(-1.0) and one["seeds_interval"] == pytest.approx((-1.0, -1.0))
 
 
+def test_correlate_paired_seeds_cancel_shared_offsets():
+    x = np.arange(4.0)
+    # site i, seed k: m_i + offset_k; a seed shifts every site alike (same training images for all)
+    offsets = np.array([0.0, -10.0, 10.0])
+    samples = [m + offsets for m in (1.0, 2.0, 3.0, 4.0)]
+    paired = la.correlate(x, samples, resamples=1000, paired=True)
+    assert paired["per_seed"] == pytest.approx([1.0, 1.0, 1.0])
+    assert paired["seeds_interval"] == pytest.approx((1.0, 1.0))  # the ranks never change
+    assert paired["two_level_interval"] == pytest.approx((1.0, 1.0))
+    unpaired = la.correlate(x, samples, resamples=1000)  # seeds drawn per site: the offsets reorder them
+    assert unpaired["seeds_interval"][0] < 0
+    with pytest.raises(ValueError, match="same number"):
+        la.correlate(np.arange(2.0), [np.array([1.0, 2.0]), np.array([1.0])], paired=True)
+
+
 def test_correlate_rejects_mismatch():
     with pytest.raises(ValueError, match="per site"):
         la.correlate(np.arange(3.0), [np.array([1.0])] * 2)
@@ -126,7 +141,11 @@ def test_load_sweep_reads_every_seed(tmp_path, capsys):
     assert "| embed | 1 | 50.00 | 52.00 | 54.00 | 52.00 ± 2.00 | 0.500 |" in out
     assert "| block.1 | 3 | 70.00 | 40.00 | 55.00 | 55.00 ± 15.00 | 0.900 |" in out
     # means 52, 61, 55 against CKA 0.5, 0.7, 0.9: ranks (1, 3, 2) vs (1, 2, 3): rho = 0.5; 3! = 6 orders
-    assert "| linear CKA with pre_logits | 3 | +0.50 | 1 |" in out
+    # rho within seed 0 (50, 60, 70): +1; seed 1 (52, 61, 40): ranks (2, 3, 1): 1 - 6 * 6 / 24 = -0.5;
+    # seed 2 (54, 62, 55): ranks (1, 3, 2): +0.5
+    assert "| linear CKA with pre_logits | 3 | +0.50 | 1 | +1.00 -0.50 +0.50 |" in out
+    assert "(max − min, points): seed 0 20.00, seed 1 21.00, seed 2 8.00." in out
+    assert "seeds resampled jointly" in out
     assert "| depth (site index) | 3 | +0.50 | 1 |" in out
 
 
