@@ -246,6 +246,32 @@ def report(folder: Path, shape: str = "full", resamples: int = 10000, eval_image
     return "\n".join(lines)
 
 
+def summary(folders: list[Path], shape: str = "full", resamples: int = 10000) -> str:
+    """One row per sweep: its sites, the range of the sites' mean accuracy, and per quantity
+    "rho (permutation p) [two-level 95% interval]" on the site means."""
+    cells, keys = [], [k for k in QUANTITIES]
+    for folder in folders:
+        rows = load_sweep(folder, shape)
+        means = [r["samples"].mean() for r in rows]
+        ids = rows[0]["seed_ids"]
+        paired = len(ids) > 1 and None not in ids and all(r["seed_ids"] == ids for r in rows)
+        row = [str(folder), str(len(rows)), f"{min(means):.2f}–{max(means):.2f}"]
+        for key in keys:
+            have = [r for r in rows if r.get(key) not in (None, "")]
+            if len(have) < 3:
+                row.append("–")
+                continue
+            x = np.array([float(r[key]) for r in have])
+            c = correlate(x, [r["samples"] for r in have], resamples, paired=paired)
+            row.append(
+                "{:+.2f} (p {:.2g}) [{:+.2f}, {:+.2f}]".format(c["rho"], c["p"], *c["two_level_interval"])
+            )
+        cells.append(row)
+    head = ["sweep", "sites", "mean accuracy (%)", *[SHORT.get(k, "depth") for k in keys]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", type=Path, nargs="+")
@@ -258,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="evaluation images per run: print the binomial standard error of one accuracy",
     )
+    parser.add_argument("--summary", action="store_true", help="one row per sweep instead")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.sweeps, args.shape, args.resamples))
+        return
     print("\n\n".join(report(f, args.shape, args.resamples, args.binomial) for f in args.sweeps))
 
 

@@ -149,6 +149,16 @@ def test_load_sweep_reads_every_seed(tmp_path, capsys):
     assert "| depth (site index) | 3 | +0.50 | 1 |" in out
 
 
+def test_summary_one_row_per_sweep(tmp_path, capsys):
+    folder = _fake_sweep(tmp_path)
+    la.main([str(folder), str(folder), "--summary", "--resamples", "50"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| sweep | sites | mean accuracy (%) | CKA→pre_logits |")
+    assert len(lines) == 4  # header, rule, two sweeps
+    assert lines[2].startswith(f"| {folder} | 3 | 52.00–61.00 | +0.50 (p 1) [")
+    assert lines[2].endswith("|") and lines[2].count("–") == 5  # the range's dash, 4 quantities missing
+
+
 def test_binomial_se():
     assert la.binomial_se(50.0, 100) == pytest.approx(5.0)
     assert la.binomial_se(60.0, 1000) == pytest.approx(100 * np.sqrt(0.24 / 1000))
