@@ -8,11 +8,14 @@ permutations are no more than --resamples), rho within each seed, and three 95% 
 seeds resampled (the seed noise alone), sites and then seeds resampled (two-level), and the two-level
 interval of rho minus depth's rho on the same resamples (does the quantity follow the preference
 better than depth?). When every site ran the same seeds, seed k is the same training subset, head
-initialisation and order for every site, so seeds are resampled jointly (paired); else within sites. The sites of one network are not independent samples; read the site
-resampling as how much rho depends on single sites. The evaluation images are the same for every site
-and seed, so their sampling noise is not in the intervals (see --binomial).
+initialisation and order for every site, so seeds are resampled jointly (paired); else within sites.
+The sites of one network are not independent samples; read the site resampling as how much rho
+depends on single sites. The evaluation images are the same for every site and seed, so their
+sampling noise is not in the intervals (--binomial N prints its standard error). --summary prints one
+row per sweep instead.
 
-    python benchmarks/layer_analysis.py SWEEP_FOLDER [SWEEP_FOLDER ...] [--shape full] [--resamples 10000]
+    python benchmarks/layer_analysis.py SWEEP [SWEEP ...] [--shape full] [--resamples 10000] [--binomial N]
+    python benchmarks/layer_analysis.py SWEEP [SWEEP ...] --summary
 """
 
 from __future__ import annotations
