@@ -122,14 +122,15 @@ def test_the_walk_finds_a_cycle_and_names_it(tmp_path):
 
 
 def test_no_shared_code_branches_on_a_method_name():
-    """What a method does differently it says itself (e.g. ``peft_type``): the model, the engine and the
-    backbones never compare anything with a method's name."""
+    """What a method does differently it says itself (e.g. ``peft_type``, ``reference``): the model, the
+    engine, the backbones and the tools never compare anything with a method's name."""
     from vprompt.methods import METHODS
 
     shared = [
         *(ROOT / "model").glob("*.py"),
         *(ROOT / "engine").glob("*.py"),
         *(ROOT / "backbones").rglob("*.py"),
+        *(ROOT / "tools").glob("*.py"),
     ]
     shared += [ROOT / "methods" / "__init__.py", ROOT / "methods" / "base.py"]
     offenders = []

@@ -26,6 +26,8 @@ from .base import METHODS, Method, MethodConfig, MethodNotApplicable, register_m
 
 #: methods acting at one site with AP's ``site`` and ``shape`` options (what ``sweep layers`` moves)
 SITE_METHODS: list[str] = [m.name for m in METHODS.values() if issubclass(m.config_class, APConfig)]
+#: the method the tools measure the others against (``Method.reference``)
+REFERENCE_METHOD: str = next(m.name for m in METHODS.values() if m.reference)
 
 
 def method_config(name: str, **options: Any) -> MethodConfig:
@@ -44,6 +46,7 @@ def method_config(name: str, **options: Any) -> MethodConfig:
 __all__ = [
     "METHODS",
     "SITE_METHODS",
+    "REFERENCE_METHOD",
     "Method",
     "MethodConfig",
     "MethodNotApplicable",

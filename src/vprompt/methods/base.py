@@ -65,6 +65,10 @@ class Method(nn.Module):
             handle.remove()
         self._handles.clear()
 
+    #: the baseline the tools measure the others against (bench's ``step_vs_linear``, the report's
+    #: reference line): the linear probe
+    reference: ClassVar[bool] = False
+
     #: whether :meth:`merge` can fold what was trained into the backbone's own weights
     can_merge: ClassVar[bool] = False
 

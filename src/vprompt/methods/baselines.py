@@ -31,6 +31,7 @@ class _InWeights(Method):
 class LinearProbe(_InWeights):
     name = "linear"
     summary = "train only a new linear head on the frozen features"
+    reference = True
 
     def first_site(self, backbone: Backbone) -> str:
         return "pre_logits"

@@ -415,7 +415,9 @@ def bench(
             )
             row |= cache_fields(row)
         rows.append(row)
-    reference = next((r for r in rows if r["method"] == "linear"), None)
+    from ..methods import REFERENCE_METHOD
+
+    reference = next((r for r in rows if r["method"] == REFERENCE_METHOD), None)
     for row in rows:
         if reference is not None:
             row["step_vs_linear"] = row["step_seconds"]["median"] / reference["step_seconds"]["median"]

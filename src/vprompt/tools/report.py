@@ -15,7 +15,7 @@ import yaml
 
 from ..engine.rundir import CONFIG, SUMMARY, RunDir, write_text
 from ..files import ensure_dir
-from ..methods import SITE_METHODS
+from ..methods import REFERENCE_METHOD, SITE_METHODS
 from . import benchmarks, plots
 from .executors import ERROR
 from .tables import markdown, mean_std, pm, write_csv
@@ -260,7 +260,11 @@ def linear_references(
     refs = {}
     for g in groups:
         row = g.row()
-        if g.method == "linear" and (g.data, g.split, g.options.get("backbone")) in wanted and row["n"]:
+        if (
+            g.method == REFERENCE_METHOD
+            and (g.data, g.split, g.options.get("backbone")) in wanted
+            and row["n"]
+        ):
             refs[f"{g.label.replace('linear', 'linear probe', 1)} (n={row['n']})"] = (
                 row["accuracy_mean"],
                 row["accuracy_std"],

@@ -78,6 +78,14 @@ def site_depths(base: dict[str, Any]) -> dict[str, int]:
     return {name: site.index for name, site in backbone.sites.items()}
 
 
+#: ``sweep layers``' default method; its files keep the short name ``layers-<shape>``
+LAYER_METHOD = "ap"
+
+
+def layers_name(method: str, shape: str) -> str:
+    return shape if method == LAYER_METHOD else f"{method}-{shape}"
+
+
 @one_sweep_at_a_time
 def layers(
     config: Any,
@@ -85,7 +93,7 @@ def layers(
     *,
     sites: list[str] | None = None,
     shape: str = "full",
-    method: str = "ap",
+    method: str = LAYER_METHOD,
     seeds: int | list[int] | None = None,
     executor: Executor | None = None,
     analyze: dict[str, Any] | None = None,
@@ -107,7 +115,7 @@ def layers(
     if method not in SITE_METHODS:
         raise ValueError(f"sweep layers moves a site method ({', '.join(SITE_METHODS)}), not {method!r}")
     base = base_config(config, method=method)
-    name = shape if method == "ap" else f"{method}-{shape}"
+    name = layers_name(method, shape)
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(dict.fromkeys(seeds or [base["seed"]]))
     if not seeds:
         raise ValueError("sweep layers needs at least one seed")
@@ -189,7 +197,7 @@ def layers_caption(base: dict[str, Any], seeds: list[int] | None = None) -> str:
 def _write_layers(
     out: str | Path, method: str, shape: str, rows: list[dict], caption: str = ""
 ) -> dict[str, str]:
-    stem = Path(out) / ("layers-" + (shape if method == "ap" else f"{method}-{shape}"))
+    stem = Path(out) / f"layers-{layers_name(method, shape)}"
     headers = list(rows[0])
     write_csv(stem.with_suffix(".csv"), headers, [[r[h] for h in headers] for r in rows])
     seeded = "seeds" in rows[0]  # several seeds per site: mean ± sample std
