@@ -7,7 +7,7 @@ import json
 import pytest
 from tiny_sweeps import FakeTrain, one_thread
 
-from fakes import VTAB_FULL, vtab_root
+from fakes import VTAB_FULL, vtab_root, write_image
 from tiny_runs import TINY_SWEEP as TINY
 from vprompt.engine import trainer as trainer_module
 from vprompt.engine.rundir import RunDir
@@ -283,3 +283,23 @@ def test_tune_stops_early_on_validation_and_the_final_runs_train_every_epoch(tmp
     assert [(c["final"], c["early_stop"], c["early_stop_metric"]) for c in finals] == [
         (True, None, "val_accuracy")
     ] * 2
+
+
+def test_a_sweep_whose_final_runs_cannot_start_trains_nothing(tmp_path, monkeypatch):
+    """A ``folder:`` with ``train/`` and ``val/`` only has no final split: refused before the grid."""
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            for i in range(3):
+                write_image(tmp_path / "photos" / split / label / f"{i}.png", seed=i)
+    fake = FakeTrain(lambda c: {"val_accuracy": 50.0})
+    monkeypatch.setattr(executors, "train", fake)
+    config = dict(TINY, data=f"folder:{tmp_path / 'photos'}", method="linear")
+    with pytest.raises(ValueError, match=r"no split 'trainval'"):
+        sweep.tune(config, tmp_path / "out", lrs=[0.1, 0.01], wds=[0.0], seeds=1)
+    assert fake.calls == [] and not (tmp_path / "out" / "tune").exists()
+    # train/ and test/ (val held out of train, trainval all of train): the final runs can start
+    for split, n in (("train", 12), ("test", 2)):
+        for label in ("cat", "dog"):
+            for i in range(n):
+                write_image(tmp_path / "held" / split / label / f"{i}.png", seed=i)
+    sweep.check_base(sweep.base_config(dict(config, data=f"folder:{tmp_path / 'held'}")), final=True)

@@ -51,14 +51,18 @@ def base_config(config: Any, **overrides: Any) -> dict[str, Any]:
     return to_dict(as_config(config, dict(overrides)))
 
 
-def check_base(base: dict[str, Any], data: bool = True) -> None:
-    """Errors every run would hit (missing options, unknown method or options, no data) before any run."""
+def check_base(base: dict[str, Any], data: bool = True, final: bool = False) -> None:
+    """Errors every run would hit (missing options, unknown method or options, no data) before any run;
+    ``final``: also the final phase's splits (a grid is not trained for final runs that cannot start)."""
     check_config(make_config(dict(base)))
     method_config(base["method"], **base["method_options"])
     if data:
-        from ..engine.run_data import data_spec
+        from ..engine.config import DataOptions
+        from ..engine.run_data import data_spec, plan_data
 
         describe(data_spec(make_config(dict(base))), base["root"])
+        if final:  # the final runs' splits, before a grid is trained for final runs that cannot start
+            plan_data(make_config(dict(base, final=True)).section(DataOptions))
 
 
 def _g(x: float | None) -> str | None:
@@ -312,7 +316,7 @@ def tune(
     the test accuracy's mean ± sample std over the seeds.
     """
     base = base_config(config)
-    check_base(base)
+    check_base(base, final=True)
     lrs, wds, seeds = grid(base, lrs, wds, seeds)
     plan = Plan(base, Path(out), lrs, wds, seeds, search=searcher(search))
     if plan.search is not None:
