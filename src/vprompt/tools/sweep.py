@@ -62,7 +62,13 @@ def check_base(base: dict[str, Any], data: bool = True, final: bool = False) -> 
 
         describe(data_spec(make_config(dict(base))), base["root"])
         if final:  # the final runs' splits, before a grid is trained for final runs that cannot start
-            plan_data(make_config(dict(base, final=True)).section(DataOptions))
+            try:
+                plan_data(make_config(dict(base, final=True)).section(DataOptions))
+            except ValueError as e:
+                raise ValueError(
+                    f"the final runs of this sweep could not start, so nothing was trained: {e} "
+                    "(--final-train train trains them on the train split alone)"
+                ) from None
 
 
 def _g(x: float | None) -> str | None:
