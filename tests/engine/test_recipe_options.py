@@ -88,15 +88,18 @@ def test_adam_and_optimizer_choices():
     [
         (dict(schedule="multistep"), "needs lr_milestones"),
         (dict(schedule="multistep", lr_milestones=[0.7, 0.5]), "increasing fractions"),
-        (dict(schedule="multistep", lr_milestones=["half"]), "increasing fractions"),
+        (
+            dict(schedule="multistep", lr_milestones=["half"]),
+            "option 'lr_milestones': expected a number, got 'half'",
+        ),
         (dict(schedule="multistep", lr_milestones=[0.5], min_lr=0.001), "min_lr"),
         (dict(lr_milestones=[0.5]), "lr_milestones are for schedule 'multistep'"),
         (dict(lr_decay=0.5), "lr_decay is for schedule 'multistep'"),
         (dict(warmup_steps=10, warmup_epochs=1), "not both"),
-        (dict(schedule="step"), "unknown schedule"),
-        (dict(schedule_step="batch"), "unknown schedule_step"),
-        (dict(head_init="xavier"), "unknown head_init"),
-        (dict(preprocess="crop"), "unknown preprocess"),
+        (dict(schedule="step"), "option 'schedule': expected one of cosine, multistep, got 'step'"),
+        (dict(schedule_step="batch"), "option 'schedule_step': expected one of step, epoch, got 'batch'"),
+        (dict(head_init="xavier"), "option 'head_init': expected one of default, vpt, got 'xavier'"),
+        (dict(preprocess="crop"), "option 'preprocess': expected one of protocol, resize-crop, got 'crop'"),
     ],
 )
 def test_schedule_options_that_do_not_fit_are_errors(options, message):
