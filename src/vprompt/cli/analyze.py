@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .backbones import add_backbone_name
+from .backbones import add_backbone_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the radius holding 50%% / 90%% of the input-gradient mass of its central position (effective "
         "receptive field). With --run: prompted (the run's model) and plain (its backbone alone).",
     )
-    add_backbone_name(k, help="timm name, torchvision:<name> or offline:<name> (not with --run)")
-    k.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
-    k.add_argument("--weights", default=None, help="local .safetensors/.pth/.npz weights file")
-    k.add_argument(
-        "--random-init",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="random weights instead of pretrained",
-    )
+    add_backbone_args(k, help="timm name, torchvision:<name> or offline:<name> (not with --run)")
     k.add_argument("--data", default=None, help="data spec (default with --run: the run's dataset)")
     k.add_argument("--root", default=None, help="data root (docs/guide.md, Data)")
     k.add_argument("--split", default="test", help="split whose images are analysed (default: test)")

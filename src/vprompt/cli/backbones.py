@@ -34,10 +34,12 @@ def named_backbone(args: argparse.Namespace) -> str:
     return args.backbone
 
 
-def add_backbone_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+def add_backbone_args(
+    parser: argparse.ArgumentParser, positional: bool = True, help: str = BACKBONE_HELP
+) -> None:
     """The options every command that builds a backbone shares."""
     if positional:
-        add_backbone_name(parser)
+        add_backbone_name(parser, help=help)
     else:
         parser.add_argument(
             "--backbone",
