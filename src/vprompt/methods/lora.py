@@ -150,12 +150,12 @@ def split_projection(
     if not isinstance(dropout, nn.Identity) and (dropout.training and dropout.p > 0):
         return None
     scaling = layer.scaling[name]
+    cast = getattr(layer, "_cast_input_dtype", None) or (lambda x, dtype: x.to(dtype))  # before peft 0.15
 
     def part(x: torch.Tensor, rows: slice) -> torch.Tensor:
         bias = None if base.bias is None else base.bias[rows]
         out = F.linear(x, base.weight[rows], bias)
-        cast = getattr(layer, "_cast_input_dtype", None)  # peft 0.15 on; before, a plain cast
-        low = lora_a(cast(x, lora_a.weight.dtype) if cast else x.to(lora_a.weight.dtype))
+        low = lora_a(cast(x, lora_a.weight.dtype))
         return (out + F.linear(low, lora_b.weight[rows]) * scaling).to(out.dtype)
 
     return part(h_rows, slice(None, width)), part(h, slice(width, None))
