@@ -196,3 +196,28 @@ def test_fashion_mnist_empty_root_downloads_into_it_only(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"\(download failed: Error downloading train-images"):
         load("fashion-mnist", empty, "test", CONFIG)
     assert calls == [(str(empty), False, True)]
+
+
+def test_idx_files_are_read_once_per_process_and_again_when_they_change(tmp_path):
+    """A sweep's runs share one decoded copy of an IDX file (read-only, so no run can alter another's
+    images); a file rewritten in place is read again."""
+    import gzip
+    import os
+
+    from vprompt.data.datasets import read_idx_gz
+
+    def write(values):
+        header = b"\x00\x00\x08\x01" + len(values).to_bytes(4, "big")
+        with gzip.open(tmp_path / "labels-idx1-ubyte.gz", "wb") as f:
+            f.write(header + bytes(values))
+
+    write([1, 2, 3])
+    first = read_idx_gz(tmp_path / "labels-idx1-ubyte.gz")
+    assert first.tolist() == [1, 2, 3]
+    assert read_idx_gz(tmp_path / "labels-idx1-ubyte.gz") is first
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 9
+    write([4, 5, 6, 7])
+    os.utime(tmp_path / "labels-idx1-ubyte.gz", ns=(1, 1))  # a new modification time, whatever the clock
+    assert read_idx_gz(tmp_path / "labels-idx1-ubyte.gz").tolist() == [4, 5, 6, 7]
+    assert first.tolist() == [1, 2, 3]
